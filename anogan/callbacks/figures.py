@@ -1,0 +1,158 @@
+"""The paper's figures from an evaluation: Fig. 3a, 3b (ROC curves), 3c, d (score distributions) and
+Fig. 2 (query, G(z), residual overlay and annotation for train-normal, test-normal, test-anomalous)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.classification import BinaryROC
+
+from anogan.callbacks.metrics import OutputCollector, auroc
+from anogan.data import SPLITS
+from anogan.viz import log_image, to_unit
+
+GROUPS = ("train-normal", "test-normal", "test-anomalous")
+ROC_FIGURES = {
+    # Fig. 3a: the models; Fig. 3b: the scores of the AnoGAN mapping against the reference
+    "roc_models": ("anomaly", "reference_anomaly", "discriminator"),
+    "roc_scores": ("residual", "discrimination", "reference_discrimination"),
+}
+LABELS = {
+    "anomaly": "AnoGAN",
+    "reference_anomaly": "GAN_R",
+    "discriminator": "P_D",
+    "residual": "residual score",
+    "discrimination": "discrimination score",
+    "reference_discrimination": "reference discrimination score",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    _pyplot().close(fig)
+    return path
+
+
+def group_of(split: torch.Tensor, label: torch.Tensor) -> list[str | None]:
+    """Each image's Fig. 2/3 group: train-normal, test-normal, test-anomalous (else None)."""
+    out = []
+    for s, y in zip(split.tolist(), label.tolist()):
+        if s == SPLITS["train"]:
+            out.append("train-normal")
+        elif s == SPLITS["test"]:
+            out.append("test-anomalous" if y else "test-normal")
+        else:
+            out.append(None)
+    return out
+
+
+class PaperFigures(OutputCollector):
+    """Writes ``roc_models.png``, ``roc_scores.png``, ``score_distributions.png`` and
+    ``anomaly_grid.png`` (``n_examples`` images per group) into ``dirpath``; sends them to the logger."""
+
+    def __init__(self, dirpath: str | os.PathLike, n_examples: int = 6, bins: int = 30):
+        self.dirpath, self.n_examples, self.bins = Path(dirpath), n_examples, bins
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        super().on_test_epoch_start(trainer, pl_module)
+        self.examples: dict[str, list[dict]] = {g: [] for g in GROUPS}
+
+    def collect_extra(self, outputs: dict, keep: dict) -> None:
+        groups = group_of(outputs["split"], outputs["label"])
+        for i, g in enumerate(groups):
+            if g is not None and len(self.examples[g]) < self.n_examples:
+                ex = {k: outputs[k][i].detach().cpu() for k in ("image", "generated", "residual_map")}
+                if "mask" in outputs:
+                    ex["mask"] = outputs["mask"][i].detach().cpu()
+                self.examples[g].append(ex)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        data = self.gathered()
+        paths = [self.roc(data, name, names) for name, names in ROC_FIGURES.items()]
+        paths.append(self.distributions(data))
+        paths.append(self.anomaly_grid())
+        self.paths = [p for p in paths if p is not None]
+        from matplotlib.image import imread
+
+        for p in self.paths:
+            log_image(trainer.loggers, f"test/{p.stem}", imread(p), trainer.global_step)
+
+    def roc(self, data: dict, name: str, names: tuple[str, ...]) -> Path:
+        plt = _pyplot()
+        test = data["split"] == SPLITS["test"]
+        labels = data["label"][test]
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        for s in names:
+            if s not in data["scores"]:
+                continue
+            scores = data["scores"][s][test].double()
+            fpr, tpr, _ = BinaryROC(normalization=None)(scores, labels.long())
+            ax.plot(fpr, tpr, label=f"{LABELS.get(s, s)} (AUC {auroc(scores, labels):.3f})")
+        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+        ax.set_title("Fig. 3a: models" if name == "roc_models" else "Fig. 3b: scores")
+        ax.legend(loc="lower right", fontsize=8)
+        return _save(fig, self.dirpath / f"{name}.png")
+
+    def distributions(self, data: dict) -> Path:
+        plt = _pyplot()
+        groups = group_of(data["split"], data["label"])
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, s, panel in zip(axes, ("residual", "discrimination"), "cd"):
+            values = data["scores"][s]
+            edges = np.histogram_bin_edges(values.numpy(), bins=self.bins)  # shared by all groups
+            for g in GROUPS:
+                sel = torch.tensor([gg == g for gg in groups], dtype=torch.bool)
+                if sel.any():
+                    ax.hist(values[sel].numpy(), bins=edges, density=True, alpha=0.5,
+                            label=f"{g} ({int(sel.sum())})")
+            ax.set(xlabel=f"{s} score", ylabel="density", title=f"Fig. 3{panel}: {s} score")
+            ax.legend(fontsize=8)
+        return _save(fig, self.dirpath / "score_distributions.png")
+
+    def anomaly_grid(self) -> Path:
+        """Fig. 2: per group a block of columns; rows query, G(z), residual overlay, annotation."""
+        plt = _pyplot()
+        has_mask = any("mask" in ex for exs in self.examples.values() for ex in exs)
+        rows = ["query", "generated G(z)", "residual overlay"] + (["annotation"] if has_mask else [])
+        cols = [(g, ex) for g in GROUPS for ex in self.examples[g]]
+        if not cols:
+            return None
+        vmax = max(float(ex["residual_map"].max()) for _, ex in cols) or 1.0
+        fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.1 * len(cols), 1.15 * len(rows)),
+                                 squeeze=False)
+        for j, (g, ex) in enumerate(cols):
+            query = to_unit(ex["image"][None])[0].mean(0)
+            panels = [query, to_unit(ex["generated"][None])[0].mean(0), query]
+            for i, img in enumerate(panels):
+                axes[i, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+            axes[2, j].imshow(ex["residual_map"], cmap="jet", alpha=0.5, vmin=0, vmax=vmax)
+            if has_mask:
+                axes[3, j].imshow(query, cmap="gray", vmin=0, vmax=1)
+                if "mask" in ex:
+                    axes[3, j].imshow(ex["mask"].float(), cmap="Reds", alpha=0.5, vmin=0, vmax=1)
+            if j == 0 or cols[j - 1][0] != g:
+                axes[0, j].set_title(g, fontsize=8, loc="left")
+        for i, r in enumerate(rows):
+            axes[i, 0].set_ylabel(r, fontsize=7)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        return _save(fig, self.dirpath / "anomaly_grid.png")

@@ -1,0 +1,173 @@
+"""The paper's evaluation: AUROC per score and the table at the ROC's maximal Youden index.
+
+Scores are unbounded (a residual is a sum over pixels), and torchmetrics' binary curves squash any
+input outside [0, 1] with a sigmoid by default, which saturates to 1.0 and turns the AUROC into 0.5.
+Every metric here is built with ``normalization=None`` so that it ranks the raw scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchmetrics.classification import BinaryAUROC, BinaryROC
+from torchmetrics.functional.classification import binary_stat_scores
+
+from anogan.data import SPLITS
+from anogan.scores import SCORE_NAMES
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC of raw scores (higher = more anomalous) against labels (1 = anomalous)."""
+    metric = BinaryAUROC(normalization=None)
+    return float(metric(scores.double(), labels.long()))
+
+
+def operating_point(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The paper's table row for one score: AUROC, and at the threshold of maximal Youden index
+    (sensitivity + specificity - 1) the threshold, precision, recall, sensitivity, specificity.
+    An image is called anomalous when its score >= threshold."""
+    scores, labels = scores.double(), labels.long()
+    fpr, tpr, thresholds = BinaryROC(normalization=None)(scores, labels)
+    # the first point of the curve is the "nothing is anomalous" corner, with a sentinel threshold
+    youden = (tpr - fpr)[1:]
+    best = int(torch.argmax(youden)) + 1
+    threshold = float(thresholds[best])
+    tp, fp, tn, fn, _ = binary_stat_scores((scores >= threshold).long(), labels).tolist()
+    return {
+        "auroc": auroc(scores, labels),
+        "threshold": threshold,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "sensitivity": tp / (tp + fn) if tp + fn else 0.0,
+        "specificity": tn / (tn + fp) if tn + fp else 0.0,
+    }
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
+    """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+class OutputCollector(L.Callback):
+    """Keeps the per-image fields of every test step's output (on CPU) for the epoch-end callbacks.
+
+    ``results`` after the test epoch: split, label, index (N,), scores {name: (N,)} and recorded
+    {step: {name: (N,)}}; ``maps``: residual maps and masks of the test split (for pixel AUROC)."""
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._rows: list[dict] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        keep = {k: outputs[k].detach().cpu() for k in ("split", "label", "index")}
+        keep["scores"] = {k: v.detach().cpu() for k, v in outputs["scores"].items()}
+        keep["recorded"] = {
+            t: {k: v.detach().cpu() for k, v in d.items()} for t, d in outputs["recorded"].items()
+        }
+        self.collect_extra(outputs, keep)
+        self._rows.append(keep)
+
+    def collect_extra(self, outputs: dict, keep: dict) -> None:
+        """Subclasses add more per-batch fields to ``keep``."""
+
+    def gathered(self) -> dict:
+        rows = self._rows
+        out = {k: torch.cat([r[k] for r in rows]) for k in ("split", "label", "index")}
+        out["scores"] = {k: torch.cat([r["scores"][k] for r in rows]) for k in rows[0]["scores"]}
+        out["recorded"] = {
+            t: {k: torch.cat([r["recorded"][t][k] for r in rows]) for k in rows[0]["recorded"][t]}
+            for t in rows[0]["recorded"]
+        }
+        return out
+
+
+class AnomalyMetrics(OutputCollector):
+    """AUROC per score (logged as ``test/auroc/<score>``), the paper's table (printed, and written to
+    ``metrics.json``), pixel-level AUROC of the residual maps where masks exist, and the AUROC after
+    each recorded step count."""
+
+    def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None):
+        self.path = Path(path)
+        self.pixel_thresholds = pixel_thresholds
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        super().on_test_epoch_start(trainer, pl_module)
+        self.pixel = BinaryAUROC(thresholds=self.pixel_thresholds, normalization=None)
+        self.has_masks = False
+
+    def collect_extra(self, outputs: dict, keep: dict) -> None:
+        if "mask" in outputs:
+            test = outputs["split"] == SPLITS["test"]
+            if test.any():
+                self.has_masks = True
+                self.pixel.update(
+                    outputs["residual_map"][test].detach().cpu().flatten().double(),
+                    outputs["mask"][test].detach().cpu().flatten().long(),
+                )
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        data = self.gathered()
+        test = data["split"] == SPLITS["test"]
+        labels = data["label"][test]
+        n_anomalous = int(labels.sum())
+        n_normal = int(len(labels) - n_anomalous)
+        if n_normal == 0 or n_anomalous == 0:
+            raise ValueError(
+                f"the test split holds {n_normal} normal and {n_anomalous} anomalous images; "
+                "AUROC needs both (check data.normal_classes and data.test_subset)"
+            )
+        table = {
+            name: operating_point(data["scores"][name][test], labels)
+            for name in SCORE_NAMES + tuple(sorted(set(data["scores"]) - set(SCORE_NAMES)))
+            if name in data["scores"]
+        }
+        hp = pl_module.hparams
+        result = {
+            "lam": float(hp.lam),
+            "steps": int(hp.steps),
+            "n_normal": n_normal,
+            "n_anomalous": n_anomalous,
+            "scores": table,
+        }
+        if self.has_masks:
+            result["pixel_auroc"] = float(self.pixel.compute())
+        if data["recorded"]:
+            result["recorded"] = {
+                str(t): {name: auroc(v[test], labels) for name, v in d.items()}
+                for t, d in sorted(data["recorded"].items())
+            }
+        self.result = result
+        for name, row in table.items():
+            pl_module.log(f"test/auroc/{name}", row["auroc"])
+        if "pixel_auroc" in result:
+            pl_module.log("test/pixel_auroc", result["pixel_auroc"])
+        if trainer.is_global_zero:
+            write_json_atomic(result, self.path)
+            print_table(result)
+
+
+def print_table(result: dict) -> None:
+    """The paper's table of one evaluation, printed with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = ("auroc", "precision", "recall", "sensitivity", "specificity", "threshold")
+    t = Table(title=f"AnoGAN evaluation (lam={result['lam']}, steps={result['steps']}, "
+              f"{result['n_normal']} normal / {result['n_anomalous']} anomalous)")
+    t.add_column("score")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for name, row in result["scores"].items():
+        t.add_row(name, *(f"{row[c]:.4f}" if c != "threshold" else f"{row[c]:.4g}" for c in cols))
+    Console().print(t)
+    if "pixel_auroc" in result:
+        Console().print(f"pixel-level AUROC of the residual maps: {result['pixel_auroc']:.4f}")

@@ -1,0 +1,148 @@
+"""``scores.h5``: one row per evaluated image, written batch by batch so a killed evaluation resumes.
+
+Datasets (N rows): ``index``, ``label``, ``split``, one per score (``scores/<name>``), ``z``,
+``z_reference``, ``mapping_loss`` (first, last step), ``recorded/<step>/<name>`` for
+``inversion.record_steps`` and, with ``store_maps``, ``residual_map`` and ``generated``.
+Attributes: the mapping's settings (lam, steps, lr, seed, reference, record_steps, prior).
+
+While the evaluation runs the rows go to ``scores.h5.partial``; it is renamed to ``scores.h5`` when
+the test epoch completes. A new evaluation with the same settings in the same run directory finds the
+partial file and reuses its rows instead of mapping those images again (z_1 depends only on (seed,
+index), so the result is the same).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior")
+
+
+def _settings(hparams) -> dict:
+    s = {k: hparams[k] for k in _SETTINGS}
+    s["record_steps"] = list(hparams["record_steps"])
+    return s
+
+
+class ScoreFile(L.Callback):
+    def __init__(self, path: str | os.PathLike, store_maps: bool = True, resume: bool = True):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.store_maps, self.resume = store_maps, resume
+
+    # -- resume ------------------------------------------------------------------------------------
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._file = None
+        self.settings = _settings(pl_module.hparams)
+        if trainer.world_size > 1:
+            self.resume = False  # resume is a single-process feature
+        if not trainer.is_global_zero:
+            return
+        if self.partial.exists() and self.resume and self._matches(self.partial):
+            self._file = h5py.File(self.partial, "a")
+            keys = zip(self._file["split"][()].tolist(), self._file["index"][()].tolist())
+            self._row = {k: i for i, k in enumerate(keys)}
+            log.info("resuming from %s: %d images already mapped", self.partial, len(self._row))
+            pl_module.cache = self
+        else:
+            self.partial.unlink(missing_ok=True)
+            self._row = {}
+
+    def _matches(self, path: Path) -> bool:
+        try:
+            with h5py.File(path, "r") as f:
+                stored = {k: f.attrs[k] for k in _SETTINGS} | {"record_steps": list(f.attrs["record_steps"])}
+        except (OSError, KeyError):
+            return False
+        same = all(np.all(np.asarray(stored[k]) == np.asarray(v)) for k, v in self.settings.items())
+        if not same:
+            log.warning("%s was written with other settings; mapping from scratch", path)
+        return same
+
+    def lookup(self, split: torch.Tensor, index: torch.Tensor) -> dict | None:
+        """The stored outputs of a batch, in ``Inversion.map_batch``'s format, when every image of it
+        is in the partial file; else None."""
+        keys = list(zip(split.tolist(), index.tolist()))
+        if not self._row or not self.store_maps or any(k not in self._row for k in keys):
+            return None
+        rows = [self._row[k] for k in keys]
+        f = self._file
+
+        def take(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.stack([f[name][r] for r in rows]))
+
+        out = {
+            "scores": {k: take(f"scores/{k}") for k in f["scores"]},
+            "recorded": {int(t): {k: take(f"recorded/{t}/{k}") for k in f[f"recorded/{t}"]}
+                         for t in f.get("recorded", {})},
+            "residual_map": take("residual_map"),
+            "generated": take("generated"),
+            "z": take("z"),
+            "z_reference": take("z_reference") if "z_reference" in f else None,
+            "mapping_loss": take("mapping_loss"),
+            "from_file": True,
+        }
+        return out
+
+    # -- writing -----------------------------------------------------------------------------------
+    def _columns(self, outputs: dict) -> dict[str, np.ndarray]:
+        cols = {k: outputs[k] for k in ("index", "label", "split", "z", "mapping_loss")}
+        if outputs.get("z_reference") is not None:
+            cols["z_reference"] = outputs["z_reference"]
+        cols.update({f"scores/{k}": v for k, v in outputs["scores"].items()})
+        for t, d in outputs["recorded"].items():
+            cols.update({f"recorded/{t}/{k}": v for k, v in d.items()})
+        if self.store_maps:
+            cols["residual_map"], cols["generated"] = outputs["residual_map"], outputs["generated"]
+        return {k: v.detach().cpu().numpy() for k, v in cols.items()}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.is_global_zero or outputs.get("from_file"):
+            return
+        cols = self._columns(outputs)
+        if self._file is None:
+            self._file = h5py.File(self.partial, "w")
+            for k, v in self.settings.items():
+                self._file.attrs[k] = v
+            for name, arr in cols.items():
+                self._file.create_dataset(
+                    name, shape=(0, *arr.shape[1:]), maxshape=(None, *arr.shape[1:]), dtype=arr.dtype,
+                    chunks=(max(1, min(256, 2**16 // max(1, arr[0].size))), *arr.shape[1:]),
+                )
+        f = self._file
+        n0 = f["index"].shape[0]
+        for name, arr in cols.items():
+            ds = f[name]
+            ds.resize(n0 + len(arr), axis=0)
+            ds[n0:] = arr
+        f.flush()  # a killed evaluation keeps every finished batch
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            if trainer.is_global_zero:
+                os.replace(self.partial, self.path)
+        pl_module.cache = None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()  # keep the partial file for resuming
+            self._file = None
+
+
+def read_scores(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All datasets of a ``scores.h5`` as numpy arrays, keyed by their path in the file."""
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        out.update({f"@{k}": v for k, v in f.attrs.items()})
+    return out

@@ -1,0 +1,116 @@
+"""What ``train.py`` and ``evaluate.py`` do, as functions that tests call too."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class StoreConfig(L.Callback):
+    """Put the resolved run config into every checkpoint, so that evaluation can rebuild the data."""
+
+    def __init__(self, cfg: DictConfig):
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["anogan_config"] = self.config
+
+
+def instantiate_list(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a config group such as callbacks/ or logger/."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def print_config(cfg: DictConfig, save_to: str | Path | None = None) -> None:
+    """Print the resolved config as a tree (rich) and save it beside the outputs."""
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(text, "yaml"))
+    Console().print(tree)
+    if save_to is not None:
+        with open(save_to, "w") as f:
+            Console(file=f, width=120).print(tree)
+
+
+def seed(cfg: DictConfig) -> None:
+    L.seed_everything(cfg.seed, workers=True)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the GAN on the normal training images; then evaluate when ``cfg.evaluate``.
+
+    Returns the metrics (training losses, and the evaluation's AUROCs when it ran)."""
+    seed(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    print_config(cfg, output_dir / "config_tree.log")
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg)]
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    last = output_dir / "checkpoints" / "last.ckpt"
+    log.info("training done: %s", last)
+    if cfg.get("evaluate"):
+        metrics.update(evaluate_checkpoint(cfg, last, cfg.data, loggers))
+    return metrics
+
+
+def evaluation_data_config(cfg: DictConfig, stored: dict) -> DictConfig:
+    """The data config of an evaluation: the checkpoint's, with ``cfg.data`` on top (a whole new
+    source when it names a ``_target_``, else field overrides); sized for the checkpoint's nets."""
+    if not stored.get("data"):
+        if cfg.get("data") is None or "_target_" not in cfg.data:
+            raise ValueError(
+                "the checkpoint holds no data config (it was not written by train.py); "
+                "choose the data with data=<group>, e.g. data=digits"
+            )
+        data = cfg.data
+    elif cfg.get("data") is None:
+        data = OmegaConf.create(stored["data"])
+    elif "_target_" in cfg.data and cfg.data._target_ != stored["data"]["_target_"]:
+        data = cfg.data
+    else:
+        data = OmegaConf.merge(stored["data"], cfg.data)
+    return data
+
+
+def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictConfig | None = None,
+                        loggers: list | None = None) -> dict[str, float]:
+    """Map and score the test set (plus a training sample) with the GAN of ``ckpt_path``; write
+    metrics.json, scores.h5 and figures/ into the run directory; return the logged metrics."""
+    from anogan.inversion import Inversion, load_gan
+
+    G, D, prior, stored = load_gan(ckpt_path)
+    data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
+    data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
+    datamodule = instantiate(data)
+    model = Inversion(G, D, prior=prior, **OmegaConf.to_container(cfg.inversion, resolve=True))
+    callbacks = instantiate_list(cfg.get("evaluation_callbacks"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False
+    )
+    trainer.test(model, datamodule=datamodule)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """``evaluate.py``: evaluate ``cfg.ckpt_path`` with the inversion settings of ``cfg``."""
+    seed(cfg)
+    print_config(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
+    return evaluate_checkpoint(cfg, cfg.ckpt_path, loggers=instantiate_list(cfg.get("logger")))

@@ -1,0 +1,36 @@
+"""The latent prior p_z: sampling, per-image seeding, and keeping z in its support."""
+
+from __future__ import annotations
+
+import torch
+
+PRIORS = ("uniform", "normal")
+
+
+def sample_prior(
+    prior: str, generator: torch.Generator | None, n: int, z_dim: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """n draws of z from p_z: ``uniform`` on [-1, 1]^z_dim or standard ``normal``; (n, z_dim)."""
+    if prior == "uniform":
+        return (torch.rand(n, z_dim, generator=generator) * 2 - 1).to(device)
+    if prior == "normal":
+        return torch.randn(n, z_dim, generator=generator).to(device)
+    raise ValueError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
+
+
+def initial_z(prior: str, seed: int, index: torch.Tensor, z_dim: int) -> torch.Tensor:
+    """z_1 of each image: a function of (seed, dataset index) only, never of batch or rank.
+
+    index: (B,) int -> (B, z_dim) on CPU (move it where needed)."""
+    gen = torch.Generator()
+    rows = []
+    for i in index.tolist():  # B tiny generator seeds; the draws themselves are vectorised
+        gen.manual_seed(seed * 1_000_003 + int(i))
+        rows.append(sample_prior(prior, gen, 1, z_dim))
+    return torch.cat(rows) if rows else torch.empty(0, z_dim)
+
+
+def project_to_support(prior: str, z: torch.Tensor) -> None:
+    """Keep z in p_z's support, in place: clip to [-1, 1] for the uniform prior."""
+    if prior == "uniform":
+        z.clamp_(-1.0, 1.0)

@@ -1,0 +1,78 @@
+"""Shared fixtures: composing configs against tmp_path, and a tiny trained GAN checkpoint."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+# fast settings for CPU tests: 28/32 pixels, narrow nets, few steps
+TINY = [
+    "model.generator.width=8",
+    "model.discriminator.width=8",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "inversion.steps=5",
+    "data.eval_train_samples=16",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No network logging, no writes into the user's home."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
+    GlobalHydra.instance().clear()
+
+
+def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
+    """Compose a config like the entry points do, with Hydra's output dir set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory of ``python train.py`` with a tiny budget and evaluation (digits, 32 px)."""
+    from anogan.pipeline import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = compose_cfg("train", TINY, out)
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run) -> Path:
+    return tiny_run / "checkpoints" / "last.ckpt"
+
+
+def run_script(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None):
+    """Run a project script in a subprocess; fail with its output when it fails."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,16 @@
+"""Train the AnoGAN GAN on normal images, then evaluate it: ``python train.py [overrides]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from anogan.pipeline import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("test/auroc/anomaly")
+
+
+if __name__ == "__main__":
+    main()
