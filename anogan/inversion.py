@@ -153,6 +153,11 @@ class Inversion(L.LightningModule):
         }
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "the mapping optimises z by gradient descent, which inference mode forbids: "
+                "run it with Trainer(inference_mode=False)"
+            )
         out = self.cache.lookup(batch["split"], batch["index"]) if self.cache is not None else None
         if out is None:
             with torch.enable_grad():  # Lightning's test loop runs under no_grad
