@@ -1,0 +1,112 @@
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+
+from anogan.callbacks import read_scores
+from anogan.data import SPLITS
+from anogan.pipeline import evaluate
+from anogan.scores import SCORE_NAMES
+from conftest import ROOT, TINY, compose_cfg, run_script
+
+FIGURES = ("roc_models", "roc_scores", "score_distributions", "anomaly_grid")
+
+
+def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
+    out = tmp_path / "eval"
+    run_script(["evaluate.py", f"ckpt_path={tiny_ckpt}", "inversion.steps=4", "inversion.lam=0.3",
+                "inversion.record_steps=[2]", "+data.eval_train_samples=8", "trainer.enable_progress_bar=false",
+                f"hydra.run.dir={out}"], cwd=ROOT)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["lam"] == 0.3 and metrics["steps"] == 4
+    assert set(SCORE_NAMES) <= set(metrics["scores"])
+    for row in metrics["scores"].values():
+        assert set(row) == {"auroc", "threshold", "precision", "recall", "sensitivity", "specificity"}
+        assert 0 <= row["auroc"] <= 1
+    assert set(metrics["recorded"]["2"]) == set(SCORE_NAMES)
+    rows = read_scores(out / "scores.h5")
+    n_test = metrics["n_normal"] + metrics["n_anomalous"]
+    assert n_test == round(0.2 * 1797)  # digits' test split, from the checkpoint's data config
+    split = rows["split"]
+    assert int((split == SPLITS["test"]).sum()) == n_test and int((split == SPLITS["train"]).sum()) == 8
+    assert len(np.unique(rows["index"][split == SPLITS["test"]])) == n_test
+    assert rows["z"].shape == (n_test + 8, 100) and rows["residual_map"].shape == (n_test + 8, 32, 32)
+    test = split == SPLITS["test"]
+    assert int(rows["label"][test].sum()) == metrics["n_anomalous"]
+    for name in FIGURES:
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5000
+    assert not (out / "scores.h5.partial").exists()
+
+
+class _Crash(L.Callback):
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 1:
+            raise RuntimeError("killed")
+
+
+def _eval_cfg(tiny_ckpt, out):
+    cfg = compose_cfg("evaluate", [f"ckpt_path={tiny_ckpt}", "inversion.steps=3", "logger=none",
+                                   "+data.eval_batch_size=64", "+data.eval_train_samples=0",
+                                   "trainer.enable_progress_bar=false"], out)
+    return cfg
+
+
+def test_a_killed_evaluation_resumes_with_identical_results(tiny_ckpt, tmp_path, monkeypatch):
+    clean = tmp_path / "clean"
+    evaluate(_eval_cfg(tiny_ckpt, clean))
+    resumed = tmp_path / "resumed"
+    cfg = _eval_cfg(tiny_ckpt, resumed)
+    import anogan.pipeline as pipeline
+
+    real = pipeline.instantiate_list
+    monkeypatch.setattr(pipeline, "instantiate_list", lambda c: real(c) + ([_Crash()] if c is cfg.evaluation_callbacks else []))
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate(cfg)
+    partial = read_scores(resumed / "scores.h5.partial")
+    assert len(partial["index"]) == 128  # two batches of 64 kept
+    assert not (resumed / "scores.h5").exists() and not (resumed / "metrics.json").exists()
+    monkeypatch.setattr(pipeline, "instantiate_list", real)
+    mapped = []
+    from anogan.inversion import Inversion
+
+    original = Inversion.map_batch
+    monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
+    evaluate(_eval_cfg(tiny_ckpt, resumed))
+    a, b = read_scores(clean / "scores.h5"), read_scores(resumed / "scores.h5")
+    assert sum(mapped) == len(a["index"]) - 128  # the first two batches came from the partial file
+    np.testing.assert_array_equal(a["index"], b["index"])
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(a[f"scores/{name}"], b[f"scores/{name}"], rtol=1e-6)
+    assert json.loads((clean / "metrics.json").read_text()) == json.loads((resumed / "metrics.json").read_text())
+
+
+def test_evaluate_uses_the_checkpoint_data_config_with_overrides(tiny_ckpt, tmp_path):
+    cfg = compose_cfg("evaluate", [f"ckpt_path={tiny_ckpt}", "inversion.steps=2", "logger=none",
+                                   "+data.test_subset=50", "+data.eval_train_samples=0",
+                                   "trainer.enable_progress_bar=false"], tmp_path)
+    result = evaluate(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_normal"] + metrics["n_anomalous"] == 50
+    assert result["test/auroc/anomaly"] == pytest.approx(metrics["scores"]["anomaly"]["auroc"])
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    cfg = compose_cfg("evaluate", [f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
+        evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_default_main_job_detects_anomalous_digits(tmp_path):
+    """`python train.py` exactly as the README runs it (only the run directory moved)."""
+    out = tmp_path / "main"
+    run_script(["train.py", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"], cwd=ROOT, timeout=900)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scores"]["anomaly"]["auroc"] > 0.9
+    assert metrics["scores"]["residual"]["auroc"] > 0.9
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "samples" / "last.png").is_file()
+    for name in FIGURES:
+        assert (out / "figures" / f"{name}.png").is_file()
