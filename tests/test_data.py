@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anogan.data import SPLITS, DigitsDataModule, HDF5DataModule, IDXDataModule
-from anogan.data import sources
+from anogan.data import SPLITS, DigitsDataModule, HDF5DataModule, IDXDataModule, sources
 from anogan.data.sources import DEBIAN_FASHION_MNIST, load_digits_arrays, locate_idx_files, read_idx
 
 

@@ -3,14 +3,12 @@ import json
 import lightning as L
 import numpy as np
 import pytest
-import torch
-from omegaconf import open_dict
+from conftest import ROOT, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
 from anogan.data import SPLITS
 from anogan.pipeline import evaluate
 from anogan.scores import SCORE_NAMES
-from conftest import ROOT, TINY, compose_cfg, run_script
 
 FIGURES = ("roc_models", "roc_scores", "score_distributions", "anomaly_grid")
 
@@ -59,10 +57,13 @@ def test_a_killed_evaluation_resumes_with_identical_results(tiny_ckpt, tmp_path,
     evaluate(_eval_cfg(tiny_ckpt, clean))
     resumed = tmp_path / "resumed"
     cfg = _eval_cfg(tiny_ckpt, resumed)
-    import anogan.pipeline as pipeline
+    from anogan import pipeline
 
     real = pipeline.instantiate_list
-    monkeypatch.setattr(pipeline, "instantiate_list", lambda c: real(c) + ([_Crash()] if c is cfg.evaluation_callbacks else []))
+    def with_crash(c):  # the evaluation's callbacks get one that dies after two batches
+        return real(c) + ([_Crash()] if c is cfg.evaluation_callbacks else [])
+
+    monkeypatch.setattr(pipeline, "instantiate_list", with_crash)
     with pytest.raises(RuntimeError, match="killed"):
         evaluate(cfg)
     partial = read_scores(resumed / "scores.h5.partial")

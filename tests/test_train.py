@@ -3,13 +3,13 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
+from conftest import ROOT, TINY, compose_cfg, run_script
 from hydra.utils import instantiate
 
 from anogan.data import DigitsDataModule
 from anogan.gan import GAN, NonFiniteLossError
 from anogan.nets import Discriminator, Generator
 from anogan.pipeline import instantiate_list
-from conftest import CONF, ROOT, TINY, compose_cfg, run_script
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
