@@ -1,0 +1,161 @@
+"""HDF5 image files: the schema check done on open, and a lazily-reading Dataset.
+
+Schema (one row per image):
+
+* ``images``: (N, H, W) or (N, C, H, W); uint8 (0..255), uint16 (0..65535) or float in [0, 1]
+* ``labels``: (N,) integer or bool, 0 = normal, 1 = anomalous
+* ``masks`` (optional): (N, H, W), bool or 0/1 integers, True where the image is anomalous
+* ``volume`` (optional): (N,) integer id of the patient or volume the image comes from
+* ``split`` (optional): (N,) 0 = train, 1 = val, 2 = test (fixes the split instead of drawing it)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from anogan.data.transforms import to_model_range
+
+_CHUNK = 4096  # rows checked at a time when validating a file
+
+
+@dataclass
+class HDF5Info:
+    """What the check on open learned about a file."""
+
+    path: Path
+    n: int
+    channels: int
+    size: int
+    labels: np.ndarray
+    has_masks: bool
+    volume: np.ndarray | None
+    split: np.ndarray | None
+
+
+def _fail(path: Path, dataset: str, what: str) -> None:
+    raise ValueError(f"{path}: dataset '{dataset}' {what}")
+
+
+def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
+    """Check ``path`` against the schema above; raise ValueError naming file, dataset and row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HDF5 file {path} does not exist (set data.path to an existing file)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable HDF5 file: {e}") from e
+    with f:
+        for name in ("images", "labels"):
+            if name not in f:
+                _fail(path, name, f"is missing; the file has {sorted(f.keys())}")
+        images, labels = f["images"], f["labels"]
+        if images.ndim not in (3, 4):
+            _fail(path, "images", f"has shape {images.shape}; expected (N, H, W) or (N, C, H, W)")
+        kind = images.dtype.kind
+        if not (images.dtype in (np.uint8, np.uint16) or kind == "f"):
+            _fail(path, "images", f"has dtype {images.dtype}; expected uint8, uint16 or float")
+        n = images.shape[0]
+        channels = 1 if images.ndim == 3 else images.shape[1]
+        h, w = images.shape[-2:]
+        if h != w:
+            _fail(path, "images", f"holds {h}x{w} images; expected square images")
+        if labels.shape != (n,):
+            _fail(path, "labels", f"has shape {labels.shape}; expected ({n},) to match images")
+        if labels.dtype.kind not in "biu":
+            _fail(path, "labels", f"has dtype {labels.dtype}; expected integers 0/1 or bool")
+        lab = labels[()].astype(np.int64)
+        bad = np.flatnonzero((lab != 0) & (lab != 1))
+        if bad.size:
+            _fail(path, "labels", f"must be 0 or 1, found {lab[bad[0]]} at row {bad[0]}")
+        if kind == "f":
+            for start in range(0, n, _CHUNK):
+                block = images[start : start + _CHUNK]
+                rows = block.reshape(len(block), -1)
+                nan = np.flatnonzero(~np.isfinite(rows).all(1))
+                if nan.size:
+                    _fail(path, "images", f"holds NaN or inf at row {start + nan[0]}")
+                out = np.flatnonzero((rows.min(1) < 0) | (rows.max(1) > 1))
+                if out.size:
+                    _fail(path, "images", f"float values must lie in [0, 1], row {start + out[0]} "
+                          "does not (rescale the images, or store uint8 / uint16)")
+        has_masks = "masks" in f
+        if has_masks:
+            masks = f["masks"]
+            if masks.shape != (n, h, w):
+                _fail(path, "masks", f"has shape {masks.shape}; expected ({n}, {h}, {w}) to match images")
+            if masks.dtype.kind not in "biu":
+                _fail(path, "masks", f"has dtype {masks.dtype}; expected bool or 0/1 integers")
+            for start in range(0, n, _CHUNK):
+                block = masks[start : start + _CHUNK].reshape(-1, h * w)
+                bad = np.flatnonzero(((block != 0) & (block != 1)).any(1))
+                if bad.size:
+                    _fail(path, "masks", f"must be binary (0/1), row {start + bad[0]} is not")
+        extra = {}
+        for name, allowed in (("volume", None), ("split", (0, 1, 2))):
+            if name in f:
+                arr = f[name][()]
+                if arr.shape != (n,) or arr.dtype.kind not in "iu":
+                    _fail(path, name, f"has shape {arr.shape} and dtype {arr.dtype}; expected ({n},) integers")
+                if allowed is not None:
+                    bad = np.flatnonzero(~np.isin(arr, allowed))
+                    if bad.size:
+                        _fail(path, name, f"must be 0 (train), 1 (val) or 2 (test), found {arr[bad[0]]} at row {bad[0]}")
+                extra[name] = arr.astype(np.int64)
+    return HDF5Info(path, n, channels, h, lab, has_masks, extra.get("volume"), extra.get("split"))
+
+
+class HDF5Dataset(Dataset):
+    """Rows ``rows`` of an HDF5 file, read lazily: the file is opened on first access in each process
+    (so every DataLoader worker has its own handle) and never in ``__init__``."""
+
+    def __init__(self, info: HDF5Info, rows: np.ndarray, split: int, image_size: int, channels: int):
+        if info.channels != channels:
+            raise ValueError(
+                f"{info.path} holds {info.channels}-channel images but the model expects "
+                f"{channels} (set data.channels={info.channels})"
+            )
+        self.path, self.rows, self.split = info.path, np.asarray(rows, dtype=np.int64), split
+        self.labels = info.labels[self.rows]
+        self.has_masks, self.image_size = info.has_masks, image_size
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _handle(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None  # h5py handles do not cross process boundaries
+        return state
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        f, row = self._handle(), int(self.rows[i])
+        raw = f["images"][row]
+        image = to_model_range(raw[None], self.image_size)[0]
+        item = {
+            "image": image,
+            "label": torch.tensor(int(self.labels[i])),
+            "index": torch.tensor(row),
+            "split": torch.tensor(self.split),
+        }
+        if self.has_masks:
+            mask = torch.from_numpy(f["masks"][row].astype(bool))
+            if mask.shape[-1] != self.image_size:
+                mask = torch.nn.functional.interpolate(
+                    mask[None, None].float(), size=self.image_size, mode="nearest"
+                )[0, 0].bool()
+            item["mask"] = mask
+        return item
