@@ -244,3 +244,26 @@ def test_a_resumed_evaluation_with_another_batch_size_neither_repeats_nor_drops_
     np.testing.assert_array_equal(a["split"], b["split"])
     for name in SCORE_NAMES:
         np.testing.assert_allclose(a[f"scores/{name}"], b[f"scores/{name}"], rtol=1e-5, atol=1e-6)
+
+
+def test_train_with_ckpt_path_auto_after_a_kill_in_its_evaluation_only_finishes_the_evaluation(
+        tiny_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = _weights(run)
+    (run / "scores.h5").rename(run / "scores.h5.partial")  # as if killed after its first batch of 256
+    (run / "metrics.json").unlink()
+    with h5py.File(run / "scores.h5.partial", "a") as f:
+        f.attrs["rows"] = 256
+    n = len(read_scores(tiny_run / "scores.h5")["index"])
+    mapped, steps = [], []
+    original = Inversion.map_batch
+    monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
+    from anogan.gan import GAN
+
+    monkeypatch.setattr(GAN, "training_step", lambda self, batch, i: steps.append(i))
+    train(compose_cfg("train", [*TINY, "ckpt_path=auto"], run))
+    assert steps == []  # the training had finished: no batch is trained again
+    _assert_same_weights(before, _weights(run))
+    assert sum(mapped) == n - 256
+    _assert_same_outputs(tiny_run, run)
