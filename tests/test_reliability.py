@@ -221,7 +221,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tiny_ckp
 
 # -- 6. determinism --------------------------------------------------------------------------------
 def test_same_seed_gives_the_same_scores_across_runs_and_batch_sizes(tiny_ckpt, clean_eval, tmp_path):
-    _eval(tiny_ckpt, tmp_path / "again", "+data.eval_batch_size=64")
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "scores.h5.partial").write_bytes(b"\x89HDF\r\n" + bytes(100))  # killed mid-flush
+    _eval(tiny_ckpt, tmp_path / "again", "+data.eval_batch_size=64")  # discards it, maps from scratch
     _assert_same_outputs(clean_eval, tmp_path / "again")
     _eval(tiny_ckpt, tmp_path / "b50", "+data.eval_batch_size=50")
     a, b = read_scores(clean_eval / "scores.h5"), read_scores(tmp_path / "b50" / "scores.h5")
