@@ -16,6 +16,7 @@ from anogan.reliability import (
     check_architecture,
     check_data_size,
     check_image_shape,
+    checkpoint_plugins,
     read_checkpoint,
     resolve_ckpt_path,
     stopped_by_sigterm,
@@ -79,7 +80,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_architecture(read_checkpoint(ckpt_path), ckpt_path, model)
     callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
                             f"with ckpt_path=auto hydra.run.dir={output_dir}"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

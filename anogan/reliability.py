@@ -3,6 +3,7 @@ producing a silently wrong number.
 
 - ``EpochSeed``: the random draws of training epoch e (data order, z of the GAN steps) are a function
   of (seed, e) only, so a run resumed from ``last.ckpt`` ends with the same weights as one never stopped.
+- ``AtomicCheckpointIO``: a checkpoint is complete or absent, never truncated, wherever the run lives.
 - ``resolve_ckpt_path`` / ``read_checkpoint`` / ``check_architecture``: ``ckpt_path=auto``, and clear
   errors for a missing, truncated, foreign or mismatched checkpoint. Checkpoints are loaded with
   ``weights_only=True``: tensors and plain containers only, so loading one cannot run code.
@@ -24,8 +25,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, RandomSampler
+
+from anogan.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,32 @@ class EpochSeed(L.Callback):
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside their path, synced, then renamed over it.
+
+    Lightning's own writer puts the temporary file in the system temp directory and moves it, which is a
+    copy, not an atomic rename, when the run directory is on another file system (the usual cluster
+    set-up: /tmp on the node, runs on a shared disk): a kill during the copy would leave a truncated
+    ``last.ckpt``, and every kill a checkpoint-sized file in /tmp."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path, keep_suffix=False) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def checkpoint_plugins(configured) -> list:
+    """The Trainer's plugins: those configured (``trainer.plugins``), plus ``AtomicCheckpointIO`` unless
+    one of them already writes the checkpoints."""
+    plugins = list(configured or [])
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint a training resumes from: None, a path, or ``auto`` = ``<run dir>/checkpoints/
     last.ckpt`` when it exists (a requeued job in its own run directory), else a fresh start."""

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import tempfile
 
 import h5py
 import numpy as np
@@ -15,7 +16,13 @@ from anogan.inversion import Inversion, load_gan
 from anogan.io import atomic_path
 from anogan.nets import Discriminator, Generator
 from anogan.pipeline import evaluate, train
-from anogan.reliability import CheckpointError, NonFiniteScoreError, resolve_ckpt_path
+from anogan.reliability import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    NonFiniteScoreError,
+    read_checkpoint,
+    resolve_ckpt_path,
+)
 from anogan.scores import SCORE_NAMES
 
 TRAIN = [*TINY, "evaluate=false", "logger=none"]
@@ -54,7 +61,11 @@ def clean_eval(tiny_ckpt, tmp_path_factory):
 
 
 # -- 1. training resume ----------------------------------------------------------------------------
-def test_training_resumed_from_its_last_ckpt_ends_with_the_uninterrupted_weights(tmp_path):
+def test_training_resumed_from_its_last_ckpt_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    def no_system_temp(*args, **kwargs):
+        raise AssertionError("a checkpoint went through the system temp dir: not atomic across file systems")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_system_temp)  # Lightning's own writer uses it
     full, part, resumed = tmp_path / "full", tmp_path / "part", tmp_path / "resumed"
     train(compose_cfg("train", [*TRAIN, "trainer.max_epochs=3"], full))
     train(compose_cfg("train", [*TRAIN, "trainer.max_epochs=2"], part))
@@ -64,6 +75,22 @@ def test_training_resumed_from_its_last_ckpt_ends_with_the_uninterrupted_weights
     # ckpt_path=auto in the run directory that holds last.ckpt continues it the same way
     train(compose_cfg("train", [*TRAIN, "trainer.max_epochs=3", "ckpt_path=auto"], part))
     _assert_same_weights(_weights(full), _weights(part))
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.ones(3)}, path)
+
+    def killed(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"w": torch.zeros(3)}, path)
+    assert torch.equal(read_checkpoint(path)["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
 def test_ckpt_path_auto_resolves_to_the_run_dirs_last_ckpt_or_a_fresh_start(tmp_path):
