@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from anogan import scores as S
 from anogan.nets import Discriminator, Generator
@@ -119,6 +120,8 @@ class Inversion(L.LightningModule):
         first_loss = None
         for t in range(steps + 1):
             final = t == steps
+            if getattr(self._trainer, "received_sigterm", False):
+                raise SIGTERMException  # stop within a step, not a batch: SLURM's grace period is short
             with torch.set_grad_enabled(not final):
                 gz = G(z)
                 res = S.residual(xs, gz)

@@ -296,3 +296,24 @@ def test_train_with_ckpt_path_auto_after_a_kill_in_its_evaluation_only_finishes_
     _assert_same_weights(before, _weights(run))
     assert sum(mapped) == n - 256
     _assert_same_outputs(tiny_run, run)
+
+
+def test_the_mapping_stops_within_a_step_after_sigterm(monkeypatch):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    inv = Inversion(Generator(28, 1, 16, 8), Discriminator(28, 1, 8), steps=1000)
+    trainer = type("Trainer", (), {"received_sigterm": False})()
+    inv._trainer = trainer
+    calls = []
+    forward = inv.generator.forward
+
+    def counting(z):
+        calls.append(1)
+        if len(calls) == 3:
+            trainer.received_sigterm = True  # SIGTERM arrives during the third step
+        return forward(z)
+
+    monkeypatch.setattr(inv.generator, "forward", counting)
+    with pytest.raises(SIGTERMException):
+        inv.map_batch(torch.zeros(2, 1, 28, 28), torch.arange(2))
+    assert len(calls) == 3  # not the 1001 steps of the batch
