@@ -317,3 +317,19 @@ def test_the_mapping_stops_within_a_step_after_sigterm(monkeypatch):
     with pytest.raises(SIGTERMException):
         inv.map_batch(torch.zeros(2, 1, 28, 28), torch.arange(2))
     assert len(calls) == 3  # not the 1001 steps of the batch
+
+
+def test_the_script_exits_non_zero_with_the_message_and_no_output_on_bad_input(tiny_ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:1000])
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={bad}", f"hydra.run.dir={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"{bad} is truncated or corrupt" in proc.stderr and "copy it again" in proc.stderr
+    assert not any(out.glob("scores.h5*")) and not (out / "metrics.json").exists() and not (out / "figures").exists()
