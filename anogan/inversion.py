@@ -13,31 +13,43 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from anogan import scores as S
 from anogan.nets import Discriminator, Generator
 from anogan.prior import initial_z, project_to_support
+from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
 
 
 def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, str, dict]:
     """(G, D, prior, run config) from a GAN checkpoint written by training (``anogan.gan.GAN``)."""
     path = ckpt if not isinstance(ckpt, dict) else "<checkpoint dict>"
     if not isinstance(ckpt, dict):
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(
-                f"checkpoint {ckpt} does not exist; pass ckpt_path=<run dir>/checkpoints/last.ckpt"
-            )
-        ckpt = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if "anogan_nets" not in ckpt:
-        raise ValueError(f"{path} is not an anogan GAN checkpoint (no 'anogan_nets' entry)")
-    nets = ckpt["anogan_nets"]
+        ckpt = read_checkpoint(ckpt)  # weights_only=True: loading cannot run code
+    nets = gan_nets(ckpt, path)
     G, D = Generator(**nets["generator"]), Discriminator(**nets["discriminator"])
     state = ckpt["state_dict"]
-    G.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
-    D.load_state_dict(
-        {k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")}
-    )
+    try:
+        G.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
+        D.load_state_dict(
+            {k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")}
+        )
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the weights do not fit the nets it describes ({nets}): {e}") from None
     return G, D, nets.get("prior", "uniform"), ckpt.get("anogan_config", {})
+
+
+def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = None) -> list[int]:
+    """Refuse mapping settings outside their domain (before any work is done); the sorted record_steps."""
+    if not 0 <= lam <= 1:
+        raise ValueError(f"inversion.lam={lam} must lie in [0, 1] (the paper uses 0.1)")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"inversion.steps={steps} must be an integer >= 1 (Gamma; the paper uses 500)")
+    record = sorted({int(s) for s in (record_steps or [])})
+    bad = [s for s in record if not 0 <= s <= steps]
+    if bad:
+        raise ValueError(f"inversion.record_steps {bad} lie outside [0, inversion.steps={steps}]")
+    return record
 
 
 class Inversion(L.LightningModule):
@@ -66,14 +78,7 @@ class Inversion(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        if not 0 <= lam <= 1:
-            raise ValueError(f"inversion.lam={lam} must lie in [0, 1]")
-        if steps < 0:
-            raise ValueError(f"inversion.steps={steps} must be >= 0")
-        record = sorted({int(s) for s in (record_steps or [])})
-        bad = [s for s in record if not 0 <= s <= steps]
-        if bad:
-            raise ValueError(f"inversion.record_steps {bad} lie outside [0, inversion.steps={steps}]")
+        record = check_settings(lam, steps, record_steps)
         self.generator, self.discriminator = generator, discriminator
         for net in (generator, discriminator):
             net.requires_grad_(False)
@@ -115,6 +120,8 @@ class Inversion(L.LightningModule):
         first_loss = None
         for t in range(steps + 1):
             final = t == steps
+            if getattr(self._trainer, "received_sigterm", False):
+                raise SIGTERMException  # stop within a step, not a batch: SLURM's grace period is short
             with torch.set_grad_enabled(not final):
                 gz = G(z)
                 res = S.residual(xs, gz)
@@ -162,6 +169,7 @@ class Inversion(L.LightningModule):
         if out is None:
             with torch.enable_grad():  # Lightning's test loop runs under no_grad
                 out = self.map_batch(batch["image"], batch["index"])
+            check_finite_scores(out["scores"], batch["split"], batch["index"])
         out.update({k: batch[k] for k in ("image", "label", "index", "split", "mask") if k in batch})
         return out
 

@@ -10,6 +10,18 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anogan.reliability import (
+    LAST,
+    EpochSeed,
+    check_architecture,
+    check_data_size,
+    check_image_shape,
+    checkpoint_plugins,
+    read_checkpoint,
+    resolve_ckpt_path,
+    stopped_by_sigterm,
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -56,13 +68,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the metrics (training losses, and the evaluation's AUROCs when it ran)."""
     seed(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
+        from anogan.inversion import check_settings
+
+        check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     print_config(cfg, output_dir / "config_tree.log")
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg)]
+    if ckpt_path is not None:
+        check_architecture(read_checkpoint(ckpt_path), ckpt_path, model)
+    callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
     loggers = instantiate_list(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
+                            f"with ckpt_path=auto hydra.run.dir={output_dir}"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     last = output_dir / "checkpoints" / "last.ckpt"
     log.info("training done: %s", last)
@@ -97,20 +119,30 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     from anogan.inversion import Inversion, load_gan
 
     G, D, prior, stored = load_gan(ckpt_path)
+    model = Inversion(G, D, prior=prior, **OmegaConf.to_container(cfg.inversion, resolve=True))
+    nets = {"generator": dict(G.config)}
+    if data_cfg is None and cfg.get("data") is not None and "_target_" not in cfg.data:
+        check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
     data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
     data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
     datamodule = instantiate(data)
-    model = Inversion(G, D, prior=prior, **OmegaConf.to_container(cfg.inversion, resolve=True))
+    datamodule.setup("test")
+    check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
     callbacks = instantiate_list(cfg.get("evaluation_callbacks"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False
     )
-    trainer.test(model, datamodule=datamodule)
+    out = Path(cfg.paths.output_dir)
+    with stopped_by_sigterm("evaluation", f"the images mapped so far are kept in {out}/scores.h5.partial; "
+                            f"run the same command with hydra.run.dir={out} to resume"):
+        trainer.test(model, datamodule=datamodule)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """``evaluate.py``: evaluate ``cfg.ckpt_path`` with the inversion settings of ``cfg``."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ValueError("ckpt_path is missing: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     seed(cfg)
     print_config(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
     return evaluate_checkpoint(cfg, cfg.ckpt_path, loggers=instantiate_list(cfg.get("logger")))

@@ -12,6 +12,7 @@ from torchmetrics.classification import BinaryROC
 
 from anogan.callbacks.metrics import OutputCollector, auroc
 from anogan.data import SPLITS
+from anogan.io import atomic_path
 from anogan.viz import log_image, to_unit
 
 GROUPS = ("train-normal", "test-normal", "test-anomalous")
@@ -40,10 +41,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 

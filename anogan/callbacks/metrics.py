@@ -17,6 +17,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryROC
 from torchmetrics.functional.classification import binary_stat_scores
 
 from anogan.data import SPLITS
+from anogan.io import atomic_path
 from anogan.scores import SCORE_NAMES
 
 
@@ -49,13 +50,9 @@ def operating_point(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
 
 def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 class OutputCollector(L.Callback):
@@ -122,8 +119,9 @@ class AnomalyMetrics(OutputCollector):
         n_normal = int(len(labels) - n_anomalous)
         if n_normal == 0 or n_anomalous == 0:
             raise ValueError(
-                f"the test split holds {n_normal} normal and {n_anomalous} anomalous images; "
-                "AUROC needs both (check data.normal_classes and data.test_subset)"
+                f"AUROC is undefined: the test split holds {n_normal} normal and {n_anomalous} anomalous "
+                "images, and AUROC needs both; the per-image scores are in scores.h5, metrics.json is not "
+                "written (check data.normal_classes and data.test_subset)"
             )
         table = {
             name: operating_point(data["scores"][name][test], labels)

@@ -8,7 +8,9 @@ Attributes: the mapping's settings (lam, steps, lr, seed, reference, record_step
 While the evaluation runs the rows go to ``scores.h5.partial``; it is renamed to ``scores.h5`` when
 the test epoch completes. A new evaluation with the same settings in the same run directory finds the
 partial file and reuses its rows instead of mapping those images again (z_1 depends only on (seed,
-index), so the result is the same).
+index), so the result is the same). The attribute ``rows`` counts the rows of completely written
+batches; rows beyond it (a batch torn by a kill) are dropped and mapped again, and only images not yet
+in the file are appended, so a resumed file equals an uninterrupted one whatever the batch size.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ScoreFile(L.Callback):
             return
         if self.partial.exists() and self.resume and self._matches(self.partial):
             self._file = h5py.File(self.partial, "a")
+            self._drop_torn_rows()
             keys = zip(self._file["split"][()].tolist(), self._file["index"][()].tolist())
             self._row = {k: i for i, k in enumerate(keys)}
             log.info("resuming from %s: %d images already mapped", self.partial, len(self._row))
@@ -56,11 +59,25 @@ class ScoreFile(L.Callback):
             self.partial.unlink(missing_ok=True)
             self._row = {}
 
+    def _drop_torn_rows(self) -> None:
+        """Cut every dataset to the rows of the last batch that was completely written (``attrs["rows"]``,
+        set after its data): a batch torn by a kill is mapped again."""
+        f = self._file
+        names = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        n = min([int(f.attrs.get("rows", f["index"].shape[0]))] + [f[k].shape[0] for k in names])
+        torn = {k for k in names if f[k].shape[0] != n}
+        for k in torn:
+            f[k].resize(n, axis=0)
+        if torn:
+            log.info("%s: dropped the rows of a torn batch beyond row %d", self.partial, n)
+
     def _matches(self, path: Path) -> bool:
         try:
             with h5py.File(path, "r") as f:
                 stored = {k: f.attrs[k] for k in _SETTINGS} | {"record_steps": list(f.attrs["record_steps"])}
         except (OSError, KeyError):
+            log.warning("%s is unreadable (killed while writing?); mapping from scratch", path)
             return False
         same = all(np.all(np.asarray(stored[k]) == np.asarray(v)) for k, v in self.settings.items())
         if not same:
@@ -108,6 +125,11 @@ class ScoreFile(L.Callback):
         if not trainer.is_global_zero or outputs.get("from_file"):
             return
         cols = self._columns(outputs)
+        keys = list(zip(cols["split"].tolist(), cols["index"].tolist()))
+        new = np.array([k not in self._row for k in keys], dtype=bool)  # a resumed batch may overlap
+        if not new.any():
+            return
+        cols = {k: v[new] for k, v in cols.items()}
         if self._file is None:
             self._file = h5py.File(self.partial, "w")
             for k, v in self.settings.items():
@@ -124,6 +146,9 @@ class ScoreFile(L.Callback):
             ds.resize(n0 + len(arr), axis=0)
             ds[n0:] = arr
         f.flush()  # a killed evaluation keeps every finished batch
+        f.attrs["rows"] = n0 + int(new.sum())  # committed only after the data: see _drop_torn_rows
+        f.flush()
+        self._row.update({k: n0 + j for j, k in enumerate(k for k, is_new in zip(keys, new) if is_new)})
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self._file is not None:

@@ -1,0 +1,23 @@
+"""Atomic file writes: a reader (or a run killed mid-write) never sees half a file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; on success it is renamed onto ``path`` (atomic
+    on POSIX within a file system), on an exception it is removed and ``path`` is left as it was.
+    ``keep_suffix``: the temporary name ends like ``path`` (matplotlib reads the format from it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}" if keep_suffix else f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

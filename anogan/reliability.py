@@ -1,0 +1,228 @@
+"""Resuming, stopping and refusing: what keeps a days-long sweep on a shared cluster from losing work or
+producing a silently wrong number.
+
+- ``EpochSeed``: the random draws of training epoch e (data order, z of the GAN steps) are a function
+  of (seed, e) only, so a run resumed from ``last.ckpt`` ends with the same weights as one never stopped.
+- ``AtomicCheckpointIO``: a checkpoint is complete or absent, never truncated, wherever the run lives.
+- ``resolve_ckpt_path`` / ``read_checkpoint`` / ``check_architecture``: ``ckpt_path=auto``, and clear
+  errors for a missing, truncated, foreign or mismatched checkpoint. Checkpoints are loaded with
+  ``weights_only=True``: tensors and plain containers only, so loading one cannot run code.
+- ``stopped_by_sigterm``: Lightning owns SIGTERM (it stops the loops at the next batch); this turns its
+  exception into a logged message and exit status 143, the status of a process ended by SIGTERM.
+- ``check_finite_scores``: non-finite scores name the images they belong to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader, RandomSampler
+
+from anogan.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended
+LAST = Path("checkpoints") / "last.ckpt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, not an anogan GAN, or of another architecture."""
+
+
+class NonFiniteScoreError(FloatingPointError):
+    """Some images got a NaN or infinite score."""
+
+
+# -- training: per-epoch seeds ---------------------------------------------------------------------
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+
+
+class EpochSeed(L.Callback):
+    """Reseeds the global RNGs and the training sampler's generator at the start of every epoch, so
+    that epoch e draws the same data order and the same z whether the run started at epoch 0 or was
+    resumed from a checkpoint. (With ``data.num_workers > 0`` the workers fetch the first indices before
+    this hook runs, so the order is exact only with ``num_workers=0``, the CPU default.)"""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        s = epoch_seed(self.seed, trainer.current_epoch)
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+        loaders = trainer.train_dataloader
+        loaders = loaders.values() if isinstance(loaders, dict) else (
+            loaders if isinstance(loaders, list | tuple) else [loaders])
+        for dl in loaders:
+            sampler = getattr(dl, "sampler", None) if isinstance(dl, DataLoader) else None
+            if isinstance(sampler, RandomSampler):
+                # a generator of the sampler's own: the loader's also seeds each new iterator, which
+                # Lightning creates before this hook in a run's first epoch and after it in later ones
+                sampler.generator = torch.Generator().manual_seed(s)  # drawn from lazily, after this
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside their path, synced, then renamed over it.
+
+    Lightning's own writer puts the temporary file in the system temp directory and moves it, which is a
+    copy, not an atomic rename, when the run directory is on another file system (the usual cluster
+    set-up: /tmp on the node, runs on a shared disk): a kill during the copy would leave a truncated
+    ``last.ckpt``, and every kill a checkpoint-sized file in /tmp."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path, keep_suffix=False) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def checkpoint_plugins(configured) -> list:
+    """The Trainer's plugins: those configured (``trainer.plugins``), plus ``AtomicCheckpointIO`` unless
+    one of them already writes the checkpoints."""
+    plugins = list(configured or [])
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a training resumes from: None, a path, or ``auto`` = ``<run dir>/checkpoints/
+    last.ckpt`` when it exists (a requeued job in its own run directory), else a fresh start."""
+    if ckpt_path in (None, ""):
+        return None
+    if str(ckpt_path) == "auto":
+        last = Path(output_dir) / LAST
+        if last.is_file():
+            log.info("ckpt_path=auto: resuming from %s", last)
+            return last
+        log.info("ckpt_path=auto: no %s yet, starting from scratch", last)
+        return None
+    return Path(ckpt_path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file on the CPU with ``weights_only=True``; errors name the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path={path} is a directory; pass the file, e.g. ckpt_path={path / LAST}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass ckpt_path=<run dir>/{LAST}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise CheckpointError(
+                f"{path} holds Python objects other than tensors and plain containers, and loading "
+                "them could run code, so it is not loaded (weights_only=True). Use a checkpoint written "
+                "by train.py; see README, 'Reliability'"
+            ) from None
+        raise _corrupt(path, e) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CheckpointError(
+        f"{path} is truncated or corrupt ({first}); copy it again, or resume from an earlier "
+        f"{path.parent}/epoch_XXXX.ckpt"
+    )
+
+
+def gan_nets(ckpt: dict, path: str | os.PathLike) -> dict:
+    """The ``anogan_nets`` entry of a GAN checkpoint (net configs and prior)."""
+    if not isinstance(ckpt, dict) or "anogan_nets" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not an anogan GAN checkpoint (no 'anogan_nets' entry); pass the "
+            f"{LAST} of a train.py run"
+        )
+    return ckpt["anogan_nets"]
+
+
+def check_architecture(ckpt: dict, path: str | os.PathLike, model) -> None:
+    """Refuse to resume ``model`` (an ``anogan.gan.GAN``) from a checkpoint of other nets; name the
+    settings that differ."""
+    nets = gan_nets(ckpt, path)
+    wanted = {"generator": dict(model.generator.config), "discriminator": dict(model.discriminator.config)}
+    diffs = [
+        f"{net}.{k}: checkpoint {nets[net].get(k)!r}, configured {v!r}"
+        for net, cfg in wanted.items() for k, v in cfg.items() if nets[net].get(k) != v
+    ]
+    if nets.get("prior", "uniform") != model.prior:
+        diffs.append(f"prior: checkpoint {nets.get('prior')!r}, configured {model.prior!r}")
+    if diffs:
+        raise CheckpointError(
+            f"{path} holds another architecture than the configured model ({'; '.join(diffs)}); "
+            "resume with that run's settings (its .hydra/config.yaml) or start a new run without ckpt_path"
+        )
+
+
+# -- SIGTERM ---------------------------------------------------------------------------------------
+@contextmanager
+def stopped_by_sigterm(what: str, resume_hint: str) -> Iterator[None]:
+    """Turn Lightning's ``SIGTERMException`` (raised at the batch after a SIGTERM, once its callbacks
+    have closed their files) into a logged message and ``SystemExit(143)``."""
+    try:
+        yield
+    except SIGTERMException:
+        log.warning("%s stopped by SIGTERM; %s", what, resume_hint)
+        raise SystemExit(SIGTERM_EXIT) from None
+
+
+# -- evaluation input ------------------------------------------------------------------------------
+def check_data_size(data_cfg, nets: dict, path: str | os.PathLike) -> None:
+    """Evaluation data sized explicitly (``data.image_size`` / ``data.channels``) unlike the GAN."""
+    gen = nets["generator"]
+    for key in ("image_size", "channels"):
+        if key in data_cfg and data_cfg[key] is not None and int(data_cfg[key]) != int(gen[key]):
+            raise ValueError(
+                f"data.{key}={data_cfg[key]} but the GAN of {path} was trained with {key}={gen[key]}; "
+                f"drop the override (the data is then sized for the GAN) or evaluate a GAN trained at "
+                f"{key}={data_cfg[key]}"
+            )
+
+
+def check_image_shape(image: torch.Tensor, nets: dict, where: str) -> None:
+    """A test image (C, H, W) must have the GAN's channels and size."""
+    gen = nets["generator"]
+    want = (gen["channels"], gen["image_size"], gen["image_size"])
+    if tuple(image.shape) != want:
+        raise ValueError(
+            f"{where} yields images of shape {tuple(image.shape)} but the GAN expects {want} "
+            "(channels, height, width); set data.image_size and data.channels to the GAN's"
+        )
+
+
+def check_finite_scores(scores: dict[str, torch.Tensor], split: torch.Tensor, index: torch.Tensor) -> None:
+    """Raise naming every image (split, dataset index) with a NaN or infinite score."""
+    bad = torch.zeros_like(index, dtype=torch.bool)
+    for v in scores.values():
+        bad |= ~torch.isfinite(v.detach()).to(bad.device)
+    if bad.any():
+        from anogan.data import SPLITS
+
+        names = {v: k for k, v in SPLITS.items()}
+        which = [f"{names.get(int(s), s)}[{int(i)}]" for s, i in zip(split[bad].tolist(), index[bad].tolist())]
+        kinds = sorted(k for k, v in scores.items() if not torch.isfinite(v.detach()).all())
+        raise NonFiniteScoreError(
+            f"non-finite {', '.join(kinds)} scores for {len(which)} image(s): {', '.join(which[:20])}"
+            f"{' ...' if len(which) > 20 else ''} (split[dataset index]); check these images for NaN or "
+            "inf values, and the checkpoint's weights"
+        )
