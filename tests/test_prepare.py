@@ -247,3 +247,14 @@ def test_dataloader_with_two_workers_reads_the_file(phantom_dir, tmp_path):
         assert torch.equal(batch["label"], torch.from_numpy(d["labels"][rows]))
         seen += len(rows)
     assert seen == int((d["split"] == SPLITS["test"]).sum())
+
+
+def test_schema_attributes_are_checked(tmp_path):
+    write_npz(tmp_path / "x.npz")
+    out = tmp_path / "o.h5"
+    assert main(["npz", str(tmp_path / "x.npz"), str(out), "--normal-classes", "0", "--no-progress"]) == 0
+    assert inspect_hdf5(out).size == 28
+    with h5py.File(out, "a") as f:
+        f.attrs["patch_size"] = 64
+    with pytest.raises(ValueError, match=r"o\.h5: attribute patch_size=64 but the images are 28x28"):
+        inspect_hdf5(out)

@@ -28,10 +28,9 @@ import numpy as np
 
 from anogan.data import sources
 from anogan.data.datamodule import SPLITS
-from anogan.data.hdf5 import inspect_hdf5
+from anogan.data.hdf5 import NORMALISATIONS, inspect_hdf5
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-NORMALISATIONS = ("none", "image", "global")
 
 
 class PrepareError(ValueError):
