@@ -66,8 +66,8 @@ def bscan(rng: np.random.Generator, height: int = 128, width: int = 256, n_fluid
     mask = np.zeros((height, width), bool)
     for _ in range(n_fluid):
         cx = rng.uniform(0.1 * width, 0.9 * width)
-        ry = rng.uniform(2.5, max(2.5, inner / 2 - 4))
-        rx = ry * rng.uniform(1.2, 2.5)
+        ry = rng.uniform(2.0, 4.0)  # small: a normal-trained G has no dark holes of this size to draw
+        rx = ry * rng.uniform(1.0, 2.0)
         cy = top[int(cx)] + rng.uniform(3 + ry, max(3 + ry, inner - 2 - ry))
         mask |= ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1
     clean[mask] = FLUID

@@ -217,7 +217,8 @@ class PatchWriter:
                 train = self.f["split"][()] == SPLITS["train"] if "split" in self.f else True
                 if self.n == 0 or not np.any((labels == 0) & train):
                     raise PrepareError(
-                        f"{self.out}: no normal patch for training ({self.n} patches in all); "
+                        f"{self.attrs.get('source', self.out)}: no normal patch for training ({self.n} patches "
+                        "in all); "
                         "lower --min-foreground, raise --min-anomalous-pixels or add volumes without fluid"
                     )
                 self.f.attrs.update({k: v for k, v in self.attrs.items() if v is not None})
@@ -226,6 +227,7 @@ class PatchWriter:
                 inspect_hdf5(self.tmp)  # the schema check the training does, before the file is published
                 os.replace(self.tmp, self.out)
         finally:
+            self.f.close()  # a no-op when closed above
             self.tmp.unlink(missing_ok=True)
 
 
