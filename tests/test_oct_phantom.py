@@ -6,8 +6,10 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import compose_cfg
 
+from anogan.callbacks import auroc
 from anogan.data import SPLITS
 from anogan.data.phantom import FLUID, PhantomDataModule, bscan
 
@@ -69,7 +71,12 @@ def test_oct_phantom_end_to_end_pixel_auroc_above_chance(tmp_path):
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_anomalous"] > 10 and metrics["n_normal"] > 100
-    # measured 0.74 (darkness alone ranks the fluid pixels at 0.76, an untrained G at 0.59)
-    assert metrics["pixel_auroc"] >= 0.65
+    # The residual maps find the fluid (measured 0.93), and better than dark pixels alone (0.75): the
+    # fluid is not the darkest structure, so G must have learned the layers for the maps to work.
+    with h5py.File(tmp_path / "patches.h5", "r") as f:
+        test = f["split"][()] == SPLITS["test"]
+        darkness = auroc(-torch.from_numpy(f["images"][()][test].astype(np.float32)).flatten(),
+                         torch.from_numpy(f["masks"][()][test]).flatten())
+    assert metrics["pixel_auroc"] >= 0.7 and metrics["pixel_auroc"] > darkness + 0.05
     assert metrics["scores"]["residual"]["auroc"] >= 0.65
     assert (tmp_path / "run" / "figures" / "anomaly_grid.png").stat().st_size > 20000  # with the annotation row
