@@ -72,8 +72,7 @@ def test_oct_phantom_end_to_end_pixel_auroc_above_chance(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_anomalous"] > 10 and metrics["n_normal"] > 100
     # The residual maps find the fluid (measured 0.93; a G trained for one batch: 0.60), and better than
-    # dark pixels alone (0.75): the
-    # fluid is not the darkest structure, so G must have learned the layers for the maps to work.
+    # dark pixels alone (0.75): the fluid is not the darkest structure, so G must have learned the layers.
     with h5py.File(tmp_path / "patches.h5", "r") as f:
         test = f["split"][()] == SPLITS["test"]
         darkness = auroc(-torch.from_numpy(f["images"][()][test].astype(np.float32)).flatten(),
