@@ -1,5 +1,6 @@
 """The prepare command: scans and masks, MedMNIST .npz and IDX files to HDF5 patch files."""
 
+import json
 import re
 from pathlib import Path
 
@@ -258,3 +259,32 @@ def test_schema_attributes_are_checked(tmp_path):
         f.attrs["patch_size"] = 64
     with pytest.raises(ValueError, match=r"o\.h5: attribute patch_size=64 but the images are 28x28"):
         inspect_hdf5(out)
+
+
+def test_oct_paper_preset_runs_on_a_prepared_folder(tmp_path):
+    """The README's path: scans and masks -> prepare -> experiment=oct_paper (a tiny budget here)."""
+    from conftest import TINY, compose_cfg
+
+    from anogan.pipeline import train
+
+    root = write_phantom(tmp_path / "oct", healthy=2, healthy_test=1, fluid=1, scans=2, height=96, width=128,
+                         blobs=(3, 4), seed=1)
+    out = tmp_path / "patches.h5"
+    assert main(["folder", str(root / "scans"), str(out), "--masks", str(root / "masks"), "--no-progress",
+                 "--normalise", "global", "--min-foreground", "0.2"]) == 0
+    cfg = compose_cfg("train", ["experiment=oct_paper", f"data.path={out}", *TINY, "trainer.max_epochs=1",
+                                "inversion.steps=2", "logger=none", "data.eval_train_samples=4"], tmp_path / "run")
+    assert (cfg.data.image_size, cfg.inversion.lam, cfg.inversion.steps) == (64, 0.1, 2)
+    assert cfg.data.num_workers == 2 and cfg.data._target_ == "anogan.data.HDF5DataModule"
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    info = inspect_hdf5(out)
+    assert metrics["n_normal"] + metrics["n_anomalous"] == int((info.split == SPLITS["test"]).sum())
+    assert 0 <= metrics["pixel_auroc"] <= 1 and (tmp_path / "run" / "figures" / "anomaly_grid.png").exists()
+
+
+def test_oct_paper_preset_has_the_papers_settings(tmp_path):
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("train", ["experiment=oct_paper", "data.path=x.h5"], tmp_path)
+    assert (cfg.data.image_size, cfg.inversion.lam, cfg.inversion.steps, cfg.trainer.max_epochs) == (64, 0.1, 500, 20)
