@@ -167,6 +167,14 @@ def cut(image: np.ndarray, mask: np.ndarray | None, opts: PatchOptions, rng: np.
 
 
 # -- writing ---------------------------------------------------------------------------------------
+def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """``out`` as a Path; an error when it exists and ``overwrite`` is not set (checked before any work)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PrepareError(f"{out} exists; pass --overwrite to replace it, or choose another output")
+    return out
+
+
 class PatchWriter:
     """Appends patches to ``<out>.tmp`` (gzip, one patch per chunk) and renames it to ``out`` on a
     clean exit; on any error the temporary file is deleted and ``out`` is left as it was."""
@@ -174,9 +182,7 @@ class PatchWriter:
     def __init__(self, out: str | os.PathLike, patch_size: int, dtype: np.dtype, with_masks: bool,
                  with_volume: bool = True, with_split: bool = True, overwrite: bool = False,
                  attrs: dict | None = None):
-        self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise PrepareError(f"{self.out} exists; pass --overwrite to replace it, or choose another output")
+        self.out = check_output(out, overwrite)
         self.tmp = self.out.with_name(self.out.name + ".tmp")
         self.p, self.dtype, self.with_masks = patch_size, np.dtype(dtype), with_masks
         self.columns = ["labels"] + ["volume"] * with_volume + ["split"] * with_split
@@ -287,6 +293,7 @@ def prepare_folder(scans: str | os.PathLike, out: str | os.PathLike, masks: str 
     ``split="none"``: no ``split`` dataset, the DataModule draws a patient-wise split by ``volume``."""
     if split not in ("paper", "none"):
         raise PrepareError(f"--split {split}: expected paper or none")
+    check_output(out, overwrite)
     scans, masks = Path(scans), Path(masks) if masks is not None else None
     opts = PatchOptions(**options)
     items = list_scans(scans, masks)
@@ -332,6 +339,7 @@ def prepare_arrays(parts: dict[str, tuple[np.ndarray, np.ndarray]], out: str | o
                    **options) -> Path:
     """Images (N, H, W) with classes (N,) per split (train, val, test) -> HDF5 patch file; a patch is
     normal when its image's class is in ``normal_classes``. ``patch_size`` None: whole images."""
+    check_output(out, overwrite)
     normal = [int(c) for c in normal_classes]
     if not normal:
         raise PrepareError("--normal-classes is empty; name the classes that count as normal, e.g. 0")
