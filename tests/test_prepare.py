@@ -288,3 +288,10 @@ def test_oct_paper_preset_has_the_papers_settings(tmp_path):
 
     cfg = compose_cfg("train", ["experiment=oct_paper", "data.path=x.h5"], tmp_path)
     assert (cfg.data.image_size, cfg.inversion.lam, cfg.inversion.steps, cfg.trainer.max_epochs) == (64, 0.1, 500, 20)
+
+
+@pytest.mark.parametrize("option, value", [("--patch-size", "0"), ("--stride", "-2"), ("--min-foreground", "1.5"),
+                                           ("--min-anomalous-pixels", "0")])
+def test_bad_options_are_named(phantom_dir, tmp_path, capsys, option, value):
+    assert main(["folder", str(phantom_dir / "scans"), str(tmp_path / "o.h5"), option, value]) == 2
+    assert f"{option} {value}" in capsys.readouterr().err and not (tmp_path / "o.h5").exists()

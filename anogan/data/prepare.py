@@ -61,8 +61,12 @@ class PatchOptions:
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise PrepareError(f"--percentiles {lo} {hi}: expected 0 <= low < high <= 100")
-        if self.min_anomalous_pixels < 1:
-            raise PrepareError(f"--min-anomalous-pixels {self.min_anomalous_pixels}: expected >= 1")
+        for name in ("patch_size", "stride", "per_image", "min_anomalous_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PrepareError(f"--{name.replace('_', '-')} {value}: expected >= 1")
+        if not 0 <= self.min_foreground <= 1:
+            raise PrepareError(f"--min-foreground {self.min_foreground}: expected a fraction in [0, 1]")
 
 
 # -- reading ---------------------------------------------------------------------------------------
