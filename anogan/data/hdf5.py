@@ -7,6 +7,10 @@ Schema (one row per image):
 * ``masks`` (optional): (N, H, W), bool or 0/1 integers, True where the image is anomalous
 * ``volume`` (optional): (N,) integer id of the patient or volume the image comes from
 * ``split`` (optional): (N,) 0 = train, 1 = val, 2 = test (fixes the split instead of drawing it)
+
+Attributes (optional; written by ``python -m anogan.data.prepare``, checked when present): ``source``,
+``patch_size`` (= H = W), ``stride``, ``per_image``, ``normalisation`` (none, image or global),
+``percentiles``, ``min_foreground``, ``min_anomalous_pixels``, ``volumes`` (the name of each volume id).
 """
 
 from __future__ import annotations
@@ -41,6 +45,18 @@ class HDF5Info:
 
 def _fail(path: Path, dataset: str, what: str) -> None:
     raise ValueError(f"{path}: dataset '{dataset}' {what}")
+
+
+NORMALISATIONS = ("none", "image", "global")
+
+
+def _check_attrs(path: Path, attrs, size: int) -> None:
+    """The optional attributes of the schema, where present, agree with the data."""
+    if "patch_size" in attrs and int(attrs["patch_size"]) != size:
+        raise ValueError(f"{path}: attribute patch_size={attrs['patch_size']} but the images are {size}x{size}")
+    if "normalisation" in attrs and attrs["normalisation"] not in NORMALISATIONS:
+        raise ValueError(f"{path}: attribute normalisation={attrs['normalisation']!r}; expected one of "
+                         f"{', '.join(NORMALISATIONS)}")
 
 
 def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
@@ -107,8 +123,10 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
                 if allowed is not None:
                     bad = np.flatnonzero(~np.isin(arr, allowed))
                     if bad.size:
-                        _fail(path, name, f"must be 0 (train), 1 (val) or 2 (test), found {arr[bad[0]]} at row {bad[0]}")
+                        _fail(path, name, f"must be 0 (train), 1 (val) or 2 (test), found {arr[bad[0]]} "
+                              f"at row {bad[0]}")
                 extra[name] = arr.astype(np.int64)
+        _check_attrs(path, f.attrs, h)
     return HDF5Info(path, n, channels, h, lab, has_masks, extra.get("volume"), extra.get("split"))
 
 
