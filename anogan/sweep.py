@@ -221,6 +221,21 @@ def finish_wandb(failed: bool = False) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+def wandb_logger(**kwargs: Any):
+    """Lightning's ``WandbLogger``; in a Hydra multirun each job is its own run, grouped by sweep
+    (``group`` = ``<task>/<sweep dir name>`` unless set) and named ``<name>-<job number>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.loggers import WandbLogger
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        if not kwargs.get("group"):
+            kwargs["group"] = f"{hc.job.name}/{Path(str(hc.sweep.dir)).name}"
+        kwargs["name"] = f"{kwargs.get('name') or hc.job.name}-{hc.job.num}"
+    return WandbLogger(**kwargs)
+
+
 class SweepSummary(Callback):
     """Hydra callback: finish the job's wandb run, write ``job_status.json``, and in a multirun the
     sweep's ``summary.csv`` and figures (after every job, and when the multirun ends)."""

@@ -22,6 +22,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from anogan.callbacks.metrics import gather_rows
+
 log = logging.getLogger(__name__)
 _SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior")
 
@@ -41,6 +43,7 @@ class ScoreFile(L.Callback):
     # -- resume ------------------------------------------------------------------------------------
     def on_test_start(self, trainer, pl_module) -> None:
         self._file = None
+        self._written: set[tuple[int, int]] = set()  # (split, index) of the rows written under DDP
         self.settings = _settings(pl_module.hparams)
         if trainer.world_size > 1:
             self.resume = False  # resume is a single-process feature
@@ -102,12 +105,21 @@ class ScoreFile(L.Callback):
             cols.update({f"recorded/{t}/{k}": v for k, v in d.items()})
         if self.store_maps:
             cols["residual_map"], cols["generated"] = outputs["residual_map"], outputs["generated"]
-        return {k: v.detach().cpu().numpy() for k, v in cols.items()}
+        return {k: v.detach() for k, v in cols.items()}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.is_global_zero or outputs.get("from_file"):
+        if outputs.get("from_file"):
             return
         cols = self._columns(outputs)
+        if trainer.world_size > 1:  # every process's rows, each image once (the sampler pads)
+            cols = gather_rows(pl_module, cols)
+            keys = list(zip(cols["split"].tolist(), cols["index"].tolist()))
+            new = torch.tensor([k not in self._written for k in keys], dtype=torch.bool)
+            cols = {k: v[new] for k, v in cols.items()}
+            self._written.update(k for k, n in zip(keys, new.tolist()) if n)
+        if not trainer.is_global_zero or not len(cols["index"]):
+            return
+        cols = {k: v.cpu().numpy() for k, v in cols.items()}
         if self._file is None:
             self._file = h5py.File(self.partial, "w")
             for k, v in self.settings.items():
