@@ -2,11 +2,12 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose_cfg, run_script
+from conftest import CONF, ROOT, compose_cfg, run_script
 from omegaconf import OmegaConf
 
 from anogan.pipeline import evaluate
@@ -109,3 +110,52 @@ def test_a_recorded_step_scores_like_a_job_that_stops_there(tiny_ckpt, tmp_path)
     recorded, final = read_summary(sweep)
     for name in ("anomaly", "residual", "discrimination"):
         assert float(recorded[f"auroc/{name}/step_2"]) == pytest.approx(float(final[f"auroc/{name}"]), abs=1e-6)
+
+
+def _hydra_cfg(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("evaluate", ["ckpt_path=x.ckpt", *overrides], return_hydra_config=True)
+
+
+def test_slurm_launcher_submits_one_task_per_gpu_with_lightning_owning_the_requeue_signal(tmp_path, monkeypatch):
+    """The sbatch script that submitit would submit for hydra/launcher=slurm (no cluster here: a stub
+    srun lets submitit start, and the submission itself is intercepted)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = _hydra_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
+                      "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=64",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    launcher = SlurmLauncher(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+
+    class Submitted(Exception):
+        pass
+
+    def intercept(executor, fn, *args):
+        raise Submitted(executor._executor._make_submission_file_text("python -u -m submitit.core._submit", "0"))
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", intercept)
+    with pytest.raises(Submitted) as sbatch:
+        launcher.launch([["inversion.lam=0.1"]], 0)
+    lines = set(sbatch.value.args[0].splitlines())
+    for line in ("--partition=gpu", "--account=proj42", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90",
+                 "--mem=64GB", "--requeue", "--signal=USR1@120"):
+        assert f"#SBATCH {line}" in lines, line
+    assert sum(line.startswith("#SBATCH --signal") for line in lines) == 1  # one owner: Lightning's SIGUSR1
+
+
+def test_the_run_directory_is_named_by_the_slurm_job_id(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert _hydra_cfg([]).hydra.run.dir == "logs/evaluate/runs/4242"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert _hydra_cfg([]).hydra.run.dir.startswith("logs/evaluate/runs/20")

@@ -35,8 +35,8 @@ class WandbEvaluation(L.Callback):
         import wandb
 
         result, data = metrics.result, metrics.data
-        table = wandb.Table(columns=list(TABLE_COLUMNS),
-                            data=[[name] + [row[c] for c in TABLE_COLUMNS[1:]] for name, row in result["scores"].items()])
+        rows = [[name] + [row[c] for c in TABLE_COLUMNS[1:]] for name, row in result["scores"].items()]
+        table = wandb.Table(columns=list(TABLE_COLUMNS), data=rows)
         roc = wandb.Table(columns=["score", "fpr", "tpr"], data=self.roc_rows(data))
         log = {
             "test/table": table,
