@@ -244,7 +244,11 @@ class SweepSummary(Callback):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        error = job_return._return_value if job_return.status.name == "FAILED" else None
+        error = None
+        try:
+            job_return.return_value  # re-raises the job's exception when it failed
+        except Exception as e:  # noqa: BLE001 -- any error of the job becomes its status
+            error = e
         finish_wandb(failed=error is not None)
         if _rank() != 0:
             return  # DDP / SLURM tasks other than the first share the job's directory
