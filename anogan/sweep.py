@@ -246,8 +246,8 @@ class SweepSummary(Callback):
 
         error = None
         try:
-            job_return.return_value  # re-raises the job's exception when it failed
-        except Exception as e:  # noqa: BLE001 -- any error of the job becomes its status
+            _ = job_return.return_value  # re-raises the job's exception when it failed
+        except Exception as e:  # any error of the job becomes its status
             error = e
         finish_wandb(failed=error is not None)
         if _rank() != 0:
