@@ -35,11 +35,11 @@ def test_both_notebooks_execute(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     nb = execute("01_quickstart.ipynb")
     assert images(nb) == 5  # samples, Fig. 2, Fig. 3a, 3b, 3c/d
-    assert (run / "eval" / "metrics.json").is_file()
+    assert (run / "metrics.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
 
     sweep = tmp_path / "sweep"
     monkeypatch.setenv("ANOGAN_SWEEP_DIR", str(sweep))
-    monkeypatch.setenv("ANOGAN_CKPT", str(run / "train" / "checkpoints" / "last.ckpt"))
+    monkeypatch.setenv("ANOGAN_CKPT", str(run / "checkpoints" / "last.ckpt"))
     monkeypatch.setenv("ANOGAN_LAMS", "0.1,0.5")
     monkeypatch.setenv("ANOGAN_STEPS", "1,2")
     monkeypatch.setenv("ANOGAN_EXTRA", "logger=none +data.eval_train_samples=0")
