@@ -21,7 +21,8 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     model = instantiate(cfg.model)
     assert model.generator.config["image_size"] == cfg.data.image_size
     assert len(instantiate_list(cfg.callbacks)) >= 2
-    assert len(instantiate_list(cfg.evaluation_callbacks)) == 3
+    evaluation = {type(c).__name__ for c in instantiate_list(cfg.evaluation_callbacks)}
+    assert {"ScoreFile", "AnomalyMetrics", "PaperFigures"} <= evaluation
     instantiate(cfg.trainer, logger=instantiate_list(cfg.logger) or False)
 
 

@@ -81,9 +81,9 @@ class PaperFigures(OutputCollector):
                 self.examples[g].append(ex)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
+        data = self.gathered()  # in every process: gathering is collective under DDP
         if not trainer.is_global_zero:
             return
-        data = self.gathered()
         paths = [self.roc(data, name, names) for name, names in ROC_FIGURES.items()]
         paths.append(self.distributions(data))
         paths.append(self.anomaly_grid())

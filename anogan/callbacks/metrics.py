@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics.classification import BinaryAUROC, BinaryROC
 from torchmetrics.functional.classification import binary_stat_scores
@@ -55,6 +56,33 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def gather_rows(pl_module: L.LightningModule, rows: dict) -> dict:
+    """Per-image rows of every process, each image once. ``rows``: (N, ...) tensors (nested dicts
+    allowed) with ``split`` and ``index``; every process must hold the same N, as the
+    DistributedSampler makes it by repeating a few images, which are dropped here (first copy kept)."""
+    from lightning.fabric.utilities.apply_func import apply_to_collection
+
+    rows = apply_to_collection(rows, torch.Tensor, lambda t: t.to(pl_module.device))
+    rows = apply_to_collection(pl_module.all_gather(rows), torch.Tensor, lambda t: t.flatten(0, 1).cpu())
+    keys = rows["split"].long() * (int(rows["index"].max()) + 1) + rows["index"].long()
+    _, first = np.unique(keys.numpy(), return_index=True)
+    keep = torch.from_numpy(np.sort(first))
+    return apply_to_collection(rows, torch.Tensor, lambda t: t[keep])
+
+
+def padded_duplicates(trainer: L.Trainer, seen: int, n: int) -> torch.Tensor:
+    """(n,) bool: which of the next n test images of this process, after ``seen`` before, are the
+    DistributedSampler's padding (repeats of images that another process maps). Process r gets the
+    positions r, r + W, r + 2W, ... of the index list padded from N to a multiple of W."""
+    world = trainer.world_size
+    if world == 1:
+        return torch.zeros(n, dtype=torch.bool)
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    positions = (seen + torch.arange(n)) * world + trainer.global_rank
+    return positions >= len(loader.dataset)
+
+
 class OutputCollector(L.Callback):
     """Keeps the per-image fields of every test step's output (on CPU) for the epoch-end callbacks.
 
@@ -63,6 +91,7 @@ class OutputCollector(L.Callback):
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._rows: list[dict] = []
+        self._module = pl_module
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         keep = {k: outputs[k].detach().cpu() for k in ("split", "label", "index")}
@@ -84,6 +113,8 @@ class OutputCollector(L.Callback):
             t: {k: torch.cat([r["recorded"][t][k] for r in rows]) for k in rows[0]["recorded"][t]}
             for t in rows[0]["recorded"]
         }
+        if self._module.trainer.world_size > 1:  # every process calls this: all_gather is collective
+            out = gather_rows(self._module, out)
         return out
 
 
@@ -99,20 +130,26 @@ class AnomalyMetrics(OutputCollector):
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         super().on_test_epoch_start(trainer, pl_module)
         self.pixel = BinaryAUROC(thresholds=self.pixel_thresholds, normalization=None)
+        if trainer.world_size > 1:  # compute() gathers the processes' pixels: on their device (NCCL)
+            self.pixel = self.pixel.to(pl_module.device)
         self.has_masks = False
+        self._seen = 0
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
+        n = len(outputs["index"])
+        duplicate = padded_duplicates(self._module.trainer, self._seen, n)  # counted once (DDP)
+        self._seen += n
         if "mask" in outputs:
-            test = outputs["split"] == SPLITS["test"]
+            test = (outputs["split"].cpu() == SPLITS["test"]) & ~duplicate
             if test.any():
                 self.has_masks = True
                 self.pixel.update(
-                    outputs["residual_map"][test].detach().cpu().flatten().double(),
-                    outputs["mask"][test].detach().cpu().flatten().long(),
+                    outputs["residual_map"].detach().cpu()[test].flatten().double().to(self.pixel.device),
+                    outputs["mask"].detach().cpu()[test].flatten().long().to(self.pixel.device),
                 )
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        data = self.gathered()
+        data = self.data = self.gathered()
         test = data["split"] == SPLITS["test"]
         labels = data["label"][test]
         n_anomalous = int(labels.sum())

@@ -24,6 +24,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from anogan.callbacks.metrics import gather_rows
+
 log = logging.getLogger(__name__)
 _SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior")
 
@@ -119,17 +121,25 @@ class ScoreFile(L.Callback):
             cols.update({f"recorded/{t}/{k}": v for k, v in d.items()})
         if self.store_maps:
             cols["residual_map"], cols["generated"] = outputs["residual_map"], outputs["generated"]
-        return {k: v.detach().cpu().numpy() for k, v in cols.items()}
+        return {k: v.detach() for k, v in cols.items()}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.is_global_zero or outputs.get("from_file"):
+        if outputs.get("from_file"):
             return
         cols = self._columns(outputs)
+        if trainer.world_size > 1:  # every process's rows (the sampler pads with repeated images)
+            cols = gather_rows(pl_module, cols)
+        if not trainer.is_global_zero:
+            return
         keys = list(zip(cols["split"].tolist(), cols["index"].tolist()))
-        new = np.array([k not in self._row for k in keys], dtype=bool)  # a resumed batch may overlap
+        seen, new = set(self._row), []  # each image once: a resumed batch may overlap the file
+        for k in keys:
+            new.append(k not in seen)
+            seen.add(k)
+        new = np.array(new, dtype=bool)
         if not new.any():
             return
-        cols = {k: v[new] for k, v in cols.items()}
+        cols = {k: v[torch.from_numpy(new)].cpu().numpy() for k, v in cols.items()}
         if self._file is None:
             self._file = h5py.File(self.partial, "w")
             for k, v in self.settings.items():

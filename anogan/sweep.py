@@ -1,0 +1,275 @@
+"""Hydra multiruns over lam x steps: a per-job status file, the sweep's ``summary.csv`` and figures.
+
+``SweepSummary`` is a Hydra callback (registered in ``conf/hydra/default.yaml``). At the end of every
+job it finishes the job's wandb run (so that each job is its own run) and writes ``job_status.json``
+into the job's directory (``{"status": "COMPLETED"}`` or ``{"status": "FAILED", "error": ...}``); in a
+multirun it then rebuilds, from every job directory found so far, the sweep directory's
+
+* ``summary.csv``: one row per job: job number, status, error, lam, steps, its overrides (one column
+  each), the AUROC of every score (``auroc/<score>``) and, with ``inversion.record_steps``, the AUROC
+  after each recorded step count (``auroc/<score>/step_<t>``);
+* ``auroc_heatmap.png``: anomaly AUROC over (lam, steps); ``auroc_vs_steps.png``: one line per lam.
+
+The summary is written after each job, not only when the multirun ends, because Hydra's sweepers
+stop at the first failed job before ``on_multirun_end``: a failed job still leaves its row, with its
+error. Recorded step counts fill the steps axis, so one job per lam with
+``inversion.steps=200 inversion.record_steps=[25,50,100]`` draws the same curves as four jobs per lam.
+
+Rebuild a summary by hand: ``python -m anogan.sweep <sweep dir>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from anogan.scores import SCORE_NAMES
+
+STATUS_FILE = "job_status.json"
+SUMMARY_FILE = "summary.csv"
+FIGURES = ("auroc_heatmap.png", "auroc_vs_steps.png")
+FIRST_COLUMNS = ("job", "status", "error", "lam", "steps", "overrides")
+
+
+def _rank() -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_job_status(job_dir: str | os.PathLike, error: BaseException | None = None) -> Path:
+    """``job_status.json`` of one job: COMPLETED, or FAILED with the error and its traceback."""
+    status: dict[str, Any] = {"status": "COMPLETED" if error is None else "FAILED"}
+    if error is not None:
+        status["error"] = f"{type(error).__name__}: {error}"
+        status["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    path = Path(job_dir) / STATUS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(status, indent=2)))
+    return path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job directories of a sweep (those with Hydra's ``.hydra/overrides.yaml`` or a status file),
+    in job order."""
+    dirs = [d for d in sweep_dir.iterdir() if d.is_dir() and
+            ((d / ".hydra" / "overrides.yaml").is_file() or (d / STATUS_FILE).is_file())]
+    return sorted(dirs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
+
+
+def job_row(job_dir: Path) -> dict[str, Any]:
+    """One summary row: status (COMPLETED, FAILED, or RUNNING while no status file exists), error,
+    lam, steps, the job's overrides and every AUROC of its ``metrics.json``."""
+    row: dict[str, Any] = {"job": job_dir.name}
+    status = _read_json(job_dir / STATUS_FILE) or {"status": "RUNNING"}
+    row["status"] = status["status"]
+    row["error"] = status.get("error", "")
+    overrides = []
+    if (job_dir / ".hydra" / "overrides.yaml").is_file():
+        overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    config = OmegaConf.load(job_dir / ".hydra" / "config.yaml") if (job_dir / ".hydra" / "config.yaml").is_file() \
+        else OmegaConf.create()
+    metrics = _read_json(job_dir / "metrics.json") or {}
+    for key, name in (("lam", "inversion.lam"), ("steps", "inversion.steps")):
+        value = metrics.get(key, OmegaConf.select(config, name, default=None))
+        row[key] = value if value is None or isinstance(value, (int, float)) else str(value)
+    row["overrides"] = " ".join(overrides)
+    for o in overrides:
+        key, _, value = o.partition("=")
+        row[key.lstrip("+~")] = value
+    for name, scores in metrics.get("scores", {}).items():
+        row[f"auroc/{name}"] = scores["auroc"]
+    if "pixel_auroc" in metrics:
+        row["pixel_auroc"] = metrics["pixel_auroc"]
+    for t, aurocs in sorted(metrics.get("recorded", {}).items(), key=lambda kv: int(kv[0])):
+        for name, value in aurocs.items():
+            row[f"auroc/{name}/step_{t}"] = value
+    return row
+
+
+def _column_order(rows: list[dict]) -> list[str]:
+    keys = {k for r in rows for k in r}
+    first = [k for k in FIRST_COLUMNS if k in keys]
+    aurocs = sorted((k for k in keys if k.startswith("auroc/") or k == "pixel_auroc"),
+                    key=lambda k: (k.count("/"), _score_rank(k), _step_of(k), k))
+    rest = sorted(keys - set(first) - set(aurocs))
+    return first + rest + aurocs
+
+
+def _score_rank(key: str) -> int:
+    name = key.split("/")[1] if "/" in key else key
+    return SCORE_NAMES.index(name) if name in SCORE_NAMES else len(SCORE_NAMES)
+
+
+def _step_of(key: str) -> int:
+    last = key.rsplit("/", 1)[-1]
+    return int(last[5:]) if last.startswith("step_") else -1
+
+
+def auroc_points(rows: list[dict], score: str = "anomaly") -> dict[tuple[float, int], float]:
+    """{(lam, steps): AUROC of ``score``} over the completed jobs, with recorded step counts as extra
+    points; a job that ran exactly ``steps`` takes precedence over another job's recorded value."""
+    points: dict[tuple[float, int], float] = {}
+    final = set()
+    for r in rows:
+        if r["status"] != "COMPLETED" or r.get("lam") is None or f"auroc/{score}" not in r:
+            continue
+        lam = float(r["lam"])
+        for key, value in r.items():
+            prefix = f"auroc/{score}/step_"
+            if key.startswith(prefix) and (lam, int(key[len(prefix):])) not in final:
+                points[(lam, int(key[len(prefix):]))] = float(value)
+        points[(lam, int(r["steps"]))] = float(r[f"auroc/{score}"])
+        final.add((lam, int(r["steps"])))
+    return points
+
+
+def write_summary(sweep_dir: str | os.PathLike, score: str = "anomaly") -> Path:
+    """Write ``summary.csv`` and, when any job completed with an AUROC, the two figures; returns the
+    csv path."""
+    sweep_dir = Path(sweep_dir)
+    rows = [job_row(d) for d in _job_dirs(sweep_dir)]
+    path = sweep_dir / SUMMARY_FILE
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=_column_order(rows) or list(FIRST_COLUMNS), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _write_atomic(path, write_csv)
+    points = auroc_points(rows, score)
+    if points:
+        plot_sweep(points, sweep_dir, score)
+    return path
+
+
+def plot_sweep(points: dict[tuple[float, int], float], dirpath: Path, score: str = "anomaly") -> list[Path]:
+    """``auroc_heatmap.png`` (lam rows x steps columns, blank where no job ran) and
+    ``auroc_vs_steps.png`` (one line per lam)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lams = sorted({lam for lam, _ in points})
+    steps = sorted({s for _, s in points})
+    grid = np.full((len(lams), len(steps)), np.nan)
+    for (lam, s), v in points.items():
+        grid[lams.index(lam), steps.index(s)] = v
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(steps), 1.0 + 0.6 * len(lams)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=np.nanmin(grid), vmax=np.nanmax(grid))
+    for i in range(len(lams)):
+        for j in range(len(steps)):
+            if not math.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8, color="w")
+    ax.set(xticks=range(len(steps)), xticklabels=steps, yticks=range(len(lams)), yticklabels=lams,
+           xlabel="steps (Gamma)", ylabel="lam", title=f"{score} AUROC")
+    fig.colorbar(im, ax=ax)
+    paths = [dirpath / FIGURES[0], dirpath / FIGURES[1]]
+    _write_atomic(paths[0], lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for lam in lams:
+        xs = [s for s in steps if (lam, s) in points]
+        ax.plot(xs, [points[(lam, s)] for s in xs], marker="o", label=f"lam={lam:g}")
+    ax.set(xlabel="steps (Gamma)", ylabel=f"{score} AUROC", title=f"{score} AUROC against steps")
+    ax.legend(fontsize=8)
+    _write_atomic(paths[1], lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return paths
+
+
+def _locked_summary(sweep_dir: Path) -> None:
+    """Rebuild the summary under a lock: with parallel jobs, the last one to take it sees every
+    status file written before."""
+    import fcntl
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".summary.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_summary(sweep_dir)
+
+
+def finish_wandb(failed: bool = False) -> None:
+    """Finish the active wandb run, if any, so that the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def wandb_logger(**kwargs: Any):
+    """Lightning's ``WandbLogger``; in a Hydra multirun each job is its own run, grouped by sweep
+    (``group`` = ``<task>/<sweep dir name>`` unless set) and named ``<name>-<job number>``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.loggers import WandbLogger
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hc = HydraConfig.get()
+        if not kwargs.get("group"):
+            kwargs["group"] = f"{hc.job.name}/{Path(str(hc.sweep.dir)).name}"
+        kwargs["name"] = f"{kwargs.get('name') or hc.job.name}-{hc.job.num}"
+    return WandbLogger(**kwargs)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: finish the job's wandb run, write ``job_status.json``, and in a multirun the
+    sweep's ``summary.csv`` and figures (after every job, and when the multirun ends)."""
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        error = None
+        try:
+            _ = job_return.return_value  # re-raises the job's exception when it failed
+        except Exception as e:  # any error of the job becomes its status
+            error = e
+        finish_wandb(failed=error is not None)
+        if _rank() != 0:
+            return  # DDP / SLURM tasks other than the first share the job's directory
+        hc = HydraConfig.get()
+        write_job_status(hc.runtime.output_dir, error)
+        if hc.mode == RunMode.MULTIRUN:
+            _locked_summary(Path(str(hc.sweep.dir)))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir():
+            _locked_summary(sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        raise SystemExit("usage: python -m anogan.sweep <sweep directory>")
+    path = write_summary(argv[0])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Multiruns over lam x steps: summary.csv, figures, failed jobs, recorded steps (anogan/sweep.py)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import CONF, ROOT, compose_cfg, run_script
+from omegaconf import OmegaConf
+
+from anogan.pipeline import evaluate
+from anogan.sweep import FIGURES, auroc_points, job_row, main, write_summary
+
+FAST = ["logger=none", "+data.test_subset=60", "+data.eval_train_samples=0", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"]
+
+
+def read_summary(sweep_dir):
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_local_launcher_multirun_writes_summary_and_figures(tiny_ckpt, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_script(["evaluate.py", "-m", "hydra/launcher=local", f"ckpt_path={tiny_ckpt}", "inversion.lam=0.1,0.5",
+                "inversion.steps=1,3", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    rows = read_summary(sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    assert {(float(r["lam"]), int(r["steps"])) for r in rows} == {(0.1, 1), (0.1, 3), (0.5, 1), (0.5, 3)}
+    for r in rows:
+        assert r["status"] == "COMPLETED" and r["error"] == ""
+        assert r["inversion.lam"] == r["lam"] and f"inversion.steps={r['steps']}" in r["overrides"]
+        metrics = json.loads((sweep / r["job"] / "metrics.json").read_text())
+        assert (metrics["lam"], metrics["steps"]) == (float(r["lam"]), int(r["steps"]))
+        for name, row in metrics["scores"].items():
+            assert float(r[f"auroc/{name}"]) == pytest.approx(row["auroc"])
+    # submitit ran each job as its own process: one submission folder with a result per job
+    results = list((sweep / ".submitit").glob("*/*_result.pkl"))
+    assert len(results) == 4
+    for name in FIGURES:
+        assert (sweep / name).stat().st_size > 3000
+
+
+def test_a_failed_job_is_a_row_with_its_error(tiny_ckpt, tmp_path):
+    """Hydra's default launcher: job 1 fails (lam out of range); the sweep exits non-zero, and the
+    summary still holds both jobs, the failed one with its error."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "evaluate.py", "-m", f"ckpt_path={tiny_ckpt}", "inversion.lam=0.1,2",
+                           "inversion.steps=1", *FAST, f"hydra.sweep.dir={sweep}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    ok, failed = read_summary(sweep)
+    assert ok["status"] == "COMPLETED" and 0 <= float(ok["auroc/anomaly"]) <= 1
+    assert failed["status"] == "FAILED" and float(failed["lam"]) == 2.0
+    assert failed["error"].startswith("ValueError: inversion.lam=2") and failed["auroc/anomaly"] == ""
+    status = json.loads((sweep / "1" / "job_status.json").read_text())
+    assert "Traceback" in status["traceback"]
+    assert (sweep / FIGURES[0]).is_file()  # drawn from the completed job
+
+
+def _fake_job(sweep, num, overrides, metrics=None, status="COMPLETED"):
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if status:
+        (job / "job_status.json").write_text(json.dumps({"status": status}))
+    return job
+
+
+def test_recorded_steps_fill_the_steps_axis_and_the_summary_rebuilds(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+
+    def m(lam, steps, auroc, recorded=None):
+        out = {"lam": lam, "steps": steps, "scores": {"anomaly": {"auroc": auroc}, "residual": {"auroc": auroc}}}
+        if recorded:
+            out["recorded"] = {str(t): {"anomaly": a, "residual": a} for t, a in recorded.items()}
+        return out
+
+    _fake_job(sweep, 0, ["inversion.lam=0.1"], m(0.1, 200, 0.9, {25: 0.6, 50: 0.7, 100: 0.8}))
+    _fake_job(sweep, 1, ["inversion.lam=0.5"], m(0.5, 200, 0.85, {25: 0.65, 50: 0.75, 100: 0.8}))
+    _fake_job(sweep, 2, ["inversion.lam=0.5", "inversion.steps=50"], m(0.5, 50, 0.77))
+    _fake_job(sweep, 10, ["inversion.lam=1"], None, status=None)  # still running
+    main([str(sweep)])
+    assert "summary.csv" in capsys.readouterr().out
+    rows = read_summary(sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "10"]
+    assert rows[3]["status"] == "RUNNING"
+    assert float(rows[0]["auroc/anomaly/step_50"]) == 0.7
+    points = auroc_points([job_row(sweep / r["job"]) for r in rows])
+    assert points == {(0.1, 25): 0.6, (0.1, 50): 0.7, (0.1, 100): 0.8, (0.1, 200): 0.9,
+                      (0.5, 25): 0.65, (0.5, 50): 0.77, (0.5, 100): 0.8, (0.5, 200): 0.85}
+    for name in FIGURES:
+        assert (sweep / name).is_file()
+    with pytest.raises(SystemExit, match="usage"):
+        main([str(tmp_path / "missing")])
+
+
+def test_a_recorded_step_scores_like_a_job_that_stops_there(tiny_ckpt, tmp_path):
+    """Why one job per lam suffices: AUROC after 2 of 4 recorded steps == AUROC of a 2-step job."""
+    sweep = tmp_path / "sweep"
+    for num, extra in enumerate([["inversion.steps=4", "inversion.record_steps=[2]"], ["inversion.steps=2"]]):
+        job = _fake_job(sweep, num, extra, status=None)
+        evaluate(compose_cfg("evaluate", [f"ckpt_path={tiny_ckpt}", "inversion.lam=0.3", *FAST, *extra], job))
+        (job / "job_status.json").write_text(json.dumps({"status": "COMPLETED"}))
+    write_summary(sweep)
+    recorded, final = read_summary(sweep)
+    for name in ("anomaly", "residual", "discrimination"):
+        assert float(recorded[f"auroc/{name}/step_2"]) == pytest.approx(float(final[f"auroc/{name}"]), abs=1e-6)
+
+
+def _hydra_cfg(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("evaluate", ["ckpt_path=x.ckpt", *overrides], return_hydra_config=True)
+
+
+def test_slurm_launcher_submits_one_task_per_gpu_with_lightning_owning_the_requeue_signal(tmp_path, monkeypatch):
+    """The sbatch script that submitit would submit for hydra/launcher=slurm (no cluster here: a stub
+    srun lets submitit start, and the submission itself is intercepted)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = _hydra_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
+                      "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=64",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    launcher = SlurmLauncher(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+
+    class Submitted(Exception):
+        pass
+
+    def intercept(executor, fn, *args):
+        raise Submitted(executor._executor._make_submission_file_text("python -u -m submitit.core._submit", "0"))
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", intercept)
+    with pytest.raises(Submitted) as sbatch:
+        launcher.launch([["inversion.lam=0.1"]], 0)
+    lines = set(sbatch.value.args[0].splitlines())
+    for line in ("--partition=gpu", "--account=proj42", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90",
+                 "--mem=64GB", "--requeue", "--signal=USR1@120"):
+        assert f"#SBATCH {line}" in lines, line
+    assert sum(line.startswith("#SBATCH --signal") for line in lines) == 1  # one owner: Lightning's SIGUSR1
+
+
+def test_the_run_directory_is_named_by_the_slurm_job_id(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert _hydra_cfg([]).hydra.run.dir == "logs/evaluate/runs/4242"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert _hydra_cfg([]).hydra.run.dir.startswith("logs/evaluate/runs/20")
