@@ -86,7 +86,9 @@ class Inversion(L.LightningModule):
         if init not in ("random", "encoder"):
             raise ValueError(f"inversion.init={init!r} must be 'random' or 'encoder'")
         if init == "encoder" and encoder is None:
-            raise ValueError("inversion.init=encoder needs an encoder: pass encoder_ckpt_path=<run>/checkpoints/encoder.ckpt")
+            raise ValueError(
+                "inversion.init=encoder needs an encoder: pass encoder_ckpt_path=<run>/checkpoints/encoder.ckpt"
+            )
         self.generator, self.discriminator = generator, discriminator
         self.encoder, self.scorers = encoder, nn.ModuleList(scorers)
         for net in (generator, discriminator) + ((encoder,) if encoder is not None else ()):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior")
+_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init")
 
 
 def _settings(hparams) -> dict:
