@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from anogan import scores as S
 from anogan.nets import Discriminator, Generator
@@ -63,6 +64,11 @@ class Inversion(L.LightningModule):
             batched pass, for the scores reference_discrimination and reference_anomaly.
         record_steps: also report the scores after each of these step counts (<= steps).
         seed: z_1 of image i is a function of (seed, i) only.
+        init: ``random`` (z_1 from the prior, as in the paper) or ``encoder`` (z_1 = E(x), f-AnoGAN's
+            encoder, kept in the prior's support).
+        encoder: E for ``init=encoder``; frozen here.
+        scorers: modules mapping x (B, C, H, W) to more scores {name: (B,)} in one forward pass
+            (``anogan.encoder.FAnoGAN``, ``anogan.acae.ACAEScores``), added to the mapping's scores.
     """
 
     def __init__(
@@ -76,14 +82,24 @@ class Inversion(L.LightningModule):
         reference: bool = True,
         record_steps: Sequence[int] | None = None,
         seed: int = 0,
+        init: str = "random",
+        encoder: nn.Module | None = None,
+        scorers: Sequence[nn.Module] = (),
     ):
         super().__init__()
         record = check_settings(lam, steps, record_steps)
+        if init not in ("random", "encoder"):
+            raise ValueError(f"inversion.init={init!r} must be 'random' or 'encoder'")
+        if init == "encoder" and encoder is None:
+            raise ValueError(
+                "inversion.init=encoder needs an encoder: pass encoder_ckpt_path=<run>/checkpoints/encoder.ckpt"
+            )
         self.generator, self.discriminator = generator, discriminator
-        for net in (generator, discriminator):
+        self.encoder, self.scorers = encoder, nn.ModuleList(scorers)
+        for net in (generator, discriminator) + ((encoder,) if encoder is not None else ()):
             net.requires_grad_(False)
             net.eval()
-        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "scorers"])
         self.hparams.record_steps = record
         self.cache = None  # set by ScoreFile when resuming: outputs of images mapped before
 
@@ -98,7 +114,19 @@ class Inversion(L.LightningModule):
         super().train(mode)
         self.generator.eval()
         self.discriminator.eval()
+        if self.encoder is not None:
+            self.encoder.eval()
         return self
+
+    def initial_z(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """z_1 (B, z_dim): from (seed, index) for ``init=random``; E(x) for ``init=encoder``."""
+        hp = self.hparams
+        if hp.init == "encoder":
+            with torch.no_grad():
+                z1 = self.encoder(x)
+                project_to_support(hp.prior, z1)
+            return z1
+        return initial_z(hp.prior, hp.seed, index.cpu(), self.generator.z_dim).to(x)
 
     def map_batch(self, x: torch.Tensor, index: torch.Tensor) -> dict:
         """Map a batch x (B, C, H, W) in [-1, 1] with dataset indices (B,). Returns a dict of
@@ -111,7 +139,7 @@ class Inversion(L.LightningModule):
         B = x.shape[0]
         with torch.no_grad():
             fx, logits_x = D.features_and_logits(x)  # f(x) once per batch, not per step
-        z1 = initial_z(hp.prior, hp.seed, index.cpu(), G.z_dim).to(x)
+        z1 = self.initial_z(x, index)
         m = 2 if ref else 1  # rows [0, B): AnoGAN mapping; rows [B, 2B): reference mapping
         z = z1.repeat(m, 1).requires_grad_(True)
         xs = x.repeat(m, 1, 1, 1)
@@ -148,6 +176,8 @@ class Inversion(L.LightningModule):
             opt.step()
             with torch.no_grad():
                 project_to_support(hp.prior, z)
+        for scorer in self.scorers:  # one forward pass each, no optimisation (f-AnoGAN, aCAE)
+            cur.update(scorer(x))
         gz = gz.detach()
         return {
             "scores": cur,

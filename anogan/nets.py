@@ -129,3 +129,43 @@ class Discriminator(nn.Module):
         for block in self.blocks[self.feature_layer + 1 :]:
             h = block(h)
         return feats, self.logit(h).flatten()
+
+
+class Encoder(Discriminator):
+    """E of f-AnoGAN: image (B, C, H, W) in [-1, 1] -> z (B, z_dim) in (-1, 1).
+
+    D's convolution blocks, with the logit layer replaced by a convolution to ``z_dim`` channels and a
+    Tanh, so that E(x) lies in the support of the uniform prior (Schlegl et al. 2019, sec. 2.2.2)."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1, z_dim: int = 100, width: int = 64):
+        super().__init__(image_size=image_size, channels=channels, width=width)
+        s0, _ = _layout(image_size)
+        self.config = dict(image_size=image_size, channels=channels, z_dim=z_dim, width=width)
+        self.z_dim = z_dim
+        self.logit = nn.Conv2d(self.logit.in_channels, z_dim, s0, 1, 0)
+        dcgan_init(self.logit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.logit(self._run_blocks(x, len(self.blocks) - 1)).flatten(1))
+
+
+class AdversarialAutoencoder(nn.Module):
+    """The paper's aCAE baseline: a convolutional autoencoder x -> E(x) -> Dec(E(x)) whose
+    reconstructions are judged by a discriminator on images, as in a GAN (E: ``Encoder``, Dec: the
+    ``Generator`` architecture, D: the ``Discriminator`` architecture; all the DCGAN building blocks).
+    """
+
+    def __init__(
+        self, image_size: int = 32, channels: int = 1, z_dim: int = 100, width: int = 64, feature_layer: int = -1
+    ):
+        super().__init__()
+        self.config = dict(
+            image_size=image_size, channels=channels, z_dim=z_dim, width=width, feature_layer=feature_layer
+        )
+        self.encoder = Encoder(image_size, channels, z_dim, width)
+        self.decoder = Generator(image_size, channels, z_dim, width)
+        self.discriminator = Discriminator(image_size, channels, width, feature_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction Dec(E(x)): (B, C, H, W) in [-1, 1]."""
+        return self.decoder(self.encoder(x))

@@ -88,6 +88,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     last = output_dir / "checkpoints" / "last.ckpt"
     log.info("training done: %s", last)
+    from anogan.stages import fit_stages
+
+    fit_stages(cfg, last, datamodule)  # f-AnoGAN's encoder, aCAE: when configured (encoder=, acae=)
     if cfg.get("evaluate"):
         metrics.update(evaluate_checkpoint(cfg, last, cfg.data, loggers))
     return metrics
@@ -117,9 +120,12 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     """Map and score the test set (plus a training sample) with the GAN of ``ckpt_path``; write
     metrics.json, scores.h5 and figures/ into the run directory; return the logged metrics."""
     from anogan.inversion import Inversion, load_gan
+    from anogan.stages import stage_scorers
 
     G, D, prior, stored = load_gan(ckpt_path)
-    model = Inversion(G, D, prior=prior, **OmegaConf.to_container(cfg.inversion, resolve=True))
+    encoder, scorers = stage_scorers(cfg, ckpt_path, G, D)
+    model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
+                      **OmegaConf.to_container(cfg.inversion, resolve=True))
     nets = {"generator": dict(G.config)}
     if data_cfg is None and cfg.get("data") is not None and "_target_" not in cfg.data:
         check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line

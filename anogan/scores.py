@@ -64,3 +64,11 @@ SCORE_NAMES = (
     "reference_anomaly",
     "discriminator",
 )
+
+
+def fanogan(
+    x: torch.Tensor, gez: torch.Tensor, fx: torch.Tensor, fgez: torch.Tensor, kappa: float = 1.0
+) -> torch.Tensor:
+    """f-AnoGAN's izi_f score (Schlegl et al., MedIA 2019, the izi_f loss): ||x - G(E(x))||^2 / n +
+    kappa ||f(x) - f(G(E(x)))||^2 / m, n pixels and m features per image; also E's training loss: (B,)."""
+    return (x - gez).pow(2).flatten(1).mean(1) + kappa * (fx - fgez).pow(2).flatten(1).mean(1)

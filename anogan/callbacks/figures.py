@@ -18,13 +18,15 @@ from anogan.viz import log_image, to_unit
 GROUPS = ("train-normal", "test-normal", "test-anomalous")
 ROC_FIGURES = {
     # Fig. 3a: the models; Fig. 3b: the scores of the AnoGAN mapping against the reference
-    "roc_models": ("anomaly", "reference_anomaly", "discriminator"),
+    "roc_models": ("anomaly", "reference_anomaly", "discriminator", "fanogan", "acae_anomaly"),
     "roc_scores": ("residual", "discrimination", "reference_discrimination"),
 }
 LABELS = {
     "anomaly": "AnoGAN",
     "reference_anomaly": "GAN_R",
     "discriminator": "P_D",
+    "fanogan": "f-AnoGAN",
+    "acae_anomaly": "aCAE",
     "residual": "residual score",
     "discrimination": "discrimination score",
     "reference_discrimination": "reference discrimination score",

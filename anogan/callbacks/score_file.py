@@ -27,7 +27,7 @@ import torch
 from anogan.callbacks.metrics import gather_rows
 
 log = logging.getLogger(__name__)
-_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior")
+_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init")
 
 
 def _settings(hparams) -> dict:

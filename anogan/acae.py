@@ -1,0 +1,110 @@
+"""The paper's aCAE baseline: an adversarial convolutional autoencoder trained on the normal images.
+
+The autoencoder minimises ``|x - Dec(E(x))|`` (mean over pixels) plus ``adversarial_weight`` times the
+non-saturating GAN loss of its reconstruction, against a discriminator that tells x from Dec(E(x)).
+It is scored like AnoGAN with Dec(E(x)) in place of G(z_Gamma): ``acae_residual``,
+``acae_discrimination`` (features of the aCAE's own discriminator) and ``acae_anomaly``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anogan import scores as S
+from anogan.encoder import freeze, read_checkpoint, sub_state
+from anogan.gan import GAN
+from anogan.nets import AdversarialAutoencoder
+
+
+class ACAE(L.LightningModule):
+    """Manual optimisation, per batch: D on x vs the detached reconstruction, then the autoencoder."""
+
+    def __init__(
+        self,
+        net: AdversarialAutoencoder,
+        optimizer_ae: Callable[..., torch.optim.Optimizer],
+        optimizer_d: Callable[..., torch.optim.Optimizer],
+        adversarial_weight: float = 0.01,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = net
+        self.optimizer_ae, self.optimizer_d = optimizer_ae, optimizer_d
+        self.save_hyperparameters(ignore=["net", "optimizer_ae", "optimizer_d"])
+
+    def configure_optimizers(self):
+        autoencoder = list(self.net.encoder.parameters()) + list(self.net.decoder.parameters())
+        return self.optimizer_ae(autoencoder), self.optimizer_d(self.net.discriminator.parameters())
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        opt_ae, opt_d = self.optimizers()
+        x = batch["image"]
+        n = len(x)
+        step = self.global_step // 2
+        D = self.net.discriminator
+        recon = self.net(x)
+
+        with self.toggled_optimizer(opt_d):
+            d_loss = F.binary_cross_entropy_with_logits(D(x), x.new_ones(n)) + \
+                F.binary_cross_entropy_with_logits(D(recon.detach()), x.new_zeros(n))
+            GAN._check_finite("train/acae_d_loss", d_loss, step)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+
+        with self.toggled_optimizer(opt_ae):
+            rec_loss = (x - recon).abs().mean()
+            adv_loss = F.binary_cross_entropy_with_logits(D(recon), x.new_ones(n))
+            ae_loss = rec_loss + self.hparams.adversarial_weight * adv_loss
+            GAN._check_finite("train/acae_loss", ae_loss, step)
+            opt_ae.zero_grad(set_to_none=True)
+            self.manual_backward(ae_loss)
+            opt_ae.step()
+
+        self.log_dict(
+            {"train/acae_rec_loss": rec_loss.detach(), "train/acae_adv_loss": adv_loss.detach(),
+             "train/acae_d_loss": d_loss.detach()},
+            prog_bar=True, on_step=True, on_epoch=True, batch_size=n,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["anogan_acae"] = dict(self.net.config)
+
+
+def load_acae(ckpt: str | os.PathLike | dict) -> AdversarialAutoencoder:
+    """The aCAE nets from a checkpoint written by ``ACAE`` (``checkpoints/acae.ckpt``)."""
+    ckpt = read_checkpoint(ckpt, "anogan_acae", "pass acae_ckpt_path=<run dir>/checkpoints/acae.ckpt")
+    net = AdversarialAutoencoder(**ckpt["anogan_acae"])
+    net.load_state_dict(sub_state(ckpt["state_dict"], "net"))
+    return net
+
+
+class ACAEScores(nn.Module):
+    """The aCAE's scores of a batch, AnoGAN's equations with x^ = Dec(E(x)) in place of G(z_Gamma):
+    ``acae_residual``, ``acae_discrimination``, ``acae_anomaly`` (weight ``lam``), each (B,)."""
+
+    def __init__(self, net: AdversarialAutoencoder, lam: float = 0.1):
+        super().__init__()
+        self.net, self.lam = net, lam
+        freeze(self)
+
+    def train(self, mode: bool = True) -> ACAEScores:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon = self.net(x)
+        D = self.net.discriminator
+        residual = S.residual(x, recon)
+        discrimination = S.discrimination(D.features(x), D.features(recon))
+        return {
+            "acae_residual": residual,
+            "acae_discrimination": discrimination,
+            "acae_anomaly": S.anomaly(residual, discrimination, self.lam),
+        }

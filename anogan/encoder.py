@@ -1,0 +1,116 @@
+"""f-AnoGAN's encoder (Schlegl et al., MedIA 2019): E is trained with G and D frozen on the izi_f loss
+``||x - G(E(x))||^2 / n + kappa ||f(x) - f(G(E(x)))||^2 / m``; scoring is then one forward pass.
+
+``EncoderTraining`` is the LightningModule that fits E on the normal training images; ``FAnoGAN``
+scores a batch (score ``fanogan``) for the evaluation; ``load_encoder`` reads a checkpoint back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from anogan import scores as S
+from anogan.nets import Discriminator, Encoder, Generator
+
+
+def freeze(*nets: nn.Module) -> None:
+    """Eval mode (BatchNorm on running statistics) and no weight gradients."""
+    for net in nets:
+        net.requires_grad_(False)
+        net.eval()
+
+
+def read_checkpoint(ckpt: str | os.PathLike | dict, key: str, hint: str) -> dict:
+    """A checkpoint dict that holds ``key`` (the nets' configs written by one of our modules)."""
+    if not isinstance(ckpt, dict):
+        if not os.path.isfile(ckpt):
+            raise FileNotFoundError(f"checkpoint {ckpt} does not exist; {hint}")
+        path, ckpt = ckpt, torch.load(ckpt, map_location="cpu", weights_only=False)
+    else:
+        path = "<checkpoint dict>"
+    if key not in ckpt:
+        raise ValueError(f"{path} has no {key!r} entry; {hint}")
+    return ckpt
+
+
+def sub_state(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under ``prefix.``, with the prefix removed."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+class EncoderTraining(L.LightningModule):
+    """Fits E on normal images with G and D frozen (izi_f); logs ``train/izif_loss``.
+
+    ``optimizer`` is a partially configured optimiser (Hydra ``_partial_: true``) completed with E's
+    parameters; ``kappa`` weighs the feature term."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        discriminator: Discriminator,
+        encoder: Encoder,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        kappa: float = 1.0,
+    ):
+        super().__init__()
+        if encoder.z_dim != generator.z_dim:
+            raise ValueError(f"encoder.z_dim={encoder.z_dim} differs from the generator's z_dim={generator.z_dim}")
+        self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
+        freeze(generator, discriminator)
+        self.optimizer, self.kappa = optimizer, kappa
+        self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "optimizer"])
+
+    def train(self, mode: bool = True) -> EncoderTraining:
+        super().train(mode)
+        freeze(self.generator, self.discriminator)  # frozen whatever Lightning asks
+        return self
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """izi_f loss per image (B,)."""
+        gez = self.generator(self.encoder(x))
+        fx = self.discriminator.features(x)
+        return S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x = batch["image"]
+        loss = self.loss(x).mean()
+        self.log("train/izif_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def configure_optimizers(self):
+        return self.optimizer(self.encoder.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["anogan_encoder"] = {"encoder": dict(self.encoder.config), "kappa": float(self.kappa)}
+
+
+def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[Encoder, float]:
+    """(E, kappa) from a checkpoint written by ``EncoderTraining`` (``checkpoints/encoder.ckpt``)."""
+    ckpt = read_checkpoint(ckpt, "anogan_encoder", "pass encoder_ckpt_path=<run dir>/checkpoints/encoder.ckpt")
+    meta = ckpt["anogan_encoder"]
+    encoder = Encoder(**meta["encoder"])
+    encoder.load_state_dict(sub_state(ckpt["state_dict"], "encoder"))
+    return encoder, meta["kappa"]
+
+
+class FAnoGAN(nn.Module):
+    """The f-AnoGAN score of a batch in one forward pass (no optimisation): ``{"fanogan": (B,)}``."""
+
+    def __init__(self, encoder: Encoder, generator: Generator, discriminator: Discriminator, kappa: float = 1.0):
+        super().__init__()
+        self.encoder, self.generator, self.discriminator, self.kappa = encoder, generator, discriminator, kappa
+        freeze(self)
+
+    def train(self, mode: bool = True) -> FAnoGAN:
+        return super().train(False)  # always scores with BatchNorm's running statistics
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        gez = self.generator(self.encoder(x))
+        fx = self.discriminator.features(x)
+        return {"fanogan": S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa)}
