@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from anogan import scores as S
+from anogan.mapping_nets import mapping_copy
 from anogan.nets import Discriminator, Generator
 from anogan.prior import initial_z, project_to_support
 
@@ -92,10 +93,7 @@ class Inversion(L.LightningModule):
             net.eval()
         self.save_hyperparameters(ignore=["generator", "discriminator"])
         self.hparams.record_steps = record
-        if channels_last:
-            for net in (generator, discriminator):
-                net.to(memory_format=torch.channels_last)
-        self._compiled = None
+        self._nets = self._compiled = None  # the loop's copies of G and D, and its compiled forward
         self.cache = None  # set by ScoreFile when resuming: outputs of images mapped before
 
     @classmethod
@@ -117,7 +115,7 @@ class Inversion(L.LightningModule):
         every row. G runs once over all rows and D once up to its feature layer; D's later blocks
         and its logit layer run only on the reference rows, the only ones whose loss needs D(G(z)).
         Returns the per-row loss and its terms: (loss, G(z), L_R, L_D or None, L_D^ or None)."""
-        G, D, lam = self.generator, self.discriminator, self.hparams.lam
+        (G, D), lam = self._mapping_nets(), self.hparams.lam
         gz = G(z)
         res = S.residual(xs, gz)
         h = gz
@@ -135,6 +133,16 @@ class Inversion(L.LightningModule):
             ref_dis = S.reference_discrimination(D.logit(h).flatten())
             losses.append(S.mapping_loss(res[n_main:], ref_dis, lam))
         return torch.cat(losses) if len(losses) > 1 else losses[0], gz, res, dis, ref_dis
+
+    def _mapping_nets(self) -> tuple[Generator, Discriminator]:
+        """The loop's fast copies of G and D (``anogan.mapping_nets``), channels_last if asked; rebuilt when G or D move to
+        another device or dtype or their weights change in place (tensor version counters)."""
+        tensors = [*self.generator.state_dict().values(), *self.discriminator.state_dict().values()]
+        key = (tensors[0].device, tensors[0].dtype, tuple(t._version for t in tensors))
+        if self._nets is None or self._nets[0] != key:
+            nets = [mapping_copy(net, self.hparams.channels_last) for net in (self.generator, self.discriminator)]
+            self._nets, self._compiled = (key, nets), None
+        return self._nets[1]
 
     def _loss_fn(self):
         if not self.hparams.compile:
@@ -164,7 +172,7 @@ class Inversion(L.LightningModule):
         The AnoGAN and the reference mapping run as one batch of 2B rows of z. The step loop does
         no host synchronisation (no ``.item()``), except once every ``patience`` steps with early_stop."""
         hp = self.hparams
-        G, D = self.generator, self.discriminator
+        G, D = self._mapping_nets()
         steps, ref = hp.steps, hp.reference
         losses_of = self._loss_fn()
         B = x.shape[0]
