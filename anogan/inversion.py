@@ -54,7 +54,8 @@ class Inversion(L.LightningModule):
         seed: z_1 of image i is a function of (seed, i) only.
         channels_last: run G and D in the channels_last memory format (same scores, often faster).
         compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding; pays
-            a compilation, off on CPU where it does not win).
+            a compilation per batch shape, off on CPU where it does not win); a string names the
+            backend (default inductor).
         early_stop: stop a mapping once its loss has not improved by a fraction ``tol`` for
             ``patience`` steps (changes the method: off by default).
     """
@@ -71,7 +72,7 @@ class Inversion(L.LightningModule):
         record_steps: Sequence[int] | None = None,
         seed: int = 0,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         early_stop: bool = False,
         tol: float = 1e-3,
         patience: int = 20,
@@ -109,13 +110,14 @@ class Inversion(L.LightningModule):
         self.discriminator.eval()
         return self
 
-    def _losses(self, z: torch.Tensor, xs: torch.Tensor, fx: torch.Tensor, n_main: int):
+    def _losses(self, G: Generator, D: Discriminator, z: torch.Tensor, xs: torch.Tensor, fx: torch.Tensor,
+                n_main: int):
         """One forward pass of the fused mapping: rows [0, n_main) of z map with the AnoGAN loss
         against f(x) = ``fx``, the remaining rows with the reference loss; ``xs`` is the query of
         every row. G runs once over all rows and D once up to its feature layer; D's later blocks
         and its logit layer run only on the reference rows, the only ones whose loss needs D(G(z)).
         Returns the per-row loss and its terms: (loss, G(z), L_R, L_D or None, L_D^ or None)."""
-        (G, D), lam = self._mapping_nets(), self.hparams.lam
+        lam = self.hparams.lam
         gz = G(z)
         res = S.residual(xs, gz)
         h = gz
@@ -148,7 +150,8 @@ class Inversion(L.LightningModule):
         if not self.hparams.compile:
             return self._losses
         if self._compiled is None:
-            self._compiled = torch.compile(self._losses, dynamic=None)
+            backend = self.hparams.compile if isinstance(self.hparams.compile, str) else "inductor"
+            self._compiled = torch.compile(self._losses, backend=backend)
         return self._compiled
 
     def _scores(self, B: int, res, dis, ref_dis, logits_x) -> dict:
@@ -194,13 +197,13 @@ class Inversion(L.LightningModule):
             compacted = stop is not None and stop.compacted
             if not (final and compacted):
                 with torch.set_grad_enabled(not final):
-                    loss, gz, res, dis, ref_dis = losses_of(z, xs, fx_rows, n_main)
+                    loss, gz, res, dis, ref_dis = losses_of(G, D, z, xs, fx_rows, n_main)
                 if first_loss is None:
                     first_loss = loss[:B].detach()
             if t in record or final:
                 if compacted:  # some mappings stopped early: score every row at its z (one more pass)
                     with torch.no_grad():
-                        all_loss, gz, res, dis, ref_dis = losses_of(stop.full_z(z), x.repeat(m, 1, 1, 1), fx, B)
+                        all_loss, gz, res, dis, ref_dis = losses_of(G, D, stop.full_z(z), x.repeat(m, 1, 1, 1), fx, B)
                 cur = self._scores(B, res, dis, ref_dis, logits_x)
                 recorded.update({s: cur for s in record if s == t or (final and s > t)})
             if final:
