@@ -10,6 +10,7 @@ of every variant are asserted equal. Usage::
 
 from __future__ import annotations
 
+import argparse
 import copy
 
 import torch
@@ -33,7 +34,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[64])
     p.add_argument("--steps", type=int, default=10, help="steps per timed mapping (rates do not depend on it)")
     p.add_argument("--per-image", type=int, default=8, help="images in the per-image loop (0: skip it)")
-    p.add_argument("--channels-last", action=argparse_bool, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true", help="also time inversion.compile=true")
     args = p.parse_args()
     dev, line = args.device, {}
@@ -75,12 +76,6 @@ def main() -> None:
                 line[f"{tag}_module_over_per_image"] = rate["module"] / rate["per_image"]
                 line[f"{tag}_best_over_per_image"] = max(v for n, v in rate.items() if n.startswith("module")) / rate["per_image"]
     result_line({**line, "equal_scores": True, **environment()})
-
-
-def argparse_bool(*a, **k):
-    import argparse
-
-    return argparse.BooleanOptionalAction(*a, **k)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ fixed cost (Python, PyTorch, the networks). Usage::
 
 from __future__ import annotations
 
+import argparse
 import resource
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--steps", type=int, default=2, help="the peak is reached in the first step")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--child", type=int, nargs=2, metavar=("SIZE", "BATCH"), help=argparse_suppress())
+    p.add_argument("--child", type=int, nargs=2, metavar=("SIZE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(peak_bytes(*args.child, args))
@@ -66,12 +67,6 @@ def main() -> None:
         line[f"s{size}_fixed_mib"] = (peaks[lo] - per_image * lo) / 2**20
         line[f"s{size}_max_batch_per_gib"] = int(2**30 // per_image)
     result_line({**line, "device": args.device, **environment()})
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
