@@ -137,8 +137,9 @@ class Inversion(L.LightningModule):
         return torch.cat(losses) if len(losses) > 1 else losses[0], gz, res, dis, ref_dis
 
     def _mapping_nets(self) -> tuple[Generator, Discriminator]:
-        """The loop's fast copies of G and D (``anogan.mapping_nets``), channels_last if asked; rebuilt when G or D move to
-        another device or dtype or their weights change in place (tensor version counters)."""
+        """The loop's fast copies of G and D (``anogan.mapping_nets``), channels_last if asked; rebuilt
+        when G or D move to another device or dtype or their weights change in place (tensor version
+        counters)."""
         tensors = [*self.generator.state_dict().values(), *self.discriminator.state_dict().values()]
         key = (tensors[0].device, tensors[0].dtype, tuple(t._version for t in tensors))
         if self._nets is None or self._nets[0] != key:

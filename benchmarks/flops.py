@@ -43,6 +43,37 @@ def counted(fn) -> int:
     return count.total
 
 
+def measure(size: int, args) -> dict[str, float]:
+    """Flops per image-step, the matmul rate and each variant's achieved rate at one size."""
+    dev, n_mm = args.device, args.matmul or (8192 if args.device.startswith("cuda") else 1024)
+    G, D = networks(size, args.width, args.z_dim, dev)
+    x, index = queries(args.batch, size, dev), torch.arange(args.batch)
+    z1 = initial_z("uniform", 0, index, args.z_dim).to(dev)
+    kw = dict(steps=args.steps, lam=0.1, lr=0.05)
+    module, module_cl = Inversion(G, D, **kw), Inversion(*copy.deepcopy((G, D)), channels_last=True, **kw)
+    variants = {
+        "module": lambda: module.map_batch(x, index),
+        "module_cl": lambda: module_cl.map_batch(x, index),
+        "bare": lambda: bare_map(G, D, x, z1, args.steps),
+    }
+    flops = counted(variants["bare"])  # the same maths in every variant: count it once
+    one = [counted(lambda s=s: bare_map(G, D, x[:1], z1[:1], s)) for s in (1, 2)]
+    a, b = torch.randn(n_mm, n_mm, device=dev), torch.randn(n_mm, n_mm, device=dev)
+    # matmul runs as long as a mapping run, timed in the same rounds: both see the same load
+    reps = max(3, round(side_by_side({"m": variants["module"]}, 1, dev)["m"]
+                        / side_by_side({"mm": lambda: a @ b}, 3, dev)["mm"]))
+    variants["matmul"] = lambda: [a @ b for _ in range(reps)]
+    best = side_by_side(variants, args.rounds, dev)
+    mm = reps * 2 * n_mm**3 / best.pop("matmul") / 1e9
+    out = {f"s{size}_mflop_per_image_step": (one[1] - one[0]) / 1e6, f"s{size}_matmul_gflops": mm}
+    for name, t in best.items():
+        rate = flops / t / 1e9
+        print(f"{size}px batch {args.batch} {name:10s} {rate:7.1f} GFLOP/s = {rate / mm:.0%} of matmul {mm:.1f}")
+        out[f"s{size}_{name}_gflops"] = rate
+        out[f"s{size}_{name}_of_matmul"] = rate / mm
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
@@ -50,34 +81,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--matmul", type=int, default=None, help="side of the square matmul (1024 CPU, 8192 GPU)")
     args = p.parse_args()
-    dev = args.device
-    n_mm = args.matmul or (8192 if dev.startswith("cuda") else 1024)
     line: dict[str, object] = {}
     for size in args.sizes:
-        G, D = networks(size, args.width, args.z_dim, dev)
-        x, index = queries(args.batch, size, dev), torch.arange(args.batch)
-        z1 = initial_z("uniform", 0, index, args.z_dim).to(dev)
-        kw = dict(steps=args.steps, lam=0.1, lr=0.05)
-        module, module_cl = Inversion(G, D, **kw), Inversion(*copy.deepcopy((G, D)), channels_last=True, **kw)
-        variants = {
-            "module": lambda: module.map_batch(x, index),
-            "module_cl": lambda: module_cl.map_batch(x, index),
-            "bare": lambda: bare_map(G, D, x, z1, args.steps),
-        }
-        flops = counted(variants["bare"])  # the same maths in every variant: count it once
-        one = [counted(lambda s=s: bare_map(G, D, x[:1], z1[:1], s)) for s in (1, 2)]
-        a, b = torch.randn(n_mm, n_mm, device=dev), torch.randn(n_mm, n_mm, device=dev)
-        reps = 5 if dev == "cpu" else 50
-        variants["matmul"] = lambda: [a @ b for _ in range(reps)]  # timed in the same rounds
-        best = side_by_side(variants, args.rounds, dev)
-        mm = reps * 2 * n_mm**3 / best.pop("matmul") / 1e9
-        line[f"s{size}_mflop_per_image_step"] = (one[1] - one[0]) / 1e6
-        line[f"s{size}_matmul_gflops"] = mm
-        for name, t in best.items():
-            rate = flops / t / 1e9
-            print(f"{size}px batch {args.batch} {name:10s} {rate:7.1f} GFLOP/s = {rate / mm:.0%} of matmul {mm:.1f}")
-            line[f"s{size}_{name}_gflops"] = rate
-            line[f"s{size}_{name}_of_matmul"] = rate / mm
+        line.update(measure(size, args))
     result_line({**line, **environment()})
 
 
