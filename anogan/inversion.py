@@ -53,9 +53,9 @@ class Inversion(L.LightningModule):
         record_steps: also report the scores after each of these step counts (<= steps).
         seed: z_1 of image i is a function of (seed, i) only.
         channels_last: run G and D in the channels_last memory format (same scores, often faster).
-        compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding; pays
-            a compilation per batch shape, off on CPU where it does not win); a string names the
-            backend (default inductor).
+        compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding); it
+            pays a compilation per batch shape, so it is off by default; a string names the backend
+            (default inductor).
         early_stop: stop a mapping once its loss has not improved by a fraction ``tol`` for
             ``patience`` steps (changes the method: off by default).
     """
