@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from anogan import scores as S
+from anogan.mapping_nets import mapping_copy
 from anogan.nets import Discriminator, Generator
 from anogan.prior import initial_z, project_to_support
 from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
@@ -69,6 +70,12 @@ class Inversion(L.LightningModule):
         encoder: E for ``init=encoder``; frozen here.
         scorers: modules mapping x (B, C, H, W) to more scores {name: (B,)} in one forward pass
             (``anogan.encoder.FAnoGAN``, ``anogan.acae.ACAEScores``), added to the mapping's scores.
+        channels_last: run G and D in the channels_last memory format (same scores, often faster).
+        compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding); it
+            pays a compilation per batch shape, so it is off by default; a string names the backend
+            (default inductor).
+        early_stop: stop a mapping once its loss has not improved by a fraction ``tol`` for
+            ``patience`` steps (changes the method: off by default).
     """
 
     def __init__(
@@ -85,6 +92,11 @@ class Inversion(L.LightningModule):
         init: str = "random",
         encoder: nn.Module | None = None,
         scorers: Sequence[nn.Module] = (),
+        channels_last: bool = False,
+        compile: bool | str = False,
+        early_stop: bool = False,
+        tol: float = 1e-3,
+        patience: int = 20,
     ):
         super().__init__()
         record = check_settings(lam, steps, record_steps)
@@ -94,6 +106,8 @@ class Inversion(L.LightningModule):
             raise ValueError(
                 "inversion.init=encoder needs an encoder: pass encoder_ckpt_path=<run>/checkpoints/encoder.ckpt"
             )
+        if early_stop and (patience < 1 or tol < 0):
+            raise ValueError(f"inversion.patience={patience} must be >= 1 and inversion.tol={tol} >= 0")
         self.generator, self.discriminator = generator, discriminator
         self.encoder, self.scorers = encoder, nn.ModuleList(scorers)
         for net in (generator, discriminator) + ((encoder,) if encoder is not None else ()):
@@ -101,6 +115,7 @@ class Inversion(L.LightningModule):
             net.eval()
         self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "scorers"])
         self.hparams.record_steps = record
+        self._nets = self._compiled = None  # the loop's copies of G and D, and its compiled forward
         self.cache = None  # set by ScoreFile when resuming: outputs of images mapped before
 
     @classmethod
@@ -128,15 +143,78 @@ class Inversion(L.LightningModule):
             return z1
         return initial_z(hp.prior, hp.seed, index.cpu(), self.generator.z_dim).to(x)
 
+    def _losses(self, G: Generator, D: Discriminator, z: torch.Tensor, xs: torch.Tensor, fx: torch.Tensor,
+                n_main: int):
+        """One forward pass of the fused mapping: rows [0, n_main) of z map with the AnoGAN loss
+        against f(x) = ``fx``, the remaining rows with the reference loss; ``xs`` is the query of
+        every row. G runs once over all rows and D once up to its feature layer; D's later blocks
+        and its logit layer run only on the reference rows, the only ones whose loss needs D(G(z)).
+        Returns the per-row loss and its terms: (loss, G(z), L_R, L_D or None, L_D^ or None)."""
+        lam = self.hparams.lam
+        gz = G(z)
+        res = S.residual(xs, gz)
+        h = gz
+        for block in D.blocks[: D.feature_layer + 1]:
+            h = block(h)
+        dis = ref_dis = None
+        losses = []
+        if n_main:
+            dis = S.discrimination(fx, h[:n_main].flatten(1))
+            losses.append(S.mapping_loss(res[:n_main], dis, lam))
+        if h.shape[0] > n_main:
+            h = h[n_main:]
+            for block in D.blocks[D.feature_layer + 1 :]:
+                h = block(h)
+            ref_dis = S.reference_discrimination(D.logit(h).flatten())
+            losses.append(S.mapping_loss(res[n_main:], ref_dis, lam))
+        return torch.cat(losses) if len(losses) > 1 else losses[0], gz, res, dis, ref_dis
+
+    def _mapping_nets(self) -> tuple[Generator, Discriminator]:
+        """The loop's fast copies of G and D (``anogan.mapping_nets``), channels_last if asked; rebuilt
+        when G or D move to another device or dtype or their weights change in place (tensor version
+        counters)."""
+        tensors = [*self.generator.state_dict().values(), *self.discriminator.state_dict().values()]
+        key = (tensors[0].device, tensors[0].dtype, tuple(t._version for t in tensors))
+        if self._nets is None or self._nets[0] != key:
+            nets = [mapping_copy(net, self.hparams.channels_last) for net in (self.generator, self.discriminator)]
+            self._nets, self._compiled = (key, nets), None
+        return self._nets[1]
+
+    def _loss_fn(self):
+        if not self.hparams.compile:
+            return self._losses
+        if self._compiled is None:
+            backend = self.hparams.compile if isinstance(self.hparams.compile, str) else "inductor"
+            self._compiled = torch.compile(self._losses, backend=backend)
+        return self._compiled
+
+    def _scores(self, B: int, res, dis, ref_dis, logits_x) -> dict:
+        lam = self.hparams.lam
+        cur = {"residual": res[:B].detach(), "discrimination": dis.detach()}
+        cur["anomaly"] = S.anomaly(cur["residual"], cur["discrimination"], lam)
+        if self.hparams.reference:
+            cur["reference_discrimination"] = ref_dis.detach()
+            cur["reference_anomaly"] = S.reference_anomaly(res[B:].detach(), ref_dis.detach(), lam)
+        cur["discriminator"] = S.discriminator(logits_x)
+        return cur
+
     def map_batch(self, x: torch.Tensor, index: torch.Tensor) -> dict:
         """Map a batch x (B, C, H, W) in [-1, 1] with dataset indices (B,). Returns a dict of
         per-image tensors: ``scores`` {name: (B,)}, ``recorded`` {step: {name: (B,)}},
         ``residual_map`` (B, H, W), ``generated`` (B, C, H, W), ``z`` and ``z_reference`` (B, z_dim),
-        ``mapping_loss`` (B, 2): the AnoGAN mapping loss at the first and the last step."""
+        ``mapping_loss`` (B, 2): the AnoGAN mapping loss at the first and the last step, and
+        ``steps_taken`` (B, m): Adam steps of the AnoGAN (and reference) mapping, < steps only
+        with early_stop.
+
+        The AnoGAN and the reference mapping run as one batch of 2B rows of z. The step loop does
+        no host synchronisation (no ``.item()``), except once every ``patience`` steps with early_stop."""
         hp = self.hparams
-        G, D = self.generator, self.discriminator
-        lam, steps, ref = hp.lam, hp.steps, hp.reference
+        G, D = self._mapping_nets()
+        steps, ref = hp.steps, hp.reference
+        losses_of = self._loss_fn()
         B = x.shape[0]
+        if hp.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             fx, logits_x = D.features_and_logits(x)  # f(x) once per batch, not per step
         z1 = self.initial_z(x, index)
@@ -145,48 +223,52 @@ class Inversion(L.LightningModule):
         xs = x.repeat(m, 1, 1, 1)
         opt = torch.optim.Adam([z], lr=hp.lr)
         record, recorded = set(hp.record_steps), {}
+        stop = _EarlyStop(z, B, hp.tol, hp.patience) if hp.early_stop else None
+        fx_rows, n_main = fx, B  # f(x) and count of the AnoGAN rows still mapping
         first_loss = None
         for t in range(steps + 1):
-            final = t == steps
+            final = t == steps or (stop is not None and stop.finished)
             if getattr(self._trainer, "received_sigterm", False):
                 raise SIGTERMException  # stop within a step, not a batch: SLURM's grace period is short
-            with torch.set_grad_enabled(not final):
-                gz = G(z)
-                res = S.residual(xs, gz)
-                dis = S.discrimination(fx, D.features(gz[:B]))  # D only up to the feature layer
-                loss = S.mapping_loss(res[:B], dis, lam)
-                if ref:
-                    ref_dis = S.reference_discrimination(D(gz[B:]))
-                    loss = torch.cat([loss, S.mapping_loss(res[B:], ref_dis, lam)])
-            if first_loss is None:
-                first_loss = loss[:B].detach()
+            compacted = stop is not None and stop.compacted
+            if not (final and compacted):
+                with torch.set_grad_enabled(not final):
+                    loss, gz, res, dis, ref_dis = losses_of(G, D, z, xs, fx_rows, n_main)
+                if first_loss is None:
+                    first_loss = loss[:B].detach()
             if t in record or final:
-                cur = {"residual": res[:B].detach(), "discrimination": dis.detach()}
-                cur["anomaly"] = S.anomaly(cur["residual"], cur["discrimination"], lam)
-                if ref:
-                    cur["reference_discrimination"] = ref_dis.detach()
-                    cur["reference_anomaly"] = S.reference_anomaly(res[B:].detach(), ref_dis.detach(), lam)
-                cur["discriminator"] = S.discriminator(logits_x)
-                if t in record:
-                    recorded[t] = cur
+                if compacted:  # some mappings stopped early: score every row at its z (one more pass)
+                    with torch.no_grad():
+                        all_loss, gz, res, dis, ref_dis = losses_of(G, D, stop.full_z(z), x.repeat(m, 1, 1, 1), fx, B)
+                cur = self._scores(B, res, dis, ref_dis, logits_x)
+                recorded.update({s: cur for s in record if s == t or (final and s > t)})
             if final:
+                if compacted:
+                    loss = all_loss
                 break
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # per-image losses: Adam is element-wise, so images stay independent
+            if stop is not None and stop.update(t, loss):
+                z, opt, xs, fx_rows, n_main = stop.compact(t, z, opt, xs, fx)
+                if stop.finished:
+                    continue
             opt.step()
             with torch.no_grad():
                 project_to_support(hp.prior, z)
         for scorer in self.scorers:  # one forward pass each, no optimisation (f-AnoGAN, aCAE)
             cur.update(scorer(x))
         gz = gz.detach()
+        z_out = stop.full_z(z) if stop is not None else z.detach()
+        taken = stop.steps_taken(steps) if stop is not None else torch.full((m * B,), steps)
         return {
             "scores": cur,
             "recorded": recorded,
             "residual_map": S.residual_map(x, gz[:B]),
             "generated": gz[:B],
-            "z": z[:B].detach(),
-            "z_reference": z[B:].detach() if ref else None,
+            "z": z_out[:B],
+            "z_reference": z_out[B:] if ref else None,
             "mapping_loss": torch.stack([first_loss, loss[:B].detach()], 1),
+            "steps_taken": taken.view(m, B).T,
         }
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
@@ -205,3 +287,54 @@ class Inversion(L.LightningModule):
 
     def configure_optimizers(self):
         return None
+
+
+class _EarlyStop:
+    """Optional per-mapping early stop (``inversion.early_stop``; it changes the method, so it is off
+    by default). A row of z stops when its mapping loss has not fallen below ``(1 - tol)`` times its
+    best for ``patience`` steps; its z is kept as it is, and it leaves the batch, so that later steps
+    cost less. Rows [0, n_main) of the fused batch are AnoGAN rows, the rest reference rows."""
+
+    def __init__(self, z: torch.Tensor, n_main: int, tol: float, patience: int):
+        self.tol, self.patience, self.n_main = tol, patience, n_main
+        n = z.shape[0]
+        self.rows = torch.arange(n, device=z.device)  # rows of the full batch still mapping
+        self.best = torch.full((n,), float("inf"), device=z.device)
+        self.since = torch.zeros(n, dtype=torch.long, device=z.device)  # steps without improvement
+        self.z_full = z.detach().clone()
+        self.stopped_at = torch.full((n,), -1, dtype=torch.long)
+        self.compacted = self.finished = False
+
+    def update(self, t: int, loss: torch.Tensor) -> bool:
+        """Take the losses of step t (on the device); every ``patience`` steps, tell whether some
+        rows stop (the one host synchronisation)."""
+        cur = loss.detach()
+        improved = cur < self.best * (1 - self.tol)
+        self.best = torch.minimum(self.best, cur)
+        self.since = torch.where(improved, 0, self.since + 1)
+        return (t + 1) % self.patience == 0 and bool((self.since >= self.patience).any())
+
+    def compact(self, t: int, z: torch.Tensor, opt: torch.optim.Optimizer, xs: torch.Tensor,
+                fx: torch.Tensor):
+        """Drop the stopped rows (kept at z_t) from z, its gradient, Adam's state and the queries."""
+        keep = self.since < self.patience
+        gone = self.rows[~keep]
+        self.z_full[gone] = z.detach()[~keep]
+        self.stopped_at[gone.cpu()] = t
+        self.rows, self.best, self.since = self.rows[keep], self.best[keep], self.since[keep]
+        self.n_main = int((self.rows < len(fx)).sum())
+        new = z.detach()[keep].clone().requires_grad_(True)
+        new.grad = z.grad[keep]
+        new_opt = torch.optim.Adam([new], lr=opt.defaults["lr"])
+        new_opt.state[new] = {k: v[keep].clone() if v.dim() else v.clone() for k, v in opt.state[z].items()}
+        self.compacted, self.finished = True, len(self.rows) == 0
+        return new, new_opt, xs[keep], fx[self.rows[: self.n_main]], self.n_main
+
+    def full_z(self, z: torch.Tensor) -> torch.Tensor:
+        """Every row's z: the stopped rows' z at their stop, the others' current z."""
+        full = self.z_full.clone()
+        full[self.rows] = z.detach()
+        return full
+
+    def steps_taken(self, steps: int) -> torch.Tensor:
+        return torch.where(self.stopped_at >= 0, self.stopped_at, steps)
