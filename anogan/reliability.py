@@ -97,7 +97,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def checkpoint_plugins(configured) -> list:
     """The Trainer's plugins: those configured (``trainer.plugins``), plus ``AtomicCheckpointIO`` unless
     one of them already writes the checkpoints."""
-    plugins = list(configured or [])
+    plugins = list(configured) if isinstance(configured, list | tuple) else [configured] if configured else []
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return plugins
