@@ -7,8 +7,9 @@ producing a silently wrong number.
 - ``resolve_ckpt_path`` / ``read_checkpoint`` / ``check_architecture``: ``ckpt_path=auto``, and clear
   errors for a missing, truncated, foreign or mismatched checkpoint. Checkpoints are loaded with
   ``weights_only=True``: tensors and plain containers only, so loading one cannot run code.
-- ``stopped_by_sigterm``: Lightning owns SIGTERM (it stops the loops at the next batch); this turns its
-  exception into a logged message and exit status 143, the status of a process ended by SIGTERM.
+- ``stopped_by_sigterm``: Lightning owns SIGTERM (its loops stop at the next batch, the mapping at its
+  next step); this turns its exception into a logged message and exit status 143, the status of a
+  process ended by SIGTERM.
 - ``check_finite_scores``: non-finite scores name the images they belong to.
 """
 
@@ -96,7 +97,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def checkpoint_plugins(configured) -> list:
     """The Trainer's plugins: those configured (``trainer.plugins``), plus ``AtomicCheckpointIO`` unless
     one of them already writes the checkpoints."""
-    plugins = list(configured or [])
+    plugins = list(configured) if isinstance(configured, list | tuple) else [configured] if configured else []
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return plugins

@@ -333,3 +333,16 @@ def test_the_script_exits_non_zero_with_the_message_and_no_output_on_bad_input(t
     assert proc.returncode != 0
     assert f"{bad} is truncated or corrupt" in proc.stderr and "copy it again" in proc.stderr
     assert not any(out.glob("scores.h5*")) and not (out / "metrics.json").exists() and not (out / "figures").exists()
+
+
+def test_configured_trainer_plugins_are_kept_and_a_checkpoint_writer_of_their_own_wins():
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from anogan.reliability import checkpoint_plugins
+
+    env = LightningEnvironment()
+    assert [type(p) for p in checkpoint_plugins(None)] == [AtomicCheckpointIO]
+    assert [type(p) for p in checkpoint_plugins(env)] == [LightningEnvironment, AtomicCheckpointIO]
+    own = TorchCheckpointIO()
+    assert checkpoint_plugins([env, own]) == [env, own]
