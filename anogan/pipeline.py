@@ -59,6 +59,9 @@ def print_config(cfg: DictConfig, save_to: str | Path | None = None) -> None:
 
 
 def seed(cfg: DictConfig) -> None:
+    from anogan.sweep import check_ddp_launch
+
+    check_ddp_launch(cfg)  # before any work: DDP processes that a multirun cannot start
     L.seed_everything(cfg.seed, workers=True)
 
 

@@ -236,6 +236,24 @@ def wandb_logger(**kwargs: Any):
     return WandbLogger(**kwargs)
 
 
+def check_ddp_launch(cfg: DictConfig) -> None:
+    """Fail a multirun job that asks Lightning to start several DDP processes: Lightning restarts the
+    command line, which would rerun the whole sweep in each new process. Under SLURM (one task per
+    GPU) the processes exist already. Called by ``anogan.pipeline`` at the start of a job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    trainer = cfg.get("trainer") or {}
+    ddp = "ddp" in str(trainer.get("strategy", "")) and str(trainer.get("devices", 1)) not in ("1", "[0]")
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if ddp and multirun and "SLURM_NTASKS" not in os.environ:
+        raise ValueError(
+            f"trainer.strategy={trainer.get('strategy')} with trainer.devices={trainer.get('devices')} in a "
+            "multirun: Lightning would restart the whole sweep in each process. Run DDP jobs one by one "
+            "(without -m), or through hydra/launcher=slurm with hydra.launcher.gpus_per_node=<devices>"
+        )
+
+
 class SweepSummary(Callback):
     """Hydra callback: finish the job's wandb run, write ``job_status.json``, and in a multirun the
     sweep's ``summary.csv`` and figures (after every job, and when the multirun ends)."""

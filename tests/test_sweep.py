@@ -159,3 +159,23 @@ def test_the_run_directory_is_named_by_the_slurm_job_id(monkeypatch):
     assert _hydra_cfg([]).hydra.run.dir == "logs/evaluate/runs/4242"
     monkeypatch.delenv("SLURM_JOB_ID")
     assert _hydra_cfg([]).hydra.run.dir.startswith("logs/evaluate/runs/20")
+
+
+def test_ddp_in_a_multirun_outside_slurm_fails_early(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from anogan.sweep import check_ddp_launch
+
+    def check(overrides):
+        cfg = _hydra_cfg(overrides)
+        HydraConfig.instance().set_config(cfg)
+        check_ddp_launch(cfg)
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored afterwards
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    with pytest.raises(ValueError, match="restart the whole sweep"):
+        check(["trainer=ddp", "trainer.devices=2", "hydra.mode=MULTIRUN"])
+    check(["trainer=ddp", "trainer.devices=2", "hydra.mode=RUN"])  # a single run: Lightning relaunches it
+    check(["hydra.mode=MULTIRUN"])  # one process per job
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    check(["trainer=ddp", "trainer.devices=2", "hydra.mode=MULTIRUN"])  # SLURM started one task per GPU
