@@ -15,7 +15,8 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[P
     ``keep_suffix``: the temporary name ends like ``path`` (matplotlib reads the format from it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}" if keep_suffix else f".{path.name}.tmp")
+    tag = f"tmp{os.getpid()}"  # one temporary file per process: concurrent writers never share one
+    tmp = path.with_name(f".{path.stem}.{tag}{path.suffix}" if keep_suffix else f".{path.name}.{tag}")
     try:
         yield tmp
         os.replace(tmp, path)

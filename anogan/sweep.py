@@ -32,6 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from anogan.io import atomic_path
 from anogan.scores import SCORE_NAMES
 
 STATUS_FILE = "job_status.json"
@@ -47,9 +48,8 @@ def _rank() -> int:
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_job_status(job_dir: str | os.PathLike, error: BaseException | None = None) -> Path:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anogan.io import atomic_path
+
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) in [-1, 1] -> [0, 1]."""
@@ -36,10 +38,8 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    plt.imsave(tmp, array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, format="png")
     return path
 
 
