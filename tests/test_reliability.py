@@ -346,3 +346,25 @@ def test_configured_trainer_plugins_are_kept_and_a_checkpoint_writer_of_their_ow
     assert [type(p) for p in checkpoint_plugins(env)] == [LightningEnvironment, AtomicCheckpointIO]
     own = TorchCheckpointIO()
     assert checkpoint_plugins([env, own]) == [env, own]
+
+
+def test_a_partial_score_file_of_other_settings_or_scorers_is_not_reused(tmp_path, tiny_ckpt):
+    """A resumed evaluation reuses scores.h5.partial only when mapping settings and one-pass scorers agree
+    (record_steps of another length, or an f-AnoGAN scorer added in between, start from scratch)."""
+    import h5py
+
+    from anogan.callbacks.score_file import ScoreFile, _settings
+    from anogan.inversion import Inversion, load_gan
+
+    G, D, _, _ = load_gan(tiny_ckpt)
+    inv = Inversion(G, D, steps=3, record_steps=[1, 2])
+    cb = ScoreFile(tmp_path / "scores.h5")
+    cb.settings = _settings(inv)
+    with h5py.File(cb.partial, "w") as f:
+        for k, v in cb.settings.items():
+            f.attrs[k] = v
+    assert cb._matches(cb.partial)
+    cb.settings = _settings(Inversion(G, D, steps=3, record_steps=[1]))
+    assert not cb._matches(cb.partial)
+    cb.settings = _settings(inv) | {"scorers": "FAnoGAN"}
+    assert not cb._matches(cb.partial)

@@ -30,9 +30,13 @@ log = logging.getLogger(__name__)
 _SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init")
 
 
-def _settings(hparams) -> dict:
+def _settings(pl_module) -> dict:
+    """What a resumed file must share with this evaluation: the mapping's settings and the one-pass
+    scorers (f-AnoGAN, aCAE), whose scores every row must carry."""
+    hparams = pl_module.hparams
     s = {k: hparams[k] for k in _SETTINGS}
     s["record_steps"] = list(hparams["record_steps"])
+    s["scorers"] = ",".join(sorted(type(m).__name__ for m in getattr(pl_module, "scorers", ())))
     return s
 
 
@@ -45,7 +49,7 @@ class ScoreFile(L.Callback):
     # -- resume ------------------------------------------------------------------------------------
     def on_test_start(self, trainer, pl_module) -> None:
         self._file = None
-        self.settings = _settings(pl_module.hparams)
+        self.settings = _settings(pl_module)
         if trainer.world_size > 1:
             self.resume = False  # resume is a single-process feature
         if not trainer.is_global_zero:
@@ -77,11 +81,12 @@ class ScoreFile(L.Callback):
     def _matches(self, path: Path) -> bool:
         try:
             with h5py.File(path, "r") as f:
-                stored = {k: f.attrs[k] for k in _SETTINGS} | {"record_steps": list(f.attrs["record_steps"])}
+                stored = {k: f.attrs[k] for k in (*_SETTINGS, "scorers")}
+                stored["record_steps"] = list(f.attrs["record_steps"])
         except (OSError, KeyError):
             log.warning("%s is unreadable (killed while writing?); mapping from scratch", path)
             return False
-        same = all(np.all(np.asarray(stored[k]) == np.asarray(v)) for k, v in self.settings.items())
+        same = all(np.array_equal(np.asarray(stored[k]), np.asarray(v)) for k, v in self.settings.items())
         if not same:
             log.warning("%s was written with other settings; mapping from scratch", path)
         return same
