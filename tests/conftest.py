@@ -6,10 +6,18 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+# One thread in the tests and in every script they start: bit-exact comparisons (resume, DDP, kills)
+# need the same floating-point summation order in every process, and the small nets of the tests gain
+# nothing from a second thread on the 2-core CI machine.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
