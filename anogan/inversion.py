@@ -153,19 +153,14 @@ class Inversion(L.LightningModule):
         lam = self.hparams.lam
         gz = G(z)
         res = S.residual(xs, gz)
-        h = gz
-        for block in D.blocks[: D.feature_layer + 1]:
-            h = block(h)
+        h = D.feature_map(gz)
         dis = ref_dis = None
         losses = []
         if n_main:
             dis = S.discrimination(fx, h[:n_main].flatten(1))
             losses.append(S.mapping_loss(res[:n_main], dis, lam))
         if h.shape[0] > n_main:
-            h = h[n_main:]
-            for block in D.blocks[D.feature_layer + 1 :]:
-                h = block(h)
-            ref_dis = S.reference_discrimination(D.logit(h).flatten())
+            ref_dis = S.reference_discrimination(D.logits_from_feature_map(h[n_main:]))
             losses.append(S.mapping_loss(res[n_main:], ref_dis, lam))
         return torch.cat(losses) if len(losses) > 1 else losses[0], gz, res, dis, ref_dis
 

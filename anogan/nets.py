@@ -116,19 +116,26 @@ class Discriminator(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """f(x): flattened output of block ``feature_layer``, (B, F). Runs D only up to that block."""
-        return self._run_blocks(x, self.feature_layer).flatten(1)
+        return self.feature_map(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B,); the probability that x is real is ``sigmoid(logits)``."""
         return self.logit(self._run_blocks(x, len(self.blocks) - 1)).flatten()
 
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f(x), logits) from one pass through D."""
-        h = self._run_blocks(x, self.feature_layer)
-        feats = h.flatten(1)
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The output of block ``feature_layer`` unflattened, (B, C, h, w): f(x) before ``flatten(1)``."""
+        return self._run_blocks(x, self.feature_layer)
+
+    def logits_from_feature_map(self, h: torch.Tensor) -> torch.Tensor:
+        """The logits (B,) from ``feature_map``'s output: D's remaining blocks and its logit layer."""
         for block in self.blocks[self.feature_layer + 1 :]:
             h = block(h)
-        return feats, self.logit(h).flatten()
+        return self.logit(h).flatten()
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(x), logits) from one pass through D."""
+        h = self.feature_map(x)
+        return h.flatten(1), self.logits_from_feature_map(h)
 
 
 class Encoder(Discriminator):

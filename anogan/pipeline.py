@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                             f"with ckpt_path=auto hydra.run.dir={output_dir}"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = output_dir / LAST
     log.info("training done: %s", last)
     from anogan.stages import fit_stages
 

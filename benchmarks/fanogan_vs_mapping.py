@@ -33,7 +33,8 @@ def main() -> None:
         inversion = Inversion(G, D, steps=args.steps, channels_last=True)
         x, index = queries(args.batch, size, args.device), torch.arange(args.batch)
         best = side_by_side(
-            {"fanogan": lambda: fanogan(x), "mapping": lambda: inversion.map_batch(x, index)},
+            {"fanogan": lambda f=fanogan, x=x: f(x),
+             "mapping": lambda inv=inversion, x=x, i=index: inv.map_batch(x, i)},
             args.rounds, args.device,
         )
         rate = {name: args.batch / seconds for name, seconds in best.items()}

@@ -136,12 +136,9 @@ class ScoreFile(L.Callback):
             cols = gather_rows(pl_module, cols)
         if not trainer.is_global_zero:
             return
-        keys = list(zip(cols["split"].tolist(), cols["index"].tolist()))
-        seen, new = set(self._row), []  # each image once: a resumed batch may overlap the file
-        for k in keys:
-            new.append(k not in seen)
-            seen.add(k)
-        new = np.array(new, dtype=bool)
+        keys = list(zip(cols["split"].tolist(), cols["index"].tolist()))  # each image once in a batch
+        # each image once in the file: a resumed batch, or a DDP padding repeat, may be there already
+        new = np.array([k not in self._row for k in keys], dtype=bool)
         if not new.any():
             return
         cols = {k: v[torch.from_numpy(new)].cpu().numpy() for k, v in cols.items()}
