@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from anogan import scores as S
-from anogan.encoder import freeze, read_checkpoint, sub_state
-from anogan.gan import GAN
+from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_state
 from anogan.nets import AdversarialAutoencoder
+from anogan.reliability import check_finite_loss
+
+LR_HINT = "Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the data for NaN."
 
 
 class ACAE(L.LightningModule):
@@ -36,6 +38,7 @@ class ACAE(L.LightningModule):
         self.automatic_optimization = False
         self.net = net
         self.optimizer_ae, self.optimizer_d = optimizer_ae, optimizer_d
+        self.gan_identity: str | None = None  # of the GAN whose run trains it, set by anogan.stages
         self.save_hyperparameters(ignore=["net", "optimizer_ae", "optimizer_d"])
 
     def configure_optimizers(self):
@@ -53,7 +56,7 @@ class ACAE(L.LightningModule):
         with self.toggled_optimizer(opt_d):
             d_loss = F.binary_cross_entropy_with_logits(D(x), x.new_ones(n)) + \
                 F.binary_cross_entropy_with_logits(D(recon.detach()), x.new_zeros(n))
-            GAN._check_finite("train/acae_d_loss", d_loss, step)
+            check_finite_loss("train/acae_d_loss", d_loss, step, LR_HINT)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt_d.step()
@@ -62,7 +65,7 @@ class ACAE(L.LightningModule):
             rec_loss = (x - recon).abs().mean()
             adv_loss = F.binary_cross_entropy_with_logits(D(recon), x.new_ones(n))
             ae_loss = rec_loss + self.hparams.adversarial_weight * adv_loss
-            GAN._check_finite("train/acae_loss", ae_loss, step)
+            check_finite_loss("train/acae_loss", ae_loss, step, LR_HINT)
             opt_ae.zero_grad(set_to_none=True)
             self.manual_backward(ae_loss)
             opt_ae.step()
@@ -75,11 +78,14 @@ class ACAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["anogan_acae"] = dict(self.net.config)
+        checkpoint[GAN_IDENTITY] = self.gan_identity
 
 
 def load_acae(ckpt: str | os.PathLike | dict) -> AdversarialAutoencoder:
-    """The aCAE nets from a checkpoint written by ``ACAE`` (``checkpoints/acae.ckpt``)."""
-    ckpt = read_checkpoint(ckpt, "anogan_acae", "pass acae_ckpt_path=<run dir>/checkpoints/acae.ckpt")
+    """The aCAE nets from a checkpoint written by ``ACAE`` (``checkpoints/acae.ckpt``), a path or the
+    dict of ``read_stage_checkpoint``. Its entry ``GAN_IDENTITY`` holds the
+    ``anogan.reliability.gan_identity`` of the GAN of the run that trained it (None outside a run)."""
+    ckpt = read_stage_checkpoint(ckpt, "anogan_acae", "acae")
     net = AdversarialAutoencoder(**ckpt["anogan_acae"])
     net.load_state_dict(sub_state(ckpt["state_dict"], "net"))
     return net

@@ -16,6 +16,9 @@ from torch import nn
 
 from anogan import scores as S
 from anogan.nets import Discriminator, Encoder, Generator
+from anogan.reliability import check_finite_loss, gan_identity, read_checkpoint
+
+GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
 
 
 def freeze(*nets: nn.Module) -> None:
@@ -25,12 +28,13 @@ def freeze(*nets: nn.Module) -> None:
         net.eval()
 
 
-def read_checkpoint(ckpt: str | os.PathLike | dict, key: str, hint: str) -> dict:
-    """A checkpoint dict that holds ``key`` (the nets' configs written by one of our modules)."""
+def read_stage_checkpoint(ckpt: str | os.PathLike | dict, key: str, stage: str) -> dict:
+    """A stage checkpoint (``stage``: encoder or acae) as a dict that holds ``key`` (the nets' configs
+    written by its module), read by ``anogan.reliability.read_checkpoint`` (``weights_only=True``).
+    Raises FileNotFoundError, CheckpointError, or ValueError when ``key`` is missing."""
+    hint = f"pass {stage}_ckpt_path=<run dir>/checkpoints/{stage}.ckpt"
     if not isinstance(ckpt, dict):
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"checkpoint {ckpt} does not exist; {hint}")
-        path, ckpt = ckpt, torch.load(ckpt, map_location="cpu", weights_only=False)
+        path, ckpt = ckpt, read_checkpoint(ckpt, f"{stage}_ckpt_path", f"checkpoints/{stage}.ckpt")
     else:
         path = "<checkpoint dict>"
     if key not in ckpt:
@@ -79,6 +83,8 @@ class EncoderTraining(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["image"]
         loss = self.loss(x).mean()
+        check_finite_loss("train/izif_loss", loss, self.global_step,
+                          "Lower encoder.module.optimizer.lr or check the data for NaN.")
         self.log("train/izif_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 
@@ -87,11 +93,14 @@ class EncoderTraining(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["anogan_encoder"] = {"encoder": dict(self.encoder.config), "kappa": float(self.kappa)}
+        checkpoint[GAN_IDENTITY] = gan_identity(self.generator, self.discriminator)
 
 
 def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[Encoder, float]:
-    """(E, kappa) from a checkpoint written by ``EncoderTraining`` (``checkpoints/encoder.ckpt``)."""
-    ckpt = read_checkpoint(ckpt, "anogan_encoder", "pass encoder_ckpt_path=<run dir>/checkpoints/encoder.ckpt")
+    """(E, kappa) from a checkpoint written by ``EncoderTraining`` (``checkpoints/encoder.ckpt``), a
+    path or the dict of ``read_stage_checkpoint``. Its entry ``GAN_IDENTITY`` holds the
+    ``anogan.reliability.gan_identity`` of the G and D it was trained against."""
+    ckpt = read_stage_checkpoint(ckpt, "anogan_encoder", "encoder")
     meta = ckpt["anogan_encoder"]
     encoder = Encoder(**meta["encoder"])
     encoder.load_state_dict(sub_state(ckpt["state_dict"], "encoder"))

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from anogan.nets import Discriminator, Generator
 from anogan.prior import sample_prior
+from anogan.reliability import NonFiniteLossError, check_finite_loss
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a GAN loss becomes NaN or infinite; training stops before the weights change."""
+__all__ = ["GAN", "NonFiniteLossError"]
+LR_HINT = "Lower the learning rates (model.optimizer_g.lr, model.optimizer_d.lr) or check the data for NaN."
 
 
 class GAN(L.LightningModule):
@@ -57,15 +57,6 @@ class GAN(L.LightningModule):
             self.optimizer_d(self.discriminator.parameters()),
         )
 
-    @staticmethod
-    def _check_finite(name: str, loss: torch.Tensor, step: int) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"{name} is {loss.item()} at training step {step}: training stopped before updating "
-                "the weights, and no checkpoint holds these values. Lower the learning rates "
-                "(model.optimizer_g.lr, model.optimizer_d.lr) or check the data for NaN."
-            )
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         real = batch["image"]
@@ -79,14 +70,14 @@ class GAN(L.LightningModule):
             logits_fake = self.discriminator(fake.detach())
             d_loss = F.binary_cross_entropy_with_logits(logits_real, ones) + \
                 F.binary_cross_entropy_with_logits(logits_fake, zeros)
-            self._check_finite("train/d_loss", d_loss, step)
+            check_finite_loss("train/d_loss", d_loss, step, LR_HINT)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt_d.step()
 
         with self.toggled_optimizer(opt_g):
             g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
-            self._check_finite("train/g_loss", g_loss, step)
+            check_finite_loss("train/g_loss", g_loss, step, LR_HINT)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()

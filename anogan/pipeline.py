@@ -14,6 +14,7 @@ from anogan.reliability import (
     LAST,
     EpochSeed,
     check_architecture,
+    check_resume_data,
     check_data_size,
     check_image_shape,
     checkpoint_plugins,
@@ -80,7 +81,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     if ckpt_path is not None:
-        check_architecture(read_checkpoint(ckpt_path), ckpt_path, model)
+        ckpt = read_checkpoint(ckpt_path)
+        check_architecture(ckpt, ckpt_path, model)
+        check_resume_data(ckpt, ckpt_path, OmegaConf.to_container(cfg.data, resolve=True))
     callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
     loggers = instantiate_list(cfg.get("logger"))
     plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
@@ -135,6 +138,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
     data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
     datamodule = instantiate(data)
+    datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
     datamodule.setup("test")
     check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
     callbacks = instantiate_list(cfg.get("evaluation_callbacks"))

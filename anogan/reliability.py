@@ -10,11 +10,15 @@ producing a silently wrong number.
 - ``stopped_by_sigterm``: Lightning owns SIGTERM (its loops stop at the next batch, the mapping at its
   next step); this turns its exception into a logged message and exit status 143, the status of a
   process ended by SIGTERM.
-- ``check_finite_scores``: non-finite scores name the images they belong to.
+- ``check_finite_scores``: non-finite scores name the images they belong to; ``check_finite_loss``:
+  a training stage (GAN, encoder, aCAE) stops at a NaN or infinite loss, before its weights change.
+- ``gan_identity`` / ``check_stage_identity``: a stage checkpoint (encoder, aCAE) records the content
+  hash of the G and D weights it was trained against, and is refused with any other GAN.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -44,6 +48,21 @@ class CheckpointError(ValueError):
 
 class NonFiniteScoreError(FloatingPointError):
     """Some images got a NaN or infinite score."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite; training stops before the weights change."""
+
+
+def check_finite_loss(name: str, loss: torch.Tensor, step: int, hint: str) -> None:
+    """Raise ``NonFiniteLossError`` when the scalar ``loss`` (logged as ``name``) is NaN or infinite at
+    training ``step``, before its backward pass and optimiser step: no weights hold these values and no
+    checkpoint is written. ``hint`` names the settings to change (e.g. the learning rates' config keys)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NonFiniteLossError(
+            f"{name} is {loss.detach().float().mean().item()} at training step {step}: training stopped "
+            f"before updating the weights, and no checkpoint holds these values. {hint}"
+        )
 
 
 # -- training: per-epoch seeds ---------------------------------------------------------------------
@@ -83,7 +102,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own writer puts the temporary file in the system temp directory and moves it, which is a
     copy, not an atomic rename, when the run directory is on another file system (the usual cluster
     set-up: /tmp on the node, runs on a shared disk): a kill during the copy would leave a truncated
-    ``last.ckpt``, and every kill a checkpoint-sized file in /tmp."""
+    ``last.ckpt``, and every kill a checkpoint-sized file in /tmp.
+
+    Lightning reads a resumed run's checkpoint (``ckpt_path``, SLURM's ``hpc_ckpt_*``) through this
+    plugin too, here with ``read_checkpoint`` (``weights_only=True``, whatever Lightning asks)."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return read_checkpoint(path)
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None or "://" in str(path):
@@ -118,13 +145,18 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> P
     return Path(ckpt_path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file on the CPU with ``weights_only=True``; errors name the file and the fix."""
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path", example: str = str(LAST)) -> dict:
+    """Load a checkpoint file on the CPU with ``weights_only=True``: the one reader of every checkpoint
+    (GAN, encoder, aCAE, Lightning's resume and ``hpc_ckpt_*``, benchmarks). ``key`` is the config key
+    that named the file and ``example`` the usual file, for the errors, which name the file and the fix.
+
+    Raises FileNotFoundError (no such file) or CheckpointError (a directory, a truncated file, or one
+    holding Python objects other than tensors and plain containers, whose unpickling could run code)."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"ckpt_path={path} is a directory; pass the file, e.g. ckpt_path={path / LAST}")
+        raise CheckpointError(f"{key}={path} is a directory; pass the file, e.g. {key}={path / Path(example).name}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass ckpt_path=<run dir>/{LAST}")
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass {key}=<run dir>/{example}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -175,6 +207,71 @@ def check_architecture(ckpt: dict, path: str | os.PathLike, model) -> None:
         )
 
 
+# data settings that change neither the training images nor their order: free to change on resume
+RESUME_FREE_DATA = ("num_workers", "eval_batch_size", "eval_train_samples", "test_subset")
+
+
+def check_resume_data(ckpt: dict, path: str | os.PathLike, data: dict) -> None:
+    """Refuse to resume training from ``path`` with another data config than the one it was trained
+    on (``ckpt["anogan_config"]["data"]``, stored by train.py), naming every setting that differs;
+    settings of ``RESUME_FREE_DATA`` (loading and evaluation only) may change."""
+    stored = (ckpt.get("anogan_config") or {}).get("data")
+    if not stored:
+        return  # not written by train.py: nothing to compare (check_architecture has named the nets)
+    keys = sorted((set(stored) | set(data)) - set(RESUME_FREE_DATA))
+    diffs = [f"data.{k}: checkpoint {stored.get(k)!r}, configured {data.get(k)!r}"
+             for k in keys if stored.get(k) != data.get(k)]
+    if diffs:
+        raise CheckpointError(
+            f"{path} was trained on other data than configured ({'; '.join(diffs)}); resuming would "
+            "continue its training on another set of images. Resume with that run's data settings (its "
+            ".hydra/config.yaml), or start a new run without ckpt_path"
+        )
+
+
+# -- provenance: which GAN a stage checkpoint belongs to ----------------------------------------------
+def weights_identity(*nets: torch.nn.Module) -> str:
+    """The content hash of networks' weights: sha256 (hex, 64 characters) over the names, dtypes,
+    shapes and bytes of every tensor of each net's ``state_dict`` (parameters and buffers, such as
+    BatchNorm's running statistics), net by net, in key order. Equal for the same weights wherever they
+    live (device, file, process); any changed value, however small, gives another identity."""
+    h = hashlib.sha256()
+    for i, net in enumerate(nets):
+        for key, t in net.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{i}.{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def gan_identity(generator: torch.nn.Module, discriminator: torch.nn.Module) -> str:
+    """The identity of a GAN: ``weights_identity(G, D)``; what a stage checkpoint (encoder, aCAE) and
+    ``scores.h5`` record of the GAN they belong to."""
+    return weights_identity(generator, discriminator)
+
+
+STAGE_GROUPS = {"encoder": "encoder=izif", "acae": "acae=dcgan"}  # a stage's config group on the command line
+
+
+def check_stage_identity(stored: str | None, identity: str, stage: str, stage_path: str | os.PathLike,
+                         gan_path: str | os.PathLike) -> None:
+    """Refuse a stage checkpoint (``stage``: encoder or acae) trained against other GAN weights than
+    the evaluated ones: ``stored`` is the ``gan_identity`` it recorded (None: written before identities
+    existed), ``identity`` that of the GAN of ``gan_path``. Raises CheckpointError naming both files and
+    the fix."""
+    if stored == identity:
+        return
+    what = ("records no GAN identity (written by an older anogan)" if stored is None else
+            f"was trained against GAN weights {stored[:12]}..., not those of {gan_path} ({identity[:12]}...)")
+    run = Path(gan_path).resolve().parent.parent
+    raise CheckpointError(
+        f"{stage_path} {what}, so its scores would not belong to this GAN (was the GAN trained again "
+        f"after it?). Train the {stage} again against this GAN: python train.py {STAGE_GROUPS[stage]} "
+        f"ckpt_path=auto hydra.run.dir={run} (the finished GAN is kept), or pass {stage}_ckpt_path=<a "
+        f"{stage}.ckpt trained with this GAN>"
+    )
+
+
 # -- SIGTERM ---------------------------------------------------------------------------------------
 @contextmanager
 def stopped_by_sigterm(what: str, resume_hint: str) -> Iterator[None]:
@@ -207,7 +304,9 @@ def check_image_shape(image: torch.Tensor, nets: dict, where: str) -> None:
     if tuple(image.shape) != want:
         raise ValueError(
             f"{where} yields images of shape {tuple(image.shape)} but the GAN expects {want} "
-            "(channels, height, width); set data.image_size and data.channels to the GAN's"
+            "(channels, height, width), and does not follow data.image_size / data.channels, which "
+            f"evaluate.py sets to the GAN's: store the data as {want[0]}-channel images, or evaluate a GAN "
+            "trained on this data"
         )
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from anogan.nets import Discriminator, Generator
+from anogan.reliability import check_stage_identity, gan_identity
 
 log = logging.getLogger(__name__)
 STAGES = ("encoder", "acae")  # config group = checkpoint name
@@ -25,8 +26,11 @@ STAGES = ("encoder", "acae")  # config group = checkpoint name
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule, ckpt_dir: Path) -> Path:
     """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs with the run's trainer settings; save
     ``<ckpt_dir>/<name>.ckpt``."""
+    from anogan.reliability import checkpoint_plugins
+
     trainer: L.Trainer = instantiate(
-        cfg.trainer, max_epochs=cfg[name].max_epochs, callbacks=[], logger=False, enable_checkpointing=False
+        cfg.trainer, max_epochs=cfg[name].max_epochs, callbacks=[], logger=False, enable_checkpointing=False,
+        plugins=checkpoint_plugins(instantiate(cfg.trainer.get("plugins"))),  # written atomically
     )
     trainer.fit(module, datamodule=datamodule)
     path = ckpt_dir / f"{name}.ckpt"
@@ -42,12 +46,16 @@ def fit_stages(cfg: DictConfig, gan_ckpt: str | Path, datamodule) -> dict[str, P
 
     paths: dict[str, Path] = {}
     ckpt_dir = Path(gan_ckpt).parent
+    if not (cfg.get("encoder") or cfg.get("acae")):
+        return paths
+    G, D, _, _ = load_gan(gan_ckpt)
     if cfg.get("encoder"):
-        G, D, _, _ = load_gan(gan_ckpt)
         module = instantiate(cfg.encoder.module, generator=G, discriminator=D)
         paths["encoder"] = fit_stage(cfg, "encoder", module, datamodule, ckpt_dir)
     if cfg.get("acae"):
-        paths["acae"] = fit_stage(cfg, "acae", instantiate(cfg.acae.module), datamodule, ckpt_dir)
+        module = instantiate(cfg.acae.module)
+        module.gan_identity = gan_identity(G, D)  # recorded in acae.ckpt: valid with this GAN only
+        paths["acae"] = fit_stage(cfg, "acae", module, datamodule, ckpt_dir)
     return paths
 
 
@@ -64,18 +72,23 @@ def stage_scorers(
     cfg: DictConfig, gan_ckpt: str | Path, G: Generator, D: Discriminator
 ) -> tuple[nn.Module | None, list[nn.Module]]:
     """(E or None, scorers) for the evaluation: ``FAnoGAN`` when an encoder checkpoint is found,
-    ``ACAEScores`` when an aCAE checkpoint is found."""
+    ``ACAEScores`` when an aCAE checkpoint is found. Each stage checkpoint must record the
+    ``gan_identity`` of G and D (``CheckpointError`` otherwise, naming both files and the fix)."""
     from anogan.acae import ACAEScores, load_acae
-    from anogan.encoder import FAnoGAN, load_encoder
+    from anogan.encoder import GAN_IDENTITY, FAnoGAN, load_encoder, read_stage_checkpoint
 
-    encoder, scorers = None, []
-    path = stage_checkpoint(cfg, "encoder", gan_ckpt)
-    if path is not None:
-        encoder, kappa = load_encoder(path)
+    encoder, scorers, identity = None, [], gan_identity(G, D)
+    key = {"encoder": "anogan_encoder", "acae": "anogan_acae"}
+    ckpts = {}
+    for name in STAGES:
+        path = stage_checkpoint(cfg, name, gan_ckpt)
+        if path is not None:
+            ckpts[name] = read_stage_checkpoint(path, key[name], name)
+            check_stage_identity(ckpts[name].get(GAN_IDENTITY), identity, name, path, gan_ckpt)
+            log.info("%s: %s (trained with this GAN)", name, path)
+    if "encoder" in ckpts:
+        encoder, kappa = load_encoder(ckpts["encoder"])
         scorers.append(FAnoGAN(encoder, G, D, kappa))
-        log.info("f-AnoGAN encoder: %s", path)
-    path = stage_checkpoint(cfg, "acae", gan_ckpt)
-    if path is not None:
-        scorers.append(ACAEScores(load_acae(path), lam=cfg.inversion.lam))
-        log.info("aCAE: %s", path)
+    if "acae" in ckpts:
+        scorers.append(ACAEScores(load_acae(ckpts["acae"]), lam=cfg.inversion.lam))
     return encoder, scorers

@@ -3,7 +3,10 @@
 Datasets (N rows): ``index``, ``label``, ``split``, one per score (``scores/<name>``), ``z``,
 ``z_reference``, ``mapping_loss`` (first, last step), ``recorded/<step>/<name>`` for
 ``inversion.record_steps`` and, with ``store_maps``, ``residual_map`` and ``generated``.
-Attributes: the mapping's settings (lam, steps, lr, seed, reference, record_steps, prior).
+Attributes: what changes a row, the key of a resume: the mapping's settings (lam, steps, lr, seed,
+reference, record_steps, prior, init, early_stop, tol, patience), the content hashes of the GAN
+(``gan``, ``anogan.reliability.gan_identity``) and of the one-pass scorers and encoder (``scorers``),
+and the evaluation's data config (``data``, JSON; minus loader settings that change no row).
 
 While the evaluation runs the rows go to ``scores.h5.partial``; it is renamed to ``scores.h5`` when
 the test epoch completes. A new evaluation with the same settings in the same run directory finds the
@@ -15,6 +18,7 @@ in the file are appended, so a resumed file equals an uninterrupted one whatever
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,16 +31,26 @@ import torch
 from anogan.callbacks.metrics import gather_rows
 
 log = logging.getLogger(__name__)
-_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init")
+_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init", "early_stop", "tol", "patience")
+_KEY = (*_SETTINGS, "record_steps", "scorers", "gan", "data")
+# data settings that change how images are loaded, not which images or their pixels
+_LOADER_ONLY = ("batch_size", "eval_batch_size", "num_workers")
 
 
-def _settings(pl_module) -> dict:
-    """What a resumed file must share with this evaluation: the mapping's settings and the one-pass
-    scorers (f-AnoGAN, aCAE), whose scores every row must carry."""
+def _settings(trainer, pl_module) -> dict:
+    """What a resumed file must share with this evaluation, everything that changes a row: the
+    mapping's settings, the weights of G and D, of the one-pass scorers (f-AnoGAN, aCAE) and of the
+    encoder of ``init=encoder``, and the data config (``datamodule.config``, set by the pipeline)."""
+    from anogan.reliability import gan_identity, weights_identity
+
     hparams = pl_module.hparams
     s = {k: hparams[k] for k in _SETTINGS}
     s["record_steps"] = list(hparams["record_steps"])
-    s["scorers"] = ",".join(sorted(type(m).__name__ for m in getattr(pl_module, "scorers", ())))
+    nets = [*getattr(pl_module, "scorers", ()), *([pl_module.encoder] if pl_module.encoder is not None else [])]
+    s["scorers"] = ",".join(sorted(f"{type(m).__name__}:{weights_identity(m)}" for m in nets))
+    s["gan"] = gan_identity(pl_module.generator, pl_module.discriminator)
+    data = dict(getattr(trainer.datamodule, "config", None) or {})
+    s["data"] = json.dumps({k: v for k, v in data.items() if k not in _LOADER_ONLY}, sort_keys=True, default=str)
     return s
 
 
@@ -49,7 +63,7 @@ class ScoreFile(L.Callback):
     # -- resume ------------------------------------------------------------------------------------
     def on_test_start(self, trainer, pl_module) -> None:
         self._file = None
-        self.settings = _settings(pl_module)
+        self.settings = _settings(trainer, pl_module)
         if trainer.world_size > 1:
             self.resume = False  # resume is a single-process feature
         if not trainer.is_global_zero:
@@ -81,15 +95,15 @@ class ScoreFile(L.Callback):
     def _matches(self, path: Path) -> bool:
         try:
             with h5py.File(path, "r") as f:
-                stored = {k: f.attrs[k] for k in (*_SETTINGS, "scorers")}
+                stored = {k: f.attrs[k] for k in _KEY}
                 stored["record_steps"] = list(f.attrs["record_steps"])
         except (OSError, KeyError):
             log.warning("%s is unreadable (killed while writing?); mapping from scratch", path)
             return False
-        same = all(np.array_equal(np.asarray(stored[k]), np.asarray(v)) for k, v in self.settings.items())
-        if not same:
-            log.warning("%s was written with other settings; mapping from scratch", path)
-        return same
+        differ = [k for k, v in self.settings.items() if not np.array_equal(np.asarray(stored[k]), np.asarray(v))]
+        if differ:
+            log.warning("%s was written with other %s; mapping from scratch", path, ", ".join(differ))
+        return not differ
 
     def lookup(self, split: torch.Tensor, index: torch.Tensor) -> dict | None:
         """The stored outputs of a batch, in ``Inversion.map_batch``'s format, when every image of it

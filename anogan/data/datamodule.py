@@ -11,6 +11,7 @@ split only. All splits and samples are deterministic functions of ``seed``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import lightning as L
@@ -22,6 +23,7 @@ from anogan.data import sources
 from anogan.data.hdf5 import HDF5Dataset, inspect_hdf5
 from anogan.data.transforms import to_model_range
 
+log = logging.getLogger(__name__)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -164,9 +166,7 @@ class DigitsDataModule(ClassDataModule):
     def build(self):
         raw, classes = sources.load_digits_arrays()
         self._check_classes(classes, "sklearn digits")
-        images = to_model_range(raw, self.image_size, max_value=16.0)
-        if self.channels != 1:
-            images = images.expand(-1, self.channels, -1, -1).contiguous()
+        images = to_model_range(raw, self.image_size, max_value=16.0, channels=self.channels)
         rows = np.arange(len(raw))
         order = self._rng(3).permutation(len(raw))
         n_test = int(round(self.test_fraction * len(raw)))
@@ -192,10 +192,11 @@ class IDXDataModule(ClassDataModule):
         tr_raw, tr_classes = sources.load_idx_split(files, "train")
         te_raw, te_classes = sources.load_idx_split(files, "test")
         self._check_classes(tr_classes, f"{self.dataset} training set")
-        images = to_model_range(tr_raw, self.image_size)
+        images = to_model_range(tr_raw, self.image_size, channels=self.channels)
         train, val = self._split_train_val(images, tr_classes, np.arange(len(tr_raw)))
         test = ArrayDataset(
-            to_model_range(te_raw, self.image_size), self._labels(te_classes), np.arange(len(te_raw)), "test"
+            to_model_range(te_raw, self.image_size, channels=self.channels), self._labels(te_classes),
+            np.arange(len(te_raw)), "test",
         )
         return train, val, test
 
@@ -225,6 +226,9 @@ class HDF5DataModule(OneClassDataModule):
 
     def build(self):
         info = inspect_hdf5(self.path)
+        if info.size != self.image_size:  # said once: silently resized data is a classic wrong result
+            log.warning("data.path=%s holds %dx%d images; they are resized (bilinear) to the model's %dx%d",
+                        info.path, info.size, info.size, self.image_size, self.image_size)
         split = info.split if info.split is not None else self._assign(info.n, info.volume)
         train_rows = np.flatnonzero((split == SPLITS["train"]) & (info.labels == 0))
         if len(train_rows) == 0:

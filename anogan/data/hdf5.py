@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anogan.data.transforms import to_model_range
+from anogan.data.transforms import check_channels, to_model_range
 
 _CHUNK = 4096  # rows checked at a time when validating a file
 
@@ -76,11 +76,20 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
         if images.ndim not in (3, 4):
             _fail(path, "images", f"has shape {images.shape}; expected (N, H, W) or (N, C, H, W)")
         kind = images.dtype.kind
+        if kind == "i":
+            _fail(path, "images", f"has dtype {images.dtype} (signed, as CT or OCT exports often are); "
+                  "store them as float in [0, 1], e.g. (x - x.min()) / (x.max() - x.min()) over the whole "
+                  "set, or as uint16 after subtracting the minimum; or let python -m anogan.data.prepare "
+                  "folder --normalise global do it from the scans")
         if not (images.dtype in (np.uint8, np.uint16) or kind == "f"):
             _fail(path, "images", f"has dtype {images.dtype}; expected uint8, uint16 or float")
         n = images.shape[0]
         channels = 1 if images.ndim == 3 else images.shape[1]
         h, w = images.shape[-2:]
+        if images.ndim == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] == images.shape[2] \
+                and images.shape[1] not in (1, 3, 4):
+            _fail(path, "images", f"has shape {images.shape}: channels-last (N, H, W, C) images; store them "
+                  "channels-first, (N, C, H, W), e.g. f.create_dataset('images', data=np.moveaxis(x, -1, 1))")
         if h != w:
             _fail(path, "images", f"holds {h}x{w} images; expected square images")
         if labels.shape != (n,):
@@ -135,11 +144,8 @@ class HDF5Dataset(Dataset):
     (so every DataLoader worker has its own handle) and never in ``__init__``."""
 
     def __init__(self, info: HDF5Info, rows: np.ndarray, split: int, image_size: int, channels: int):
-        if info.channels != channels:
-            raise ValueError(
-                f"{info.path} holds {info.channels}-channel images but the model expects "
-                f"{channels} (set data.channels={info.channels})"
-            )
+        check_channels(info.channels, channels, f"data.path={info.path}")  # grey is repeated to `channels`
+        self.channels = channels
         self.path, self.rows, self.split = info.path, np.asarray(rows, dtype=np.int64), split
         self.labels = info.labels[self.rows]
         self.has_masks, self.image_size = info.has_masks, image_size
@@ -162,7 +168,7 @@ class HDF5Dataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         f, row = self._handle(), int(self.rows[i])
         raw = f["images"][row]
-        image = to_model_range(raw[None], self.image_size)[0]
+        image = to_model_range(raw[None], self.image_size, channels=self.channels)[0]
         item = {
             "image": image,
             "label": torch.tensor(int(self.labels[i])),
