@@ -19,7 +19,7 @@ from torch import nn
 from anogan import scores as S
 from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_state
 from anogan.nets import AdversarialAutoencoder
-from anogan.reliability import check_finite_loss
+from anogan.reliability import check_finite_loss, check_optimizer
 
 LR_HINT = "Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the data for NaN."
 
@@ -38,6 +38,8 @@ class ACAE(L.LightningModule):
         self.automatic_optimization = False
         self.net = net
         self.optimizer_ae, self.optimizer_d = optimizer_ae, optimizer_d
+        check_optimizer(optimizer_ae, "acae.module.optimizer_ae")
+        check_optimizer(optimizer_d, "acae.module.optimizer_d")
         self.gan_identity: str | None = None  # of the GAN whose run trains it, set by anogan.stages
         self.save_hyperparameters(ignore=["net", "optimizer_ae", "optimizer_d"])
 

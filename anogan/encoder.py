@@ -16,7 +16,7 @@ from torch import nn
 
 from anogan import scores as S
 from anogan.nets import Discriminator, Encoder, Generator
-from anogan.reliability import check_finite_loss, gan_identity, read_checkpoint
+from anogan.reliability import check_finite_loss, check_optimizer, gan_identity, read_checkpoint
 
 GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
 
@@ -66,6 +66,9 @@ class EncoderTraining(L.LightningModule):
             raise ValueError(f"encoder.z_dim={encoder.z_dim} differs from the generator's z_dim={generator.z_dim}")
         self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
         freeze(generator, discriminator)
+        check_optimizer(optimizer, "encoder.module.optimizer")
+        if not kappa >= 0:
+            raise ValueError(f"encoder.module.kappa={kappa} must be >= 0 (the weight of the feature term)")
         self.optimizer, self.kappa = optimizer, kappa
         self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "optimizer"])
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from anogan.nets import Discriminator, Generator
 from anogan.prior import sample_prior
-from anogan.reliability import NonFiniteLossError, check_finite_loss
+from anogan.reliability import NonFiniteLossError, check_finite_loss, check_optimizer
 
 __all__ = ["GAN", "NonFiniteLossError"]
 LR_HINT = "Lower the learning rates (model.optimizer_g.lr, model.optimizer_d.lr) or check the data for NaN."
@@ -36,6 +36,8 @@ class GAN(L.LightningModule):
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        check_optimizer(optimizer_g, "model.optimizer_g")
+        check_optimizer(optimizer_d, "model.optimizer_d")
         sample_prior(prior, torch.Generator(), 1, 1)  # fail now on an unknown prior name
         self.prior = prior
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"])

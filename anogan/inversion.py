@@ -41,8 +41,12 @@ def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, 
     return G, D, nets.get("prior", "uniform"), ckpt.get("anogan_config", {})
 
 
-def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = None) -> list[int]:
-    """Refuse mapping settings outside their domain (before any work is done); the sorted record_steps."""
+def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = None,
+                   lr: float | None = None) -> list[int]:
+    """Refuse mapping settings outside their domain (before any work is done), naming the config key;
+    the sorted record_steps."""
+    if lr is not None and not lr > 0:
+        raise ValueError(f"inversion.lr={lr} must be > 0 (Adam's learning rate on z; the default is 0.05)")
     if not 0 <= lam <= 1:
         raise ValueError(f"inversion.lam={lam} must lie in [0, 1] (the paper uses 0.1)")
     if int(steps) != steps or steps < 1:
@@ -99,7 +103,7 @@ class Inversion(L.LightningModule):
         patience: int = 20,
     ):
         super().__init__()
-        record = check_settings(lam, steps, record_steps)
+        record = check_settings(lam, steps, record_steps, lr)
         if init not in ("random", "encoder"):
             raise ValueError(f"inversion.init={init!r} must be 'random' or 'encoder'")
         if init == "encoder" and encoder is None:

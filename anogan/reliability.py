@@ -272,6 +272,21 @@ def check_stage_identity(stored: str | None, identity: str, stage: str, stage_pa
     )
 
 
+# -- settings --------------------------------------------------------------------------------------
+def check_optimizer(optimizer, key: str) -> None:
+    """Refuse a partially configured optimiser (Hydra ``_partial_: true``) whose learning rate,
+    momentum or weight decay lies outside its domain, naming its config ``key`` (e.g.
+    ``model.optimizer_g``), before PyTorch does with an error that names no key."""
+    kw = getattr(optimizer, "keywords", None) or {}
+    for name, ok, domain in (("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+                             ("momentum", lambda v: v >= 0, ">= 0")):
+        if name in kw and kw[name] is not None and not ok(float(kw[name])):
+            raise ValueError(f"{key}.{name}={kw[name]} must be {domain}")
+    betas = kw.get("betas")
+    if betas is not None and not all(0 <= float(b) < 1 for b in betas):
+        raise ValueError(f"{key}.betas={list(betas)} must lie in [0, 1)")
+
+
 # -- SIGTERM ---------------------------------------------------------------------------------------
 @contextmanager
 def stopped_by_sigterm(what: str, resume_hint: str) -> Iterator[None]:

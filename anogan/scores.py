@@ -51,9 +51,13 @@ def reference_anomaly(
 
 
 def discriminator(logits_x: torch.Tensor) -> torch.Tensor:
-    """P_D: the trained D's own verdict on the query, 1 - sigmoid(D(x)), higher = more anomalous
-    (the paper's P_D row, sec. 3): (B,)."""
-    return torch.sigmoid(-logits_x)
+    """The paper's P_D row (sec. 3): the trained D's own verdict on the query, higher = more anomalous,
+    as the log-odds -D(x) = logit(P_D), where P_D = 1 - sigmoid(D(x)) = sigmoid(score): (B,), unbounded.
+
+    It ranks images exactly as P_D does (so AUROC and the ROC are P_D's), but P_D itself saturates to
+    exactly 1.0 in float32 for logits below about -17, which ties the most anomalous images and lowers
+    the AUROC; the log-odds do not. ``torch.sigmoid(score)`` gives P_D for display."""
+    return -logits_x
 
 
 SCORE_NAMES = (

@@ -101,8 +101,10 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         row[key.lstrip("+~")] = value
     for name, scores in metrics.get("scores", {}).items():
         row[f"auroc/{name}"] = scores["auroc"]
-    if "pixel_auroc" in metrics:
+    if "pixel_auroc" in metrics:  # null when undefined (no positive pixel): an empty cell and its reason
         row["pixel_auroc"] = metrics["pixel_auroc"]
+        if metrics["pixel_auroc"] is None:
+            row["pixel_auroc_reason"] = metrics.get("pixel_auroc_reason", "undefined")
     for t, aurocs in sorted(metrics.get("recorded", {}).items(), key=lambda kv: int(kv[0])):
         for name, value in aurocs.items():
             row[f"auroc/{name}/step_{t}"] = value

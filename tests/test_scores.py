@@ -31,8 +31,20 @@ def test_anomaly_scores_weight_residual_and_discrimination_by_lambda():
     torch.testing.assert_close(S.mapping_loss(r, d, 1.0), d)
 
 
-def test_discriminator_score_is_one_minus_probability_of_real():
+def test_discriminator_score_is_the_log_odds_of_one_minus_probability_of_real():
     logits = torch.tensor([0.0, 10.0, -10.0])
     p = S.discriminator(logits)
-    torch.testing.assert_close(p, 1 - torch.sigmoid(logits))
+    torch.testing.assert_close(torch.sigmoid(p), 1 - torch.sigmoid(logits))
     assert p[2] > p[0] > p[1]  # D says "fake" -> more anomalous
+
+
+def test_discriminator_score_does_not_saturate_on_very_negative_logits():
+    """P_D = sigmoid(-logit) is exactly 1.0 in float32 below logit -17: the two most anomalous images
+    tie and AUROC drops from 1 to 0.75 on this hand example; the log-odds keep them apart."""
+    from anogan.callbacks import auroc
+
+    logits = torch.tensor([5.0, -20.0, -25.0, -30.0])  # two normal, then two anomalous images
+    labels = torch.tensor([0, 0, 1, 1])
+    assert torch.sigmoid(-logits)[1:].eq(1.0).all()  # the saturation this guards against
+    assert auroc(torch.sigmoid(-logits), labels) == 0.75
+    assert auroc(S.discriminator(logits), labels) == 1.0

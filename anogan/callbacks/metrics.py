@@ -124,16 +124,27 @@ class AnomalyMetrics(OutputCollector):
     each recorded step count."""
 
     def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None):
+        if pixel_thresholds is not None and (int(pixel_thresholds) != pixel_thresholds or pixel_thresholds < 2):
+            raise ValueError(f"pixel_thresholds={pixel_thresholds} must be null (exact) or an integer >= 2")
         self.path = Path(path)
         self.pixel_thresholds = pixel_thresholds
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         super().on_test_epoch_start(trainer, pl_module)
-        self.pixel = BinaryAUROC(thresholds=self.pixel_thresholds, normalization=None)
-        if trainer.world_size > 1:  # compute() gathers the processes' pixels: on their device (NCCL)
-            self.pixel = self.pixel.to(pl_module.device)
+        self.pixel = None  # built at the first masked batch, when the maps' range [0, 2C] is known
+        self.pixel_counts = torch.zeros(2, dtype=torch.long)  # test pixels: normal, anomalous
         self.has_masks = False
         self._seen = 0
+
+    def _pixel_metric(self, channels: int) -> BinaryAUROC:
+        """Exact pixel AUROC, or binned at ``pixel_thresholds`` evenly spaced thresholds over the
+        residual maps' range [0, 2C] (|x - G(z)| summed over C channels of [-1, 1] images), not
+        torchmetrics' default [0, 1]."""
+        bins = self.pixel_thresholds
+        thresholds = None if bins is None else torch.linspace(0, 2 * channels, int(bins), dtype=torch.float64)
+        metric = BinaryAUROC(thresholds=thresholds, normalization=None)
+        trainer = self._module.trainer
+        return metric.to(self._module.device) if trainer.world_size > 1 else metric  # gathered by NCCL
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
         n = len(outputs["index"])
@@ -143,9 +154,13 @@ class AnomalyMetrics(OutputCollector):
             test = (outputs["split"].cpu() == SPLITS["test"]) & ~duplicate
             if test.any():
                 self.has_masks = True
+                if self.pixel is None:
+                    self.pixel = self._pixel_metric(outputs["image"].shape[1])
+                masks = outputs["mask"].detach().cpu()[test].flatten().long()
+                self.pixel_counts += torch.bincount(masks, minlength=2)[:2]
                 self.pixel.update(
                     outputs["residual_map"].detach().cpu()[test].flatten().double().to(self.pixel.device),
-                    outputs["mask"].detach().cpu()[test].flatten().long().to(self.pixel.device),
+                    masks.to(self.pixel.device),
                 )
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
@@ -174,7 +189,7 @@ class AnomalyMetrics(OutputCollector):
             "scores": table,
         }
         if self.has_masks:
-            result["pixel_auroc"] = float(self.pixel.compute())
+            result.update(self._pixel_auroc(trainer))
         if data["recorded"]:
             result["recorded"] = {
                 str(t): {name: auroc(v[test], labels) for name, v in d.items()}
@@ -183,11 +198,26 @@ class AnomalyMetrics(OutputCollector):
         self.result = result
         for name, row in table.items():
             pl_module.log(f"test/auroc/{name}", row["auroc"])
-        if "pixel_auroc" in result:
+        if result.get("pixel_auroc") is not None:
             pl_module.log("test/pixel_auroc", result["pixel_auroc"])
         if trainer.is_global_zero:
             write_json_atomic(result, self.path)
             print_table(result)
+
+
+    def _pixel_auroc(self, trainer) -> dict:
+        """``{"pixel_auroc": value}``, or ``{"pixel_auroc": None, "pixel_auroc_reason": ...}`` when the
+        masked test pixels are all of one class (torchmetrics would only warn and give 0)."""
+        counts = self.pixel_counts
+        if trainer.world_size > 1:
+            counts = self._module.all_gather(counts.to(self._module.device)).reshape(-1, 2).sum(0).cpu()
+        normal, anomalous = (int(c) for c in counts)
+        if normal == 0 or anomalous == 0:
+            # every process calls compute() (collective in DDP) only when it is defined: counts agree
+            return {"pixel_auroc": None, "pixel_auroc_reason": (
+                f"undefined: the test masks hold {anomalous} anomalous and {normal} normal pixels, and "
+                "AUROC needs both")}
+        return {"pixel_auroc": float(self.pixel.compute())}
 
 
 def print_table(result: dict) -> None:
@@ -204,5 +234,7 @@ def print_table(result: dict) -> None:
     for name, row in result["scores"].items():
         t.add_row(name, *(f"{row[c]:.4f}" if c != "threshold" else f"{row[c]:.4g}" for c in cols))
     Console().print(t)
-    if "pixel_auroc" in result:
+    if result.get("pixel_auroc") is not None:
         Console().print(f"pixel-level AUROC of the residual maps: {result['pixel_auroc']:.4f}")
+    elif "pixel_auroc_reason" in result:
+        Console().print(f"pixel-level AUROC of the residual maps: {result['pixel_auroc_reason']}")

@@ -66,6 +66,12 @@ class OneClassDataModule(L.LightningDataModule):
         super().__init__()
         if not 0 <= val_fraction < 1:
             raise ValueError(f"data.val_fraction={val_fraction} must lie in [0, 1)")
+        for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                ("image_size", image_size, 1), ("channels", channels, 1),
+                                ("num_workers", num_workers, 0), ("eval_train_samples", eval_train_samples, 0),
+                                ("test_subset", test_subset, 1)):
+            if value is not None and (int(value) != value or value < low):
+                raise ValueError(f"data.{key}={value} must be an integer >= {low}")
         self.image_size, self.channels = image_size, channels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
