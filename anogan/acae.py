@@ -21,7 +21,8 @@ from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_stat
 from anogan.nets import AdversarialAutoencoder
 from anogan.reliability import check_finite_loss, check_optimizer
 
-LR_HINT = "Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the data for NaN."
+LR_HINT = ("Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the "
+           "data for NaN.")
 
 
 class ACAE(L.LightningModule):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,32 +71,44 @@ class PatchOptions:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_image(path: Path) -> np.ndarray:
-    """A greyscale image as stored: (H, W) uint8, uint16 (16-bit PNG / TIFF keep their range) or float."""
-    from PIL import Image, UnidentifiedImageError
+def read_pages(path: Path, mask: bool = False) -> list[np.ndarray]:
+    """Every page of an image file as stored, (H, W) each: one for PNG, one per B-scan for a multi-page
+    TIFF (a common way to store an OCT volume). uint8, uint16 (16-bit PNG / TIFF keep their range),
+    int32 for signed integers (their values kept), or float. Colour images become grey (luminance);
+    ``mask``: palette (``P``) images are read by palette index, not converted to grey levels."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
 
+    pages = []
     try:
         with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGB", "RGBA", "P", "LA"):
-                img = img.convert("L")
-            arr = np.array(img)
+            for page in ImageSequence.Iterator(img):
+                page.load()
+                if page.mode in ("RGB", "RGBA", "LA") or (page.mode == "P" and not mask):
+                    page = page.convert("L")
+                pages.append(np.array(page))
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise PrepareError(f"{path}: cannot read the image ({e}); replace or remove the file") from e
+    return [_stored(arr, path) for arr in pages]
+
+
+def _stored(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind in "iu" and arr.dtype != np.uint8:  # Pillow gives 16-bit images as I;16 or int32
-        if arr.min() < 0 or arr.max() > 65535:
+        if arr.min() < 0:
+            arr = arr.astype(np.int32)  # signed data (int16 CT / OCT exports): --normalise maps it to [0, 1]
+        elif arr.max() > 65535:
             raise PrepareError(f"{path}: values {arr.min()}..{arr.max()} do not fit 16 bits; store 8- or 16-bit")
-        arr = arr.astype(np.uint16)
+        else:
+            arr = arr.astype(np.uint16)
     if arr.ndim != 2:
         raise PrepareError(f"{path}: image of shape {arr.shape}; expected a greyscale image")
     return arr
 
 
-def read_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
-    """A binary mask image (0 and one other value: 1 or the dtype's maximum) -> bool (H, W)."""
-    mask = read_image(path)
+def check_mask(mask: np.ndarray, path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
+    """A binary mask page (0 and one other value: 1 or the dtype's maximum; palette masks by index)
+    -> bool (H, W)."""
     if mask.shape != shape:
         raise PrepareError(
             f"{path}: mask of size {mask.shape[1]}x{mask.shape[0]} but its image {image} is "
@@ -109,6 +122,20 @@ def read_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
             "store 0 for background and 1 or 255 for fluid, e.g. as PNG (no JPEG)"
         )
     return mask > 0
+
+
+def warn_small_range(top: float, dtype: np.dtype, normalise: str, source: str) -> None:
+    """Warn when integer images stored as they are (``--normalise none``) use a small part of their
+    dtype's range, e.g. 12-bit scans in uint16, which reach the model squeezed near -1."""
+    if normalise != "none" or dtype.kind != "u":
+        return
+    full = np.iinfo(dtype).max
+    if top < full / 4:
+        low = 2 * top / full - 1
+        warnings.warn(
+            f"{source}: the images' values span 0..{int(top)} of {dtype}'s 0..{full}: with --normalise none "
+            f"they reach the model in [-1, {low:.3f}]; pass --normalise global (or image) to scale them to "
+            "the full range", UserWarning, stacklevel=3)
 
 
 def unit(image: np.ndarray, opts: PatchOptions) -> np.ndarray:
@@ -301,39 +328,52 @@ def prepare_folder(scans: str | os.PathLike, out: str | os.PathLike, masks: str 
     scans, masks = Path(scans), Path(masks) if masks is not None else None
     opts = PatchOptions(**options)
     items = list_scans(scans, masks)
-    first = read_image(items[0][1])
+    first = read_pages(items[0][1])[0]
     if opts.normalise == "none":
+        if first.dtype.kind == "i":
+            raise PrepareError(f"{items[0][1]}: signed {first.dtype} values ({first.min()}..{first.max()}); "
+                               "pass --normalise global (or image), which maps them to [0, 1]")
         dtype = first.dtype if first.dtype.kind in "u" else np.float32
     else:
         dtype = np.float32
     if opts.normalise == "global":
-        opts.scale = global_scale((read_image(i) for _, i, _ in items), opts.percentiles, seed=opts.seed)
+        opts.scale = global_scale((p for _, i, _ in items for p in read_pages(i)), opts.percentiles, seed=opts.seed)
     volumes = {v: k for k, v in enumerate(dict.fromkeys(v for v, _, _ in items))}
     annotated = {v for v, _, m in items if m is not None}
     rng = np.random.default_rng(opts.seed)
     extra = {"volumes": list(volumes), "annotated_volumes": sorted(annotated)}
     writer = PatchWriter(out, opts.patch_size, dtype, with_masks=bool(annotated), with_split=split == "paper",
                          overwrite=overwrite, attrs=_attrs(f"folder:{scans}", opts, extra | (attrs or {})))
+    top = 0
     with writer:
         for vol, img_path, mask_path in _progress(items, "cutting patches", progress):
-            image = read_image(img_path)
-            if opts.normalise == "none" and image.dtype != dtype:
-                raise PrepareError(f"{img_path}: {image.dtype} image among {np.dtype(dtype)} ones ({items[0][1]}); "
-                                   "store all scans with one bit depth, or pass --normalise image")
-            if image.dtype.kind == "f" and opts.normalise == "none" and (image.min() < 0 or image.max() > 1):
-                raise PrepareError(f"{img_path}: float image outside [0, 1]; pass --normalise image or global")
-            mask = read_mask(mask_path, image.shape, img_path) if mask_path is not None else None
-            pairs = list(cut(image, mask, opts, rng, img_path))
-            if not pairs:
-                continue
-            patches = [p for p, _ in pairs]
-            if mask is None:
-                labels, pmasks = 0, None
-            else:
-                pmasks = [m for _, m in pairs]
-                labels = np.array([int(m.sum() >= opts.min_anomalous_pixels) for m in pmasks])
-            code = SPLITS["test"] if vol in annotated else SPLITS["train"]
-            writer.add(patches, labels, volumes[vol], code, pmasks)
+            pages = read_pages(img_path)  # a multi-page TIFF: every page is a B-scan of this volume
+            mask_pages = read_pages(mask_path, mask=True) if mask_path is not None else [None] * len(pages)
+            if len(mask_pages) != len(pages):
+                raise PrepareError(f"{mask_path}: {len(mask_pages)} mask page(s) but its image {img_path} has "
+                                   f"{len(pages)}; store one mask page per B-scan")
+            for page, (image, mask) in enumerate(zip(pages, mask_pages)):
+                where = img_path if len(pages) == 1 else f"{img_path} page {page}"
+                if opts.normalise == "none" and image.dtype != dtype:
+                    raise PrepareError(f"{where}: {image.dtype} image among {np.dtype(dtype)} ones ({items[0][1]}); "
+                                       "store all scans with one bit depth, or pass --normalise image")
+                if image.dtype.kind == "f" and opts.normalise == "none" and (image.min() < 0 or image.max() > 1):
+                    raise PrepareError(f"{where}: float image outside [0, 1]; pass --normalise image or global")
+                top = max(top, image.max())
+                if mask is not None:
+                    mask = check_mask(mask, mask_path, image.shape, img_path)
+                pairs = list(cut(image, mask, opts, rng, where))
+                if not pairs:
+                    continue
+                patches = [p for p, _ in pairs]
+                if mask is None:
+                    labels, pmasks = 0, None
+                else:
+                    pmasks = [m for _, m in pairs]
+                    labels = np.array([int(m.sum() >= opts.min_anomalous_pixels) for m in pmasks])
+                code = SPLITS["test"] if vol in annotated else SPLITS["train"]
+                writer.add(patches, labels, volumes[vol], code, pmasks)
+    warn_small_range(top, np.dtype(dtype), opts.normalise, str(scans))
     return writer.out
 
 
@@ -348,24 +388,49 @@ def prepare_arrays(parts: dict[str, tuple[np.ndarray, np.ndarray]], out: str | o
     if not normal:
         raise PrepareError("--normal-classes is empty; name the classes that count as normal, e.g. 0")
     shape = next(iter(parts.values()))[0].shape[1:]
-    if options.get("patch_size") is None:
-        options["patch_size"] = min(shape)
+    extra = {"normal_classes": normal}
+    if options.get("patch_size") is None:  # whole images: one image, one item
+        side = max(shape)
+        if shape[0] != shape[1]:
+            parts = {k: (pad_to_square(images), classes) for k, (images, classes) in parts.items()}
+            extra["padded_to_square"] = f"{shape[1]}x{shape[0]} centred in {side}x{side}, zeros around"
+            print(f"{source}: {shape[1]}x{shape[0]} images are padded with zeros to {side}x{side} (one item "
+                  "each); pass --patch-size to cut patches instead (each patch gets its image's label)",
+                  file=sys.stderr)
+        options["patch_size"] = side
     opts = PatchOptions(**options)
     first = next(iter(parts.values()))[0]
+    if opts.normalise == "none" and first.dtype.kind == "i":
+        raise PrepareError(f"{source}: signed {first.dtype} images; pass --normalise global (or image), which "
+                           "maps them to [0, 1]")
     dtype = first.dtype if opts.normalise == "none" and first.dtype.kind == "u" else np.float32
     if opts.normalise == "global":
         opts.scale = global_scale((imgs[i] for imgs, _ in parts.values() for i in range(len(imgs))),
                                   opts.percentiles, seed=opts.seed)
     rng = np.random.default_rng(opts.seed)
     writer = PatchWriter(out, opts.patch_size, dtype, with_masks=False, with_volume=False, overwrite=overwrite,
-                         attrs=_attrs(source, opts, {"normal_classes": normal}))
+                         attrs=_attrs(source, opts, extra))
     with writer:
         for name, (images, classes) in parts.items():
             for i in _progress(range(len(images)), f"cutting {name} patches", progress):
                 patches = [p for p, _ in cut(images[i], None, opts, rng, f"{source} {name} image {i}")]
                 label = int(classes[i] not in normal)
                 writer.add(patches, label, split=SPLITS[name])
+    if np.dtype(dtype).kind == "u":
+        top = max(int(imgs.max()) for imgs, _ in parts.values() if imgs.size)
+        warn_small_range(top, np.dtype(dtype), opts.normalise, source)
     return writer.out
+
+
+def pad_to_square(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) images centred in (N, S, S), S = max(H, W), zeros around: whole images of any shape
+    become one square item each (no crop, no resize)."""
+    n, h, w = images.shape
+    side = max(h, w)
+    out = np.zeros((n, side, side), images.dtype)
+    y, x = (side - h) // 2, (side - w) // 2
+    out[:, y : y + h, x : x + w] = images
+    return out
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
