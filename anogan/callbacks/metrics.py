@@ -49,6 +49,15 @@ def operating_point(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
     }
 
 
+def pixel_auroc_metric(channels: int, thresholds: int | None = None) -> BinaryAUROC:
+    """The pixel-level AUROC of residual maps x_R = |x - G(z)| summed over ``channels`` C of [-1, 1]
+    images, values in [0, 2C]: exact (``thresholds`` None, memory grows with the pixels), or binned at
+    ``thresholds`` evenly spaced thresholds over [0, 2C] (constant memory), not over torchmetrics'
+    default [0, 1], where most of a map's range would fall into the last bin."""
+    grid = None if thresholds is None else torch.linspace(0, 2 * channels, int(thresholds), dtype=torch.float64)
+    return BinaryAUROC(thresholds=grid, normalization=None)
+
+
 def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -136,15 +145,6 @@ class AnomalyMetrics(OutputCollector):
         self.has_masks = False
         self._seen = 0
 
-    def _pixel_metric(self, channels: int) -> BinaryAUROC:
-        """Exact pixel AUROC, or binned at ``pixel_thresholds`` evenly spaced thresholds over the
-        residual maps' range [0, 2C] (|x - G(z)| summed over C channels of [-1, 1] images), not
-        torchmetrics' default [0, 1]."""
-        bins = self.pixel_thresholds
-        thresholds = None if bins is None else torch.linspace(0, 2 * channels, int(bins), dtype=torch.float64)
-        metric = BinaryAUROC(thresholds=thresholds, normalization=None)
-        trainer = self._module.trainer
-        return metric.to(self._module.device) if trainer.world_size > 1 else metric  # gathered by NCCL
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
         n = len(outputs["index"])
@@ -155,7 +155,9 @@ class AnomalyMetrics(OutputCollector):
             if test.any():
                 self.has_masks = True
                 if self.pixel is None:
-                    self.pixel = self._pixel_metric(outputs["image"].shape[1])
+                    self.pixel = pixel_auroc_metric(outputs["image"].shape[1], self.pixel_thresholds)
+                    if self._module.trainer.world_size > 1:  # compute() gathers the pixels: on device (NCCL)
+                        self.pixel = self.pixel.to(self._module.device)
                 masks = outputs["mask"].detach().cpu()[test].flatten().long()
                 self.pixel_counts += torch.bincount(masks, minlength=2)[:2]
                 self.pixel.update(
