@@ -4,13 +4,16 @@
 import json
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_cfg
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from anogan import scores as S
-from anogan.callbacks import auroc
+from anogan.callbacks import auroc, read_scores
+from anogan.data import SPLITS
 from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
 from anogan.inversion import Inversion, load_gan
 from anogan.nets import Discriminator, Encoder, Generator
@@ -152,7 +155,12 @@ def test_train_with_encoder_and_acae_reports_fanogan_and_acae(tmp_path, monkeypa
     for name in ("last", "encoder", "acae"):
         assert (tmp_path / "checkpoints" / f"{name}.ckpt").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    rows = read_scores(tmp_path / "scores.h5")
+    test = rows["split"] == SPLITS["test"]
     for name in ("fanogan", "acae_residual", "acae_discrimination", "acae_anomaly"):
-        assert 0 <= metrics["scores"][name]["auroc"] <= 1
+        scores = rows[f"scores/{name}"][test]
+        assert np.isfinite(scores).all() and scores.std() > 0, name  # a real score per image
+        assert metrics["scores"][name]["auroc"] == pytest.approx(roc_auc_score(rows["label"][test], scores),
+                                                                 abs=1e-6), name
     assert [lbl.split(" (")[0] for lbl in legends["roc_models"]] == ["AnoGAN", "GAN_R", "P_D", "f-AnoGAN", "aCAE"]
     assert (tmp_path / "figures" / "roc_models.png").stat().st_size > 5000

@@ -25,24 +25,42 @@ def assert_same_scores(a: dict, b: dict, tol: float = 1e-4) -> None:
     torch.testing.assert_close(a["z"], b["z"], atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("size", [28, 32, 64])
-def test_mapping_copies_of_g_and_d_compute_the_same_functions(size):
+@pytest.mark.parametrize(("size", "channels", "feature_layer"),
+                         [(28, 1, -1), (32, 1, -1), (64, 1, -1), (32, 3, -1), (32, 1, 0), (32, 3, 1)])
+def test_mapping_copies_of_g_and_d_compute_the_same_functions(size, channels, feature_layer):
     torch.manual_seed(0)
-    G, D = Generator(size, 1, z_dim=16, width=8).eval(), Discriminator(size, 1, width=8).eval()
+    G = Generator(size, channels, z_dim=16, width=8).eval()
+    D = Discriminator(size, channels, width=8, feature_layer=feature_layer).eval()
     for m in list(G.modules()) + list(D.modules()):
-        if isinstance(m, torch.nn.BatchNorm2d):
+        if isinstance(m, torch.nn.BatchNorm2d):  # every term of the fold away from its identity value
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
     before = {k: v.clone() for k, v in {**G.state_dict(), **D.state_dict()}.items()}
     z = torch.rand(5, 16) * 2 - 1
+    x = torch.rand(5, channels, size, size) * 2 - 1
+    with torch.no_grad():
+        fx = D.features(x)
+
+    def loss_and_grad(g, d):
+        """The mapping's loss terms and their gradient on z (what the mapping descends)."""
+        zz = z.clone().requires_grad_(True)
+        gz = g(zz)
+        h = d.feature_map(gz)
+        loss = (x - gz).abs().sum() + (h.flatten(1) - fx).abs().sum() + d.logits_from_feature_map(h).sum()
+        (grad,) = torch.autograd.grad(loss, zz)
+        return gz.detach(), h.detach(), loss.detach(), grad
+
+    plain = loss_and_grad(G, D)
     for channels_last in (False, True):
         g, d = mapping_copy(G, channels_last), mapping_copy(D, channels_last)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*g.modules(), *d.modules()])
         with torch.no_grad():
-            x = G(z)
-            torch.testing.assert_close(g(z), x, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(d(x), D(x), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(d.features(x), D.features(x), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(d.features(x), fx, atol=1e-5, rtol=1e-5)
+        for a, b, what in zip(loss_and_grad(g, d), plain, ("G(z)", "f(G(z))", "loss", "dloss/dz")):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"{what}, channels_last={channels_last}")
     after = {**G.state_dict(), **D.state_dict()}
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert G.net[0].weight.is_contiguous()  # the trained nets keep their memory format
