@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan.reliability import (
     LAST,
+    CheckpointError,
     EpochSeed,
     check_architecture,
     check_resume_data,
@@ -105,7 +106,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def evaluation_data_config(cfg: DictConfig, stored: dict) -> DictConfig:
     """The data config of an evaluation: the checkpoint's, with ``cfg.data`` on top (a whole new
-    source when it names a ``_target_``, else field overrides); sized for the checkpoint's nets."""
+    source when it names a ``_target_``, else field overrides); sized for the checkpoint's nets.
+
+    The checkpoint's config is data, not code: Hydra would instantiate any ``_target_`` in it, so one
+    outside ``anogan.data`` is refused (CheckpointError) unless ``cfg.data`` replaces the source."""
+    if stored.get("data") and not (cfg.get("data") is not None and "_target_" in cfg.data
+                                   and cfg.data._target_ != stored["data"].get("_target_")):
+        check_stored_targets(stored["data"], "data")
     if not stored.get("data"):
         if cfg.get("data") is None or "_target_" not in cfg.data:
             raise ValueError(
@@ -120,6 +127,24 @@ def evaluation_data_config(cfg: DictConfig, stored: dict) -> DictConfig:
     else:
         data = OmegaConf.merge(stored["data"], cfg.data)
     return data
+
+
+def check_stored_targets(node, where: str) -> None:
+    """Every ``_target_`` of a config read from a checkpoint must name an ``anogan.data`` class:
+    instantiating another one (e.g. ``os.system``) would run code that came with the file."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith("anogan.data."):
+            raise CheckpointError(
+                f"the checkpoint's stored config {where}._target_={target!r} is not an anogan.data "
+                "DataModule, and instantiating it could run code that came with the file; choose the "
+                "data yourself with data=<group> (e.g. data=digits or data=hdf5 data.path=...)"
+            )
+        for k, v in node.items():
+            check_stored_targets(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_stored_targets(v, f"{where}[{i}]")
 
 
 def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictConfig | None = None,

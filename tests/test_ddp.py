@@ -4,10 +4,10 @@ import json
 
 import h5py
 import numpy as np
-import torch
 from conftest import ROOT, TINY, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
+from anogan.reliability import read_checkpoint
 from anogan.pipeline import evaluate
 
 EVAL = ["inversion.steps=3", "inversion.record_steps=[1]"]
@@ -46,7 +46,7 @@ def test_ddp_training_and_evaluation_equal_one_process(tmp_path):
     run_script(["train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=csv", *tiny,
                 "data=hdf5", f"data.path={tmp_path / 'patches.h5'}", "data.image_size=32",
                 "trainer.max_epochs=1", *EVAL, *DATA, f"hydra.run.dir={ddp}"], cwd=ROOT)
-    ckpt = torch.load(ddp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(ddp / "checkpoints" / "last.ckpt")
     # 80 normal training images shared by 2 processes: 40 each, 2 batches of 16 (the last one dropped),
     # 2 optimiser steps per batch; one process alone would make 5 batches
     assert ckpt["global_step"] == 2 * 2

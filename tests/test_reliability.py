@@ -359,12 +359,12 @@ def test_a_partial_score_file_of_other_settings_or_scorers_is_not_reused(tmp_pat
     G, D, _, _ = load_gan(tiny_ckpt)
     inv = Inversion(G, D, steps=3, record_steps=[1, 2])
     cb = ScoreFile(tmp_path / "scores.h5")
-    cb.settings = _settings(inv)
+    cb.settings = _settings(None, inv)
     with h5py.File(cb.partial, "w") as f:
         for k, v in cb.settings.items():
             f.attrs[k] = v
     assert cb._matches(cb.partial)
-    cb.settings = _settings(Inversion(G, D, steps=3, record_steps=[1]))
+    cb.settings = _settings(None, Inversion(G, D, steps=3, record_steps=[1]))
     assert not cb._matches(cb.partial)
-    cb.settings = _settings(inv) | {"scorers": "FAnoGAN"}
+    cb.settings = _settings(None, inv) | {"scorers": "FAnoGAN"}
     assert not cb._matches(cb.partial)

@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from anogan.data import DigitsDataModule
 from anogan.gan import GAN, NonFiniteLossError
 from anogan.nets import Discriminator, Generator
+from anogan.reliability import read_checkpoint
 from anogan.pipeline import instantiate_list
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -46,13 +47,13 @@ def test_train_script_writes_last_ckpt_and_resumes_the_step_count(tmp_path):
     args = [*TINY, "evaluate=false", "data.batch_size=32"]
     run_script(["train.py", *args, f"hydra.run.dir={first}"], cwd=ROOT)
     ckpt = first / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt)
     steps_per_epoch = state["global_step"] // 2  # two epochs of two optimiser steps per batch
     assert state["epoch"] == 1 and steps_per_epoch > 0  # written at the end of epoch index 1
     assert (first / "samples" / "last.png").is_file()
     run_script(["train.py", *args, "trainer.max_epochs=3", f"ckpt_path={ckpt}", f"hydra.run.dir={second}"],
                cwd=ROOT)
-    resumed = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = read_checkpoint(second / "checkpoints" / "last.ckpt")
     # one more epoch on top of the first two, not three from scratch
     assert resumed["epoch"] == 2
     assert resumed["global_step"] == 3 * steps_per_epoch
@@ -84,7 +85,7 @@ def test_non_finite_loss_stops_training_without_a_nan_checkpoint(tmp_path):
     saved = list(tmp_path.glob("*.ckpt"))
     assert saved
     for path in saved:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = read_checkpoint(path)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 

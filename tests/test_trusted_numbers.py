@@ -356,3 +356,38 @@ def test_config_keys_used_in_hints_exist(tmp_path):
     for key in ("model.optimizer_g.lr", "model.optimizer_d.lr", "encoder.module.optimizer.lr",
                 "acae.module.optimizer_ae.lr", "acae.module.optimizer_d.lr", "inversion.lr", "data.channels"):
         assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_a_stored_data_config_that_would_run_code_is_refused(tiny_ckpt, tmp_path):
+    """The checkpoint's data config is plain data that Hydra would instantiate: its _target_ is checked."""
+    ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    marker = tmp_path / "pwned"
+    ckpt["anogan_config"]["data"] = {"_target_": "os.mkdir", "path": str(marker)}
+    evil = tmp_path / "evil.ckpt"
+    torch.save(ckpt, evil)
+    with pytest.raises(CheckpointError, match=r"data._target_='os.mkdir' is not an anogan.data DataModule"):
+        evaluate_checkpoint(compose_cfg("evaluate", ["ckpt_path=unused", *EVAL], tmp_path / "e"), evil)
+    assert not marker.exists()
+
+
+def test_the_fix_named_for_a_stale_stage_checkpoint_works(tiny_run, tmp_path):
+    """`python train.py encoder=izif ckpt_path=auto hydra.run.dir=<run>` keeps the finished GAN and trains
+    the encoder again against it; evaluation then accepts it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
+    last = run / "checkpoints" / "last.ckpt"
+    identity = gan_identity(*load_gan(last)[:2])
+    _stage_ckpt(last, run / "checkpoints" / "encoder.ckpt", *load_gan(last)[:2])
+    stale = torch.load(run / "checkpoints" / "encoder.ckpt", weights_only=True)
+    stale["anogan_gan_identity"] = "0" * 64
+    torch.save(stale, run / "checkpoints" / "encoder.ckpt")
+    with pytest.raises(CheckpointError, match=rf"hydra.run.dir={run}"):
+        stage_scorers(_eval_cfg(tmp_path / "a"), last, *load_gan(last)[:2])
+    train(compose_cfg("train", [*TINY, "encoder=izif", "encoder.max_epochs=1", "ckpt_path=auto", "evaluate=false",
+                                "logger=none"], run))
+    G, D, _, _ = load_gan(last)
+    assert gan_identity(G, D) == identity  # the GAN was not trained again
+    encoder, _ = stage_scorers(_eval_cfg(tmp_path / "b"), last, G, D)
+    assert encoder is not None

@@ -49,7 +49,7 @@ def _settings(trainer, pl_module) -> dict:
     nets = [*getattr(pl_module, "scorers", ()), *([pl_module.encoder] if pl_module.encoder is not None else [])]
     s["scorers"] = ",".join(sorted(f"{type(m).__name__}:{weights_identity(m)}" for m in nets))
     s["gan"] = gan_identity(pl_module.generator, pl_module.discriminator)
-    data = dict(getattr(trainer.datamodule, "config", None) or {})
+    data = dict(getattr(getattr(trainer, "datamodule", None), "config", None) or {})
     s["data"] = json.dumps({k: v for k, v in data.items() if k not in _LOADER_ONLY}, sort_keys=True, default=str)
     return s
 

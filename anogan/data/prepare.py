@@ -5,8 +5,9 @@ HDF5 patch file in the schema of ``anogan.data.hdf5``.
     python -m anogan.data.prepare npz octmnist.npz OUT.h5 --normal-classes 3 [--patch-size 28]
     python -m anogan.data.prepare idx DIR OUT.h5 --normal-classes 0
 
-``folder``: one sub-folder of PNG / TIFF B-scans (8 or 16 bit) per volume; ``--masks`` a parallel
-folder with one binary mask image per annotated scan (same relative path, same size). As in the paper,
+``folder``: one sub-folder of PNG / TIFF B-scans (8 or 16 bit; a multi-page TIFF holds one B-scan per
+page) per volume; ``--masks`` a parallel folder with one binary mask image per annotated scan (same
+relative path, same size, same pages; palette masks are read by index). As in the paper,
 volumes without annotation (no mask sub-folder) go to training, annotated volumes to test, where a patch
 is anomalous when it holds at least ``--min-anomalous-pixels`` mask pixels.
 
@@ -507,7 +508,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("input", type=Path, help=what)
         p.add_argument("output", type=Path, help="the HDF5 file to write")
         p.add_argument("--normal-classes", type=int, nargs="+", required=True, help="classes that count as normal")
-        p.add_argument("--patch-size", type=int, default=None, help="default: the whole image")
+        p.add_argument("--patch-size", type=int, default=None,
+                       help="default: the whole image, one item each (non-square images padded to square); "
+                            "with a size, each patch is an item with its image's label")
     return ap
 
 
