@@ -140,11 +140,14 @@ class AnomalyMetrics(OutputCollector):
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         super().on_test_epoch_start(trainer, pl_module)
-        self.pixel = None  # built at the first masked batch, when the maps' range [0, 2C] is known
+        # binned over the residual maps' range [0, 2C], C the channels of the GAN's images
+        channels = int(getattr(getattr(pl_module, "generator", None), "config", {}).get("channels", 1))
+        self.pixel = pixel_auroc_metric(channels, self.pixel_thresholds)
+        if trainer.world_size > 1:  # compute() gathers the processes' pixels: on their device (NCCL)
+            self.pixel = self.pixel.to(pl_module.device)
         self.pixel_counts = torch.zeros(2, dtype=torch.long)  # test pixels: normal, anomalous
         self.has_masks = False
         self._seen = 0
-
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
         n = len(outputs["index"])
@@ -154,10 +157,6 @@ class AnomalyMetrics(OutputCollector):
             test = (outputs["split"].cpu() == SPLITS["test"]) & ~duplicate
             if test.any():
                 self.has_masks = True
-                if self.pixel is None:
-                    self.pixel = pixel_auroc_metric(outputs["image"].shape[1], self.pixel_thresholds)
-                    if self._module.trainer.world_size > 1:  # compute() gathers the pixels: on device (NCCL)
-                        self.pixel = self.pixel.to(self._module.device)
                 masks = outputs["mask"].detach().cpu()[test].flatten().long()
                 self.pixel_counts += torch.bincount(masks, minlength=2)[:2]
                 self.pixel.update(
@@ -205,7 +204,6 @@ class AnomalyMetrics(OutputCollector):
         if trainer.is_global_zero:
             write_json_atomic(result, self.path)
             print_table(result)
-
 
     def _pixel_auroc(self, trainer) -> dict:
         """``{"pixel_auroc": value}``, or ``{"pixel_auroc": None, "pixel_auroc_reason": ...}`` when the
