@@ -154,10 +154,10 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     from anogan.inversion import Inversion, load_gan
     from anogan.stages import stage_scorers
 
+    from anogan.baselines import baseline_scorers
+
     G, D, prior, stored = load_gan(ckpt_path)
     encoder, scorers = stage_scorers(cfg, ckpt_path, G, D)
-    model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
-                      **OmegaConf.to_container(cfg.inversion, resolve=True))
     nets = {"generator": dict(G.config)}
     if data_cfg is None and cfg.get("data") is not None and "_target_" not in cfg.data:
         check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
@@ -167,6 +167,9 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
     datamodule.setup("test")
     check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
+    scorers += baseline_scorers(cfg.get("baselines"), datamodule, D)  # pixel / feature baselines: baselines=pixel
+    model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
+                      **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("evaluation_callbacks"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False

@@ -162,10 +162,110 @@ def write_summary(sweep_dir: str | os.PathLike, score: str = "anomaly") -> Path:
             writer.writerows(rows)
 
     _write_atomic(path, write_csv)
+    write_benchmark(rows, sweep_dir)
     points = auroc_points(rows, score)
     if points:
         plot_sweep(points, sweep_dir, score)
     return path
+
+
+# -- seeds x classes: the paper table of a benchmark sweep ---------------------------------------------
+SEED_KEY, CLASS_KEY = "seed", "data.normal_classes"
+BENCHMARK_FILES = ("benchmark.csv", "benchmark.md")
+
+
+def _final_scores(rows: list[dict]) -> list[str]:
+    """The score names with a final AUROC column (``auroc/<name>``, not ``.../step_<t>``), in table order."""
+    names = {k.split("/")[1] for r in rows for k in r if k.startswith("auroc/") and k.count("/") == 1}
+    return sorted(names, key=lambda n: (_score_rank(f"auroc/{n}"), n))
+
+
+def _setting(row: dict) -> str:
+    """A job's overrides without its seed and normal classes: jobs of one setting differ only in those."""
+    return " ".join(o for o in row["overrides"].split()
+                    if o.partition("=")[0].lstrip("+~") not in (SEED_KEY, CLASS_KEY))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1; None, undefined, for a single value)."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
+
+
+def benchmark_rows(rows: list[dict]) -> list[dict]:
+    """Per setting, normal class and score: AUROC mean and std over the completed seeds; and per
+    setting and score the class mean (``normal_classes`` = ``mean``): the mean over classes within each
+    seed that completed every class of the setting, then mean and std of those over the seeds.
+
+    Returns dicts with setting, normal_classes, score, n (seeds), mean, std (None when n = 1), values."""
+    done = [r for r in rows if r["status"] == "COMPLETED"]
+    scores = _final_scores(done)
+    out: list[dict] = []
+    for setting in sorted({_setting(r) for r in done}):
+        jobs = [r for r in done if _setting(r) == setting]
+        classes = sorted({str(r.get(CLASS_KEY, "")) for r in jobs})
+        seeds = sorted({str(r.get(SEED_KEY, "")) for r in jobs})
+        for score in scores:
+            key = f"auroc/{score}"
+            per_seed: dict[str, list[float]] = {s: [] for s in seeds}
+            for c in classes:
+                vals = {str(r.get(SEED_KEY, "")): r[key] for r in jobs
+                        if str(r.get(CLASS_KEY, "")) == c and r.get(key) not in (None, "")}
+                if not vals:
+                    continue
+                mean, std = _mean_std([float(v) for v in vals.values()])
+                out.append(dict(setting=setting, normal_classes=c, score=score, n=len(vals), mean=mean, std=std,
+                                values=";".join(f"{float(v):.6g}" for v in vals.values())))
+                for s, v in vals.items():
+                    per_seed[s].append(float(v))
+            full = [sum(v) / len(v) for v in per_seed.values() if len(v) == len(classes)]
+            if len(classes) > 1 and full:
+                mean, std = _mean_std(full)
+                out.append(dict(setting=setting, normal_classes="mean", score=score, n=len(full), mean=mean,
+                                std=std, values=";".join(f"{v:.6g}" for v in full)))
+    return out
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return ""
+    return f"{row['mean']:.3f} ± {row['std']:.3f}" if row["std"] is not None else f"{row['mean']:.3f} (n=1)"
+
+
+def write_benchmark(rows: list[dict], sweep_dir: Path) -> list[Path]:
+    """``benchmark.csv`` (one line per setting, class and score) and ``benchmark.md`` (per setting, a
+    table of classes x scores, AUROC mean ± std over seeds) when the sweep has a seed or a
+    ``data.normal_classes`` axis; nothing otherwise."""
+    if not any(SEED_KEY in r or CLASS_KEY in r for r in rows):
+        return []
+    table = benchmark_rows(rows)
+    paths = [sweep_dir / name for name in BENCHMARK_FILES]
+    fields = ["setting", "normal_classes", "score", "n", "mean", "std", "values"]
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows([{**r, "std": "" if r["std"] is None else r["std"]} for r in table])
+
+    _write_atomic(paths[0], write_csv)
+    failed = sum(r["status"] == "FAILED" for r in rows)
+    running = sum(r["status"] == "RUNNING" for r in rows)
+    lines = ["AUROC, mean ± sample std over seeds (n = seeds); the class mean is taken within each seed "
+             "that completed every class, then over seeds.",
+             f"Jobs: {len(rows)} ({failed} failed, {running} running or without status; those are left out)."]
+    scores = [s for s in _final_scores(rows)]
+    for setting in sorted({r["setting"] for r in table}):
+        cells = {(r["normal_classes"], r["score"]): r for r in table if r["setting"] == setting}
+        classes = sorted({c for c, _ in cells} - {"mean"}) + (["mean"] if any(c == "mean" for c, _ in cells) else [])
+        lines += ["", f"### `{setting or '(no other overrides)'}`", "",
+                  f"| normal class | {' | '.join(scores)} |", "| --- |" + " ---: |" * len(scores)]
+        for c in classes:
+            lines.append(f"| {c} | " + " | ".join(_cell(cells.get((c, s))) for s in scores) + " |")
+    _write_atomic(paths[1], lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    return paths
 
 
 def plot_sweep(points: dict[tuple[float, int], float], dirpath: Path, score: str = "anomaly") -> list[Path]:

@@ -1,0 +1,130 @@
+"""The one-class benchmark as a multirun (classes x seeds), its aggregated table, and the baselines
+scored on the same images (anogan/baselines.py, anogan/sweep.py)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY, run_script
+from test_data import write_idx
+from test_sweep import _fake_job
+
+from anogan.baselines import FeatureKNN, PixelBaselines, knn_distance
+from anogan.nets import Discriminator
+from anogan.sweep import benchmark_rows, write_summary
+
+
+def _idx_set(root, n_train=40, n_test=12):
+    """Ten classes, class c a bright band at rows 2c+3..2c+8 over noise: easy for the pixel baselines."""
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        classes = np.arange(n * 10) % 10
+        x = rng.integers(0, 60, (n * 10, 28, 28))
+        for i, c in enumerate(classes):
+            x[i, 2 * c + 3: 2 * c + 9] += 180
+        return x, classes
+
+    (tr, tr_c), (te, te_c) = images(n_train), images(n_test)
+    root.mkdir()
+    for name, arr in {"train-images-idx3-ubyte": tr, "train-labels-idx1-ubyte": tr_c,
+                      "t10k-images-idx3-ubyte": te, "t10k-labels-idx1-ubyte": te_c}.items():
+        write_idx(root / f"{name}.gz", arr, gz=True)
+
+
+def test_knn_distance_is_the_kth_smallest_euclidean_distance():
+    g = torch.Generator().manual_seed(0)
+    q, ref = torch.randn(7, 5, generator=g), torch.randn(23, 5, generator=g)
+    full = torch.cdist(q, ref).sort(1).values
+    for k in (1, 3):
+        torch.testing.assert_close(knn_distance(q, ref, k, chunk=4), full[:, k - 1])
+    with pytest.raises(ValueError, match="baselines.knn=24"):
+        knn_distance(q, ref, 24)
+
+
+def test_pixel_pca_equals_scikit_learn_reconstruction_error():
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(1)
+    train, test = torch.rand(50, 1, 6, 6, generator=g) * 2 - 1, torch.rand(9, 1, 6, 6, generator=g) * 2 - 1
+    scores = PixelBaselines(train, pca_components=4)(test)
+    pca = PCA(n_components=4, random_state=0).fit(train.flatten(1).double().numpy())
+    flat = test.flatten(1).double().numpy()
+    want = ((flat - pca.inverse_transform(pca.transform(flat))) ** 2).sum(1)
+    np.testing.assert_allclose(scores["pixel_pca"].numpy(), want, rtol=1e-4)
+    torch.testing.assert_close(scores["pixel_knn"], torch.cdist(test.flatten(1), train.flatten(1)).min(1).values)
+    assert torch.all(PixelBaselines(train, 4)(train[:5])["pixel_knn"] == 0)  # a training image is its own 1-NN
+    with pytest.raises(ValueError, match="baselines.pca_components=40"):
+        PixelBaselines(train, pca_components=40)
+
+
+def test_feature_knn_uses_the_discriminator_features():
+    D = Discriminator(image_size=28, channels=1, width=4).eval()
+    g = torch.Generator().manual_seed(2)
+    train, test = torch.rand(20, 1, 28, 28, generator=g), torch.rand(3, 1, 28, 28, generator=g)
+    with torch.no_grad():
+        want = torch.cdist(D.features(test), D.features(train)).min(1).values
+    torch.testing.assert_close(FeatureKNN(D, train)(test)["feature_knn"], want)
+
+
+def test_benchmark_rows_aggregate_seeds_and_the_class_mean(tmp_path):
+    sweep = tmp_path / "sweep"
+    aurocs = {("[0]", 0): 0.8, ("[0]", 1): 0.9, ("[3]", 0): 0.6, ("[3]", 1): 0.7, ("[3]", 2): 0.65}
+    for num, ((c, s), a) in enumerate(aurocs.items()):
+        _fake_job(sweep, num, ["experiment=x", f"data.normal_classes={c}", f"seed={s}"],
+                  {"lam": 0.1, "steps": 2, "scores": {"anomaly": {"auroc": a}, "pixel_knn": {"auroc": 1 - a}}})
+    _fake_job(sweep, 9, ["experiment=x", "data.normal_classes=[0]", "seed=2"], None, status="FAILED")
+    write_summary(sweep)
+    rows = {(r["normal_classes"], r["score"]): r for r in benchmark_rows(
+        [dict(r) for r in csv.DictReader(open(sweep / "summary.csv"))])}
+    assert rows[("[0]", "anomaly")]["n"] == 2 and rows[("[0]", "anomaly")]["mean"] == pytest.approx(0.85)
+    assert rows[("[0]", "anomaly")]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert rows[("[3]", "anomaly")]["n"] == 3 and rows[("[3]", "anomaly")]["mean"] == pytest.approx(0.65)
+    # the class mean: seeds 0 and 1 completed both classes (seed 2 only class 3, its class-0 job failed)
+    mean = rows[("mean", "anomaly")]
+    assert mean["n"] == 2 and mean["mean"] == pytest.approx(np.mean([0.7, 0.8]))
+    assert mean["std"] == pytest.approx(np.std([0.7, 0.8], ddof=1))
+    assert rows[("mean", "pixel_knn")]["mean"] == pytest.approx(1 - np.mean([0.7, 0.8]))
+    md = (sweep / "benchmark.md").read_text()
+    assert "| [0] | 0.850 ± 0.071 | 0.150 ± 0.071 |" in md and "1 failed" in md
+    with open(sweep / "benchmark.csv") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == 6
+
+
+@pytest.mark.slow
+def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
+    """``python train.py -m experiment=fashion_mnist_benchmark`` on a tiny IDX set: 2 classes x 2 seeds
+    as four jobs, the aggregated table, and the baselines reproduced by evaluate.py."""
+    _idx_set(tmp_path / "idx")
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith("data.eval_train_samples")]
+    run_script(["train.py", "-m", "experiment=fashion_mnist_benchmark", "data.normal_classes=[0],[3]", "seed=0,1",
+                *tiny, "trainer.max_epochs=1", "encoder.max_epochs=1", f"data.root={tmp_path / 'idx'}",
+                "data.download=false", "baselines.pca_components=5", f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    with open(sweep / "summary.csv") as f:
+        jobs = list(csv.DictReader(f))
+    assert len(jobs) == 4 and all(j["status"] == "COMPLETED" for j in jobs)
+    assert {(j["data.normal_classes"], j["seed"]) for j in jobs} == {("[0]", "0"), ("[0]", "1"), ("[3]", "0"),
+                                                                     ("[3]", "1")}
+    with open(sweep / "benchmark.csv") as f:
+        table = {(r["normal_classes"], r["score"]): r for r in csv.DictReader(f)}
+    scores = {s for _, s in table}
+    assert {"anomaly", "fanogan", "pixel_pca", "pixel_knn", "feature_knn"} <= scores
+    for s in scores:
+        per_class = [float(table[(c, s)]["mean"]) for c in ("[0]", "[3]")]
+        assert int(table[("mean", s)]["n"]) == 2
+        assert float(table[("mean", s)]["mean"]) == pytest.approx(np.mean(per_class), abs=1e-6)
+    assert float(table[("mean", "pixel_knn")]["mean"]) > 0.95  # the pixel baselines see the bands
+    # every job scored all 120 test images, the baselines on the same ones
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["n_normal"] + metrics["n_anomalous"] == 120
+    # evaluate.py reproduces a job's baseline and f-AnoGAN AUROCs from its checkpoints
+    out = tmp_path / "again"
+    run_script(["evaluate.py", f"ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}", "baselines=pixel",
+                "baselines.pca_components=5", "baselines.feature_knn=true", "inversion.steps=5", "logger=none",
+                "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
+    again = json.loads((out / "metrics.json").read_text())
+    for s in ("pixel_pca", "pixel_knn", "feature_knn", "fanogan", "anomaly"):
+        assert again["scores"][s]["auroc"] == pytest.approx(metrics["scores"][s]["auroc"], abs=1e-6)
