@@ -16,17 +16,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from anogan.nets import Discriminator, Generator
 
 log = logging.getLogger(__name__)
 STAGES = ("encoder", "acae")  # config group = checkpoint name
 
 
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule, ckpt_dir: Path) -> Path:
-    """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs with the run's trainer settings; save
-    ``<ckpt_dir>/<name>.ckpt``."""
+    """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs, or ``cfg.<name>.max_steps`` optimiser steps
+    (iterations) when set, with the run's trainer settings; save ``<ckpt_dir>/<name>.ckpt``."""
+    max_steps = cfg[name].get("max_steps") or -1
     trainer: L.Trainer = instantiate(
-        cfg.trainer, max_epochs=cfg[name].max_epochs, callbacks=[], logger=False, enable_checkpointing=False
+        cfg.trainer, max_epochs=cfg[name].max_epochs if max_steps < 0 else -1, max_steps=max_steps,
+        callbacks=[], logger=False, enable_checkpointing=False,
     )
     trainer.fit(module, datamodule=datamodule)
     path = ckpt_dir / f"{name}.ckpt"
@@ -43,8 +44,8 @@ def fit_stages(cfg: DictConfig, gan_ckpt: str | Path, datamodule) -> dict[str, P
     paths: dict[str, Path] = {}
     ckpt_dir = Path(gan_ckpt).parent
     if cfg.get("encoder"):
-        G, D, _, _ = load_gan(gan_ckpt)
-        module = instantiate(cfg.encoder.module, generator=G, discriminator=D)
+        G, D, prior, _ = load_gan(gan_ckpt)
+        module = instantiate(cfg.encoder.module, generator=G, discriminator=D, prior=prior)
         paths["encoder"] = fit_stage(cfg, "encoder", module, datamodule, ckpt_dir)
     if cfg.get("acae"):
         paths["acae"] = fit_stage(cfg, "acae", instantiate(cfg.acae.module), datamodule, ckpt_dir)
@@ -61,7 +62,7 @@ def stage_checkpoint(cfg: DictConfig, name: str, gan_ckpt: str | Path) -> Path |
 
 
 def stage_scorers(
-    cfg: DictConfig, gan_ckpt: str | Path, G: Generator, D: Discriminator
+    cfg: DictConfig, gan_ckpt: str | Path, G: nn.Module, D: nn.Module
 ) -> tuple[nn.Module | None, list[nn.Module]]:
     """(E or None, scorers) for the evaluation: ``FAnoGAN`` when an encoder checkpoint is found,
     ``ACAEScores`` when an aCAE checkpoint is found."""
