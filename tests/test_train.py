@@ -13,7 +13,7 @@ from anogan.pipeline import instantiate_list
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # presets that need a value from the user (data.path: ???); the file is not opened by instantiate
-REQUIRED = {"oct_paper": ["data.path=patches.h5"]}
+REQUIRED = {"oct_paper": ["data.path=patches.h5"], "fanogan_paper": ["data.path=patches.h5"]}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
