@@ -17,7 +17,7 @@ published setting) and ``width`` (the code's DIM, 64 there):
 * ``ResNetEncoder``: the critic's architecture with the linear layer going to z_dim and an output
   squashing (official "tanh_fc": tanh; also ``none`` and ``clip``).
 
-Weights keep PyTorch's default initialisation (the official code uses He / Glorot uniform).
+Weights keep PyTorch's default initialisation (not compared with the official code's initialisers).
 """
 
 from __future__ import annotations
