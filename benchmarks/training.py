@@ -18,7 +18,6 @@ import warnings
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from _common import environment, parser, result_line
 
 from anogan import losses

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_cfg
+from conftest import TINY, compose_cfg, sample_distances
 from hydra.utils import instantiate
 
 from anogan import losses
@@ -202,6 +202,17 @@ def test_the_fanogan_paper_preset_has_the_official_settings(tmp_path):
     assert isinstance(enc.configure_optimizers(), torch.optim.RMSprop)
 
 
+def test_the_cpu_fanogan_preset_composes_with_the_acae_and_the_encoder(tmp_path):
+    cfg = compose_cfg("train", ["experiment=fanogan", "acae=dcgan"], tmp_path)
+    model = instantiate(cfg.model)
+    assert (model.objective, model.prior, cfg.data.image_size) == ("wgangp", "normal", 28)
+    acae = instantiate(cfg.acae.module)  # the aCAE's own DCGAN nets, sized like the ResNet GAN
+    assert acae.net.config["z_dim"] == model.generator.z_dim == 128
+    enc = instantiate(cfg.encoder.module, generator=model.generator, discriminator=model.discriminator,
+                      prior=model.prior)
+    assert isinstance(enc.encoder, ResNetEncoder) and enc.encoder.squash == "none"  # auto, normal prior
+
+
 # -- WGAN-GP training --------------------------------------------------------------------------------
 def test_wgangp_takes_one_g_step_per_critic_iterations_batches_and_resumes_exactly(tmp_path):
     args = [*TINY, *WGANGP, "evaluate=false", "logger=none", "data.batch_size=16", "model.critic_iterations=3"]
@@ -232,19 +243,10 @@ def test_wgangp_on_the_digits_improves_the_sample_statistics():
     gan = _gan("resnet", 16, 1, width=8, z_dim=32, objective="wgangp", prior="normal")
     gan.optimizer_g = gan.optimizer_d = _adam(lr=5e-4)
 
-    def distances():
-        gan.generator.eval()
-        with torch.no_grad():
-            fake = gan.generator(gan.sample_z(256, torch.Generator().manual_seed(0)))
-        gan.generator.train()
-        mean_gap = float((fake.mean(0) - real.mean(0)).abs().mean())
-        nearest = float(torch.cdist(fake.flatten(1), real.flatten(1)).min(1).values.mean())
-        return mean_gap, nearest
-
-    gap0, nn0 = distances()
+    gap0, nn0 = sample_distances(gan, real)
     L.Trainer(max_epochs=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(gan, datamodule=dm)
-    gap1, nn1 = distances()
+    gap1, nn1 = sample_distances(gan, real)
     assert gap1 < 0.5 * gap0, (gap0, gap1)
     assert nn1 < 0.8 * nn0, (nn0, nn1)
 
