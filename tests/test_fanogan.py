@@ -252,6 +252,19 @@ def test_wgangp_on_the_digits_improves_the_sample_statistics():
     assert nn1 < 0.8 * nn0, (nn0, nn1)
 
 
+def test_a_non_finite_critic_loss_stops_wgangp_training_naming_the_loss(tmp_path):
+    from anogan.gan import NonFiniteLossError
+
+    L.seed_everything(0)
+    gan = _gan("resnet", 16, 1, width=4, objective="wgangp", prior="normal")
+    forward = gan.discriminator.forward
+    gan.discriminator.forward = lambda x: forward(x) * float("nan")
+    with pytest.raises(NonFiniteLossError, match="train/d_loss is nan at training step 0"):
+        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(
+            gan, datamodule=DigitsDataModule(image_size=16, batch_size=16))
+
+
 # -- 128-pixel patches end to end --------------------------------------------------------------------
 def _patches_128(path, n=48):
     rng = np.random.default_rng(0)
@@ -270,8 +283,10 @@ def test_128_pixel_patches_train_and_evaluate_with_wgangp_and_the_encoder(tmp_pa
     cfg = compose_cfg("train", [*TINY, *WGANGP, "data=hdf5", f"data.path={tmp_path / 'p128.h5'}",
                                 "data.image_size=128", "data.num_workers=0", "data.batch_size=8",
                                 "data.eval_batch_size=16", "trainer.max_epochs=1", "inversion.steps=2",
-                                "encoder=izif", "encoder.max_epochs=1", "logger=none"], out)
+                                "encoder=izif", "encoder.max_steps=2", "logger=none"], out)
     train(cfg)
+    # the encoder ran for encoder.max_steps iterations, not for epochs (3 batches per epoch)
+    assert torch.load(out / "checkpoints" / "encoder.ckpt", weights_only=True)["global_step"] == 2
     G, _, prior, _ = load_gan(out / "checkpoints" / "last.ckpt")
     assert G.config["image_size"] == 128 and G.family == "resnet" and prior == "normal"
     metrics = json.loads((out / "metrics.json").read_text())
