@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from anogan import scores as S
-from anogan.nets import Discriminator, Encoder, Generator
+from anogan.nets import build, encoder_like, family_of
+from anogan.prior import encoder_squash
 from anogan.reliability import check_finite_loss, check_optimizer, gan_identity, read_checkpoint
 
 GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
@@ -50,20 +51,33 @@ def sub_state(state: dict, prefix: str) -> dict:
 class EncoderTraining(L.LightningModule):
     """Fits E on normal images with G and D frozen (izi_f); logs ``train/izif_loss``.
 
-    ``optimizer`` is a partially configured optimiser (Hydra ``_partial_: true``) completed with E's
-    parameters; ``kappa`` weighs the feature term."""
+    ``encoder``: E, or None to build f-AnoGAN's E from D (``anogan.nets.encoder_like``: D's family and
+    architecture, ``width`` if given, a linear output to G's z_dim) with the output squashing
+    ``squash`` (``auto``: tanh for the uniform prior, none for the normal one; ``tanh``, ``none``,
+    ``clip``; see ``anogan.prior.encoder_squash``). ``prior`` is the GAN's p_z. ``optimizer`` is a
+    partially configured optimiser (Hydra ``_partial_: true``) completed with E's parameters (official
+    code: RMSProp 5e-5); ``kappa`` weighs the feature term.
+
+    Raises ValueError when E's z_dim differs from G's, or for an unknown squash or prior."""
 
     def __init__(
         self,
-        generator: Generator,
-        discriminator: Discriminator,
-        encoder: Encoder,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        generator: nn.Module,
+        discriminator: nn.Module,
+        encoder: nn.Module | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         kappa: float = 1.0,
+        squash: str = "auto",
+        prior: str = "uniform",
+        width: int | None = None,
     ):
         super().__init__()
+        if encoder is None:
+            encoder = encoder_like(discriminator, generator.z_dim, encoder_squash(squash, prior), width)
         if encoder.z_dim != generator.z_dim:
             raise ValueError(f"encoder.z_dim={encoder.z_dim} differs from the generator's z_dim={generator.z_dim}")
+        if optimizer is None:
+            raise ValueError("EncoderTraining needs an optimizer (encoder.module.optimizer)")
         self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
         freeze(generator, discriminator)
         check_optimizer(optimizer, "encoder.module.optimizer")
@@ -95,25 +109,29 @@ class EncoderTraining(L.LightningModule):
         return self.optimizer(self.encoder.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["anogan_encoder"] = {"encoder": dict(self.encoder.config), "kappa": float(self.kappa)}
+        checkpoint["anogan_encoder"] = {"encoder": dict(self.encoder.config), "kappa": float(self.kappa),
+                                        "family": family_of(self.encoder)}
         checkpoint[GAN_IDENTITY] = gan_identity(self.generator, self.discriminator)
 
 
-def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[Encoder, float]:
+def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[nn.Module, float]:
     """(E, kappa) from a checkpoint written by ``EncoderTraining`` (``checkpoints/encoder.ckpt``), a
-    path or the dict of ``read_stage_checkpoint``. Its entry ``GAN_IDENTITY`` holds the
+    path or the dict of ``read_stage_checkpoint``; E of the family it records (``dcgan`` for
+    checkpoints written before families existed). Its entry ``GAN_IDENTITY`` holds the
     ``anogan.reliability.gan_identity`` of the G and D it was trained against."""
     ckpt = read_stage_checkpoint(ckpt, "anogan_encoder", "encoder")
     meta = ckpt["anogan_encoder"]
-    encoder = Encoder(**meta["encoder"])
+    encoder = build(meta.get("family", "dcgan"), "encoder", **meta["encoder"])
     encoder.load_state_dict(sub_state(ckpt["state_dict"], "encoder"))
     return encoder, meta["kappa"]
 
 
 class FAnoGAN(nn.Module):
-    """The f-AnoGAN score of a batch in one forward pass (no optimisation): ``{"fanogan": (B,)}``."""
+    """The f-AnoGAN scores of a batch x (B, C, H, W) in one forward pass (no optimisation):
+    ``{"fanogan": (B,), "fanogan_latent": (B,)}``, the izi_f score and the latent distance
+    ||E(x) - E(G(E(x)))||^2 that the official ``anomaly_detection.py`` reports beside it."""
 
-    def __init__(self, encoder: Encoder, generator: Generator, discriminator: Discriminator, kappa: float = 1.0):
+    def __init__(self, encoder: nn.Module, generator: nn.Module, discriminator: nn.Module, kappa: float = 1.0):
         super().__init__()
         self.encoder, self.generator, self.discriminator, self.kappa = encoder, generator, discriminator, kappa
         freeze(self)
@@ -123,6 +141,8 @@ class FAnoGAN(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        gez = self.generator(self.encoder(x))
+        ex = self.encoder(x)
+        gez = self.generator(ex)
         fx = self.discriminator.features(x)
-        return {"fanogan": S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa)}
+        return {"fanogan": S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa),
+                "fanogan_latent": S.fanogan_latent(ex, self.encoder(gez))}

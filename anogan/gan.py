@@ -1,4 +1,5 @@
-"""The GAN LightningModule: DCGAN training on normal images, alternating a D step and a G step."""
+"""The GAN LightningModule: training on normal images with AnoGAN's DCGAN objective (alternating a D
+step and a G step) or f-AnoGAN's WGAN-GP (``critic_iterations`` critic steps per G step)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from anogan.nets import Discriminator, Generator
+from anogan import losses
+from anogan.nets import family_of
 from anogan.prior import sample_prior
 from anogan.reliability import NonFiniteLossError, check_finite_loss, check_optimizer
 
@@ -17,20 +19,34 @@ LR_HINT = "Lower the learning rates (model.optimizer_g.lr, model.optimizer_d.lr)
 
 
 class GAN(L.LightningModule):
-    """Manual optimisation, per batch: D on real vs detached fake, then G with the non-saturating loss.
+    """Manual optimisation of G and D (the critic, for WGAN-GP) on the normal training images.
+
+    * ``objective=dcgan`` (AnoGAN), per batch: D on real vs detached fake (sigmoid cross-entropy), then
+      G with the non-saturating loss; two optimiser steps per batch.
+    * ``objective=wgangp`` (f-AnoGAN's released code, Gulrajani et al. 2017), per batch: one critic step
+      on ``-(mean D(real) - mean D(fake)) + gp_weight * gradient penalty``; after every
+      ``critic_iterations``-th batch of the run (counted across epochs) also one G step on
+      ``-mean D(G(z))``. So ``trainer.global_step`` grows by ``1 + 1 / critic_iterations`` per batch.
+      Logs ``train/wasserstein`` and ``train/gradient_penalty``. D must have no BatchNorm.
 
     ``optimizer_g`` / ``optimizer_d`` are partially configured optimisers (Hydra ``_partial_: true``)
-    completed here with the networks' parameters. ``prior`` is p_z: ``uniform`` on [-1, 1]^z_dim
-    (DCGAN's choice) or ``normal``.
+    completed here with the networks' parameters (f-AnoGAN: Adam 1e-4, betas (0, 0.9)). ``prior`` is p_z:
+    ``uniform`` on [-1, 1]^z_dim (DCGAN's choice) or ``normal`` (f-AnoGAN's).
+
+    Raises ValueError for an unknown prior or objective, ``critic_iterations < 1``, a negative
+    ``gp_weight``, or WGAN-GP with a BatchNorm critic.
     """
 
     def __init__(
         self,
-        generator: Generator,
-        discriminator: Discriminator,
+        generator: nn.Module,
+        discriminator: nn.Module,
         optimizer_g: Callable[..., torch.optim.Optimizer],
         optimizer_d: Callable[..., torch.optim.Optimizer],
         prior: str = "uniform",
+        objective: str = "dcgan",
+        critic_iterations: int = 5,
+        gp_weight: float = 10.0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -39,7 +55,22 @@ class GAN(L.LightningModule):
         check_optimizer(optimizer_g, "model.optimizer_g")
         check_optimizer(optimizer_d, "model.optimizer_d")
         sample_prior(prior, torch.Generator(), 1, 1)  # fail now on an unknown prior name
-        self.prior = prior
+        if objective not in losses.OBJECTIVES:
+            raise ValueError(f"model.objective={objective!r} must be one of {losses.OBJECTIVES}")
+        if int(critic_iterations) != critic_iterations or critic_iterations < 1 or gp_weight < 0:
+            raise ValueError(f"model.critic_iterations={critic_iterations} must be an integer >= 1 and "
+                             f"model.gp_weight={gp_weight} >= 0 (f-AnoGAN: 5 and 10)")
+        if objective == "wgangp" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                         for m in discriminator.modules()):
+            raise ValueError(
+                "model.objective=wgangp needs a critic without BatchNorm (the gradient penalty is per "
+                "image, and BatchNorm mixes the images of a batch): use model=wgangp_resnet, whose critic "
+                "has LayerNorm, or model.objective=dcgan"
+            )
+        if family_of(generator) != family_of(discriminator):
+            raise ValueError(f"G is of the {family_of(generator)} family but D of the "
+                             f"{family_of(discriminator)} family; configure both from one model= preset")
+        self.prior, self.objective = prior, objective
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -48,6 +79,8 @@ class GAN(L.LightningModule):
             "generator": dict(self.generator.config),
             "discriminator": dict(self.discriminator.config),
             "prior": self.prior,
+            "family": family_of(self.generator),
+            "objective": self.objective,
         }
 
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,30 +92,30 @@ class GAN(L.LightningModule):
             self.optimizer_d(self.discriminator.parameters()),
         )
 
+    def _step(self, opt, name: str, loss: torch.Tensor, step: int) -> None:
+        check_finite_loss(name, loss, step, LR_HINT)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.objective == "wgangp":
+            return self._wgangp_step(batch["image"])
         opt_g, opt_d = self.optimizers()
         real = batch["image"]
         n = real.shape[0]
         step = self.global_step // 2  # each batch makes two optimiser steps
-        ones, zeros = real.new_ones(n), real.new_zeros(n)
         fake = self.generator(self.sample_z(n))
 
         with self.toggled_optimizer(opt_d):
             logits_real = self.discriminator(real)
             logits_fake = self.discriminator(fake.detach())
-            d_loss = F.binary_cross_entropy_with_logits(logits_real, ones) + \
-                F.binary_cross_entropy_with_logits(logits_fake, zeros)
-            check_finite_loss("train/d_loss", d_loss, step, LR_HINT)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
+            d_loss = losses.dcgan_d_loss(logits_real, logits_fake)
+            self._step(opt_d, "train/d_loss", d_loss, step)
 
         with self.toggled_optimizer(opt_g):
-            g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
-            check_finite_loss("train/g_loss", g_loss, step, LR_HINT)
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            opt_g.step()
+            g_loss = losses.dcgan_g_loss(self.discriminator(fake))
+            self._step(opt_g, "train/g_loss", g_loss, step)
 
         self.log_dict(
             {
@@ -94,9 +127,34 @@ class GAN(L.LightningModule):
             prog_bar=True, on_step=True, on_epoch=True, batch_size=n,
         )
 
+    def _wgangp_step(self, real: torch.Tensor) -> None:
+        opt_g, opt_d = self.optimizers()
+        hp, D = self.hparams, self.discriminator
+        n = real.shape[0]
+        step = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches of the run, kept on resume
+        with self.toggled_optimizer(opt_d):
+            with torch.no_grad():
+                fake = self.generator(self.sample_z(n))
+            wasserstein = losses.wasserstein_estimate(D(real), D(fake))
+            eps = torch.rand(n, 1, 1, 1, device=real.device, dtype=real.dtype)
+            penalty = losses.gradient_penalty(D, real, fake, eps)
+            d_loss = -wasserstein + hp.gp_weight * penalty
+            self._step(opt_d, "train/d_loss", d_loss, step)
+        logs = {"train/d_loss": d_loss.detach(), "train/wasserstein": wasserstein.detach(),
+                "train/gradient_penalty": penalty.detach()}
+        if (step + 1) % hp.critic_iterations == 0:
+            with self.toggled_optimizer(opt_g):
+                g_loss = -D(self.generator(self.sample_z(n))).mean()
+                self._step(opt_g, "train/g_loss", g_loss, step)
+            self.log("train/g_loss", g_loss.detach(), on_step=True, on_epoch=True, batch_size=n)
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """D's mean output on normal and anomalous validation images: a cheap health signal."""
-        prob = torch.sigmoid(self.discriminator(batch["image"]))
-        for name, sel in (("normal", batch["label"] == 0), ("anomalous", batch["label"] == 1)):
+        """D's mean output on normal and anomalous validation images: a cheap health signal (the
+        probability of "real" for DCGAN, the critic's value for WGAN-GP)."""
+        out = self.discriminator(batch["image"])
+        prob = torch.sigmoid(out) if self.objective == "dcgan" else out
+        name = "d" if self.objective == "dcgan" else "critic"
+        for group, sel in (("normal", batch["label"] == 0), ("anomalous", batch["label"] == 1)):
             if sel.any():
-                self.log(f"val/d_{name}", prob[sel].mean(), batch_size=int(sel.sum()))
+                self.log(f"val/{name}_{group}", prob[sel].mean(), batch_size=int(sel.sum()))

@@ -18,18 +18,20 @@ from torch import nn
 
 from anogan import scores as S
 from anogan.mapping_nets import mapping_copy
-from anogan.nets import Discriminator, Generator
+from anogan.nets import Discriminator, Generator, build
 from anogan.prior import initial_z, project_to_support
 from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
 
 
 def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, str, dict]:
-    """(G, D, prior, run config) from a GAN checkpoint written by training (``anogan.gan.GAN``)."""
+    """(G, D, prior, run config) from a GAN checkpoint written by training (``anogan.gan.GAN``); the
+    nets of the family it records (``dcgan`` for checkpoints written before families existed)."""
     path = ckpt if not isinstance(ckpt, dict) else "<checkpoint dict>"
     if not isinstance(ckpt, dict):
         ckpt = read_checkpoint(ckpt)  # weights_only=True: loading cannot run code
     nets = gan_nets(ckpt, path)
-    G, D = Generator(**nets["generator"]), Discriminator(**nets["discriminator"])
+    family = nets.get("family", "dcgan")
+    G, D = build(family, "generator", **nets["generator"]), build(family, "discriminator", **nets["discriminator"])
     state = ckpt["state_dict"]
     try:
         G.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})

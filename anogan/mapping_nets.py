@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from anogan.nets import family_of
+
 
 def _pairs(conv: nn.Module) -> tuple[tuple[int, int], ...]:
     return tuple(tuple(getattr(conv, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
@@ -141,7 +143,11 @@ def _fast_layer(mod: nn.Module, channels_last: bool) -> nn.Module | None:
 
 def mapping_copy(net: nn.Module, channels_last: bool = False) -> nn.Module:
     """A frozen, eval-mode copy of ``net`` computing the same function faster (see the module
-    docstring); in the channels_last memory format if asked."""
+    docstring); in the channels_last memory format if asked. The fast layers serve the DCGAN family,
+    on which they were measured; a net of another family (f-AnoGAN's ResNet) is copied as it is."""
+    if family_of(net) != "dcgan":
+        net = copy.deepcopy(net).eval()
+        return (net.to(memory_format=torch.channels_last) if channels_last else net).requires_grad_(False)
     net = fold_batchnorm(copy.deepcopy(net).eval())
     for parent in list(net.modules()):
         for name, child in list(parent._modules.items()):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+log = logging.getLogger(__name__)
 PRIORS = ("uniform", "normal")
 
 
@@ -34,3 +37,24 @@ def project_to_support(prior: str, z: torch.Tensor) -> None:
     """Keep z in p_z's support, in place: clip to [-1, 1] for the uniform prior."""
     if prior == "uniform":
         z.clamp_(-1.0, 1.0)
+
+
+def encoder_squash(squash: str, prior: str) -> str:
+    """E's output squashing for ``squash`` (``auto``, ``tanh``, ``none``, ``clip``) under ``prior``:
+    ``auto`` is tanh for the uniform prior (E(x) in its support (-1, 1)^z_dim) and none for the normal
+    prior. tanh with the normal prior is allowed (the official f-AnoGAN code does it) but logged as a
+    warning: tanh cannot reach |z_i| >= 1, a third of N(0, 1)'s mass per coordinate."""
+    from anogan.nets.common import check_squash
+
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
+    if squash == "auto":
+        return "tanh" if prior == "uniform" else "none"
+    check_squash(squash)
+    if squash == "tanh" and prior == "normal":
+        log.warning(
+            "encoder.module.squash=tanh with the normal prior: E(x) stays in (-1, 1)^z_dim, which misses "
+            "|z_i| >= 1, about a third of N(0, 1)'s mass per coordinate (the official f-AnoGAN code does "
+            "this; encoder.module.squash=auto or none follows the prior)"
+        )
+    return squash

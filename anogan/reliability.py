@@ -198,6 +198,10 @@ def check_architecture(ckpt: dict, path: str | os.PathLike, model) -> None:
         f"{net}.{k}: checkpoint {nets[net].get(k)!r}, configured {v!r}"
         for net, cfg in wanted.items() for k, v in cfg.items() if nets[net].get(k) != v
     ]
+    from anogan.nets import family_of
+
+    if nets.get("family", "dcgan") != family_of(model.generator):
+        diffs.append(f"family: checkpoint {nets.get('family', 'dcgan')!r}, configured {family_of(model.generator)!r}")
     if nets.get("prior", "uniform") != model.prior:
         diffs.append(f"prior: checkpoint {nets.get('prior')!r}, configured {model.prior!r}")
     if diffs:

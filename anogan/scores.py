@@ -76,3 +76,9 @@ def fanogan(
     """f-AnoGAN's izi_f score (Schlegl et al., MedIA 2019, the izi_f loss): ||x - G(E(x))||^2 / n +
     kappa ||f(x) - f(G(E(x)))||^2 / m, n pixels and m features per image; also E's training loss: (B,)."""
     return (x - gez).pow(2).flatten(1).mean(1) + kappa * (fx - fgez).pow(2).flatten(1).mean(1)
+
+
+def fanogan_latent(ex: torch.Tensor, egex: torch.Tensor) -> torch.Tensor:
+    """f-AnoGAN's latent distance ||E(x) - E(G(E(x)))||^2 (summed over z's coordinates), reported beside
+    the izi_f score by the official code's ``anomaly_detection.py``. ex, egex: (B, z_dim) -> (B,)."""
+    return (ex - egex).pow(2).flatten(1).sum(1)

@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from anogan.nets import Discriminator, Generator
 from anogan.reliability import check_stage_identity, gan_identity
 
 log = logging.getLogger(__name__)
@@ -24,12 +23,14 @@ STAGES = ("encoder", "acae")  # config group = checkpoint name
 
 
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule, ckpt_dir: Path) -> Path:
-    """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs with the run's trainer settings; save
-    ``<ckpt_dir>/<name>.ckpt``."""
+    """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs, or ``cfg.<name>.max_steps`` optimiser steps
+    (iterations) when set, with the run's trainer settings; save ``<ckpt_dir>/<name>.ckpt``."""
     from anogan.reliability import checkpoint_plugins
 
+    max_steps = cfg[name].get("max_steps") or -1
     trainer: L.Trainer = instantiate(
-        cfg.trainer, max_epochs=cfg[name].max_epochs, callbacks=[], logger=False, enable_checkpointing=False,
+        cfg.trainer, max_epochs=cfg[name].max_epochs if max_steps < 0 else -1, max_steps=max_steps,
+        callbacks=[], logger=False, enable_checkpointing=False,
         plugins=checkpoint_plugins(instantiate(cfg.trainer.get("plugins"))),  # written atomically
     )
     trainer.fit(module, datamodule=datamodule)
@@ -48,9 +49,9 @@ def fit_stages(cfg: DictConfig, gan_ckpt: str | Path, datamodule) -> dict[str, P
     ckpt_dir = Path(gan_ckpt).parent
     if not (cfg.get("encoder") or cfg.get("acae")):
         return paths
-    G, D, _, _ = load_gan(gan_ckpt)
+    G, D, prior, _ = load_gan(gan_ckpt)
     if cfg.get("encoder"):
-        module = instantiate(cfg.encoder.module, generator=G, discriminator=D)
+        module = instantiate(cfg.encoder.module, generator=G, discriminator=D, prior=prior)
         paths["encoder"] = fit_stage(cfg, "encoder", module, datamodule, ckpt_dir)
     if cfg.get("acae"):
         module = instantiate(cfg.acae.module)
@@ -69,7 +70,7 @@ def stage_checkpoint(cfg: DictConfig, name: str, gan_ckpt: str | Path) -> Path |
 
 
 def stage_scorers(
-    cfg: DictConfig, gan_ckpt: str | Path, G: Generator, D: Discriminator
+    cfg: DictConfig, gan_ckpt: str | Path, G: nn.Module, D: nn.Module
 ) -> tuple[nn.Module | None, list[nn.Module]]:
     """(E or None, scorers) for the evaluation: ``FAnoGAN`` when an encoder checkpoint is found,
     ``ACAEScores`` when an aCAE checkpoint is found. Each stage checkpoint must record the

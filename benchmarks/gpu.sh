@@ -12,3 +12,5 @@ python flops.py --device cuda --sizes 64 --batch 1024 --steps 50
 python memory.py --device cuda --sizes 64 --batches 64 1024
 # training under Lightning vs a bare loop
 python training.py --device cuda --size 64 --batches 40
+# f-AnoGAN's WGAN-GP (ResNet G and critic, DIM 64, z 128) under Lightning vs a bare loop
+python training.py --device cuda --size 64 --batches 40 --objective wgangp --width 64 --z-dim 128

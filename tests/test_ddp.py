@@ -64,3 +64,17 @@ def test_ddp_training_and_evaluation_equal_one_process(tmp_path):
     assert rows_ddp.keys() == rows_one.keys()
     for key in rows_one:
         np.testing.assert_allclose(rows_ddp[key], rows_one[key], rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def test_ddp_trains_wgangp_with_the_gradient_penalty(tmp_path):
+    """The penalty's double backward through D under DDP (gloo, 2 processes): one epoch trains, and the
+    step count is one process's share of the batches plus one G step per critic_iterations of them."""
+    out = tmp_path / "wgangp"
+    run_script(["train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=wgangp_resnet",
+                "model.generator.width=4", "model.discriminator.width=4", "model.critic_iterations=3",
+                "trainer.max_epochs=1", "evaluate=false", "logger=none", "data.batch_size=16", "data.num_workers=0",
+                "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
+    ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    # ~125 normal training digits, half per process: 4 batches of 16, so 4 critic steps and 1 G step
+    assert ckpt["global_step"] == 4 + 1 and ckpt["anogan_nets"]["family"] == "resnet"
+    assert (out / "train_ddp_process_1.log").exists()

@@ -1,7 +1,8 @@
-"""The DCGAN networks of AnoGAN as pure ``nn.Module``s (no Lightning here).
+"""The DCGAN family of AnoGAN (Schlegl et al., IPMI 2017) as pure ``nn.Module``s (no Lightning here).
 
-Layout for an image of side S (28, 32 or 64) and ``n = log2(S / s0)`` resolution doublings, where the
-smallest feature map is ``s0 = 7`` for 28-pixel images and ``s0 = 4`` otherwise:
+Layout for an image of side S (28 or a power of two from 16 to 256) and ``n = log2(S / s0)``
+resolution doublings, where the smallest feature map is ``s0 = 7`` for 28-pixel images and ``s0 = 4``
+otherwise (``anogan.nets.common.layout``):
 
 * Generator: a projection of z to ``(width * 2**(n-1), s0, s0)`` (a transposed convolution over the 1x1
   latent "image"), then ``n`` fractionally-strided convolutions that double the side; BatchNorm + ReLU
@@ -15,28 +16,12 @@ smallest feature map is ``s0 = 7`` for 28-pixel images and ``s0 = 4`` otherwise:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-SUPPORTED_SIZES = (28, 32, 64)
+from anogan.nets.common import Critic, check_channels, check_feature_layer, check_squash, layout, squash_latent
 
-
-def _layout(image_size: int) -> tuple[int, int]:
-    """(s0, n): the smallest feature-map side and the number of doublings for ``image_size``."""
-    if image_size not in SUPPORTED_SIZES:
-        raise ValueError(
-            f"image_size={image_size} is not supported; use one of {SUPPORTED_SIZES} "
-            "(set data.image_size, e.g. data.image_size=32)"
-        )
-    s0 = 7 if image_size == 28 else 4
-    return s0, int(math.log2(image_size // s0))
-
-
-def _check_channels(channels: int) -> None:
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels} is not supported; use 1 (grey) or 3 (RGB)")
+FAMILY = "dcgan"
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -53,10 +38,12 @@ def dcgan_init(module: nn.Module) -> None:
 class Generator(nn.Module):
     """G: z (B, z_dim) -> image (B, channels, image_size, image_size) in [-1, 1]."""
 
+    family = FAMILY
+
     def __init__(self, image_size: int = 32, channels: int = 1, z_dim: int = 100, width: int = 64):
         super().__init__()
-        _check_channels(channels)
-        s0, n = _layout(image_size)
+        check_channels(channels)
+        s0, n = layout(image_size)
         self.config = dict(image_size=image_size, channels=channels, z_dim=z_dim, width=width)
         self.z_dim = z_dim
         ch = width * 2 ** (n - 1)
@@ -78,24 +65,23 @@ class Generator(nn.Module):
         return self.net(z.view(z.shape[0], self.z_dim, 1, 1))
 
 
-class Discriminator(nn.Module):
-    """D: image (B, C, H, W) in [-1, 1] -> logit (B,); ``features(x)`` -> f(x) (B, F)."""
+class Discriminator(Critic):
+    """D: image (B, C, H, W) in [-1, 1] -> logit (B,); ``features(x)`` -> f(x) (B, F).
+
+    Raises ValueError for an unsupported size or channel count, or a ``feature_layer`` outside D."""
+
+    family = FAMILY
 
     def __init__(
         self, image_size: int = 32, channels: int = 1, width: int = 64, feature_layer: int = -1
     ):
         super().__init__()
-        _check_channels(channels)
-        s0, n = _layout(image_size)
-        if not -n <= feature_layer < n:
-            raise ValueError(
-                f"feature_layer={feature_layer} is out of range for {image_size}-pixel images: "
-                f"D has {n} blocks, so use an index in [{-n}, {n - 1}] (-1 = last block)"
-            )
+        check_channels(channels)
+        s0, n = layout(image_size)
+        self.feature_layer = check_feature_layer(feature_layer, n, image_size)
         self.config = dict(
             image_size=image_size, channels=channels, width=width, feature_layer=feature_layer
         )
-        self.feature_layer = feature_layer % n
         blocks = []
         ch_in, ch = channels, width
         for i in range(n):
@@ -105,55 +91,35 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, True))
             blocks.append(nn.Sequential(*layers))
             ch_in, ch = ch, ch * 2
+        self.stem = nn.Identity()
         self.blocks = nn.ModuleList(blocks)
         self.logit = nn.Conv2d(ch_in, 1, s0, 1, 0)
         self.apply(dcgan_init)
 
-    def _run_blocks(self, h: torch.Tensor, stop: int) -> torch.Tensor:
-        for block in self.blocks[: stop + 1]:
-            h = block(h)
-        return h
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x): flattened output of block ``feature_layer``, (B, F). Runs D only up to that block."""
-        return self.feature_map(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B,); the probability that x is real is ``sigmoid(logits)``."""
-        return self.logit(self._run_blocks(x, len(self.blocks) - 1)).flatten()
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The output of block ``feature_layer`` unflattened, (B, C, h, w): f(x) before ``flatten(1)``."""
-        return self._run_blocks(x, self.feature_layer)
-
-    def logits_from_feature_map(self, h: torch.Tensor) -> torch.Tensor:
-        """The logits (B,) from ``feature_map``'s output: D's remaining blocks and its logit layer."""
-        for block in self.blocks[self.feature_layer + 1 :]:
-            h = block(h)
-        return self.logit(h).flatten()
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f(x), logits) from one pass through D."""
-        h = self.feature_map(x)
-        return h.flatten(1), self.logits_from_feature_map(h)
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.logit(h)
 
 
 class Encoder(Discriminator):
-    """E of f-AnoGAN: image (B, C, H, W) in [-1, 1] -> z (B, z_dim) in (-1, 1).
+    """E of f-AnoGAN: image (B, C, H, W) in [-1, 1] -> z (B, z_dim).
 
-    D's convolution blocks, with the logit layer replaced by a convolution to ``z_dim`` channels and a
-    Tanh, so that E(x) lies in the support of the uniform prior (Schlegl et al. 2019, sec. 2.2.2)."""
+    D's convolution blocks, with the logit layer replaced by a convolution to ``z_dim`` channels and
+    the output squashing ``squash`` (``anogan.nets.common.squash_latent``: tanh, the default, keeps
+    E(x) in the support of the uniform prior, Schlegl et al. 2019, sec. 2.2.2)."""
 
-    def __init__(self, image_size: int = 32, channels: int = 1, z_dim: int = 100, width: int = 64):
+    def __init__(
+        self, image_size: int = 32, channels: int = 1, z_dim: int = 100, width: int = 64, squash: str = "tanh"
+    ):
         super().__init__(image_size=image_size, channels=channels, width=width)
-        s0, _ = _layout(image_size)
-        self.config = dict(image_size=image_size, channels=channels, z_dim=z_dim, width=width)
+        s0, _ = layout(image_size)
+        self.squash = check_squash(squash)
+        self.config = dict(image_size=image_size, channels=channels, z_dim=z_dim, width=width, squash=squash)
         self.z_dim = z_dim
         self.logit = nn.Conv2d(self.logit.in_channels, z_dim, s0, 1, 0)
         dcgan_init(self.logit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.logit(self._run_blocks(x, len(self.blocks) - 1)).flatten(1))
+        return squash_latent(self.encode(x), self.squash)
 
 
 class AdversarialAutoencoder(nn.Module):
