@@ -70,8 +70,15 @@ def _shown(path: str | os.PathLike) -> str:
         return str(path)
 
 
-def _command(script: str, overrides: list[str]) -> str:
-    return " ".join(["python", script, *(shlex.quote(o) for o in overrides)])
+def _command(command: str | list[str], width: int = 80, prefix: str = "  ") -> list[str]:
+    """A command line (a list of words is shell-quoted) on lines of at most ``width`` characters
+    where the words allow, broken with ``\\`` so that they still paste into a shell."""
+    import textwrap
+
+    command = command if isinstance(command, str) else shlex.join(command)
+    lines = textwrap.wrap(command, width - 2, initial_indent=prefix, subsequent_indent=prefix + "    ",
+                          break_on_hyphens=False, break_long_words=False)
+    return [line + " \\" for line in lines[:-1]] + lines[-1:]
 
 
 def task_overrides(drop: tuple[str, ...] = ()) -> list[str]:
@@ -86,41 +93,49 @@ def task_overrides(drop: tuple[str, ...] = ()) -> list[str]:
 
 
 RUN_FILES = {
-    "metrics.json": "the paper's table: AUROC and the max-Youden operating point per score",
+    "metrics.json": "the table above, as JSON",
     "scores.h5": "per image: label, every score, z, residual map",
-    "figures": "ROC curves, score distributions, query / G(z) / residual grid",
-    "checkpoints": "the GAN (last.ckpt) and the stages after it",
-    "samples": "G(z) grids during training",
+    "figures": "",
+    "checkpoints": "",
+    "samples": "G(z) during training:",
     "summary.csv": "one row per job of the multirun",
 }
 
 
 def run_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, task: str,
-                max_epochs: int | None = None) -> str:
+                max_epochs: int | None = None, width: int = 80) -> str:
     """The closing lines of ``train.py`` (``task="train"``) or ``evaluate.py`` (``"evaluate"``): the
-    run directory, those of its main files that exist, and the commands that evaluate the GAN of
-    ``ckpt_path`` again and (train) go on training it in the same directory to ``2 * max_epochs``,
-    with this job's own overrides so that data and model match."""
+    run directory, those of its main files that exist (``RUN_FILES``), the command that evaluates the
+    GAN of ``ckpt_path`` again (evaluate: with this job's overrides) and (train) the one that goes on
+    training it in the same directory to ``2 * max_epochs`` epochs, with this job's overrides so that
+    data and model match. Lines are at most ``width`` characters where paths allow."""
+    import textwrap
+
     out = Path(output_dir)
     lines = [f"Run directory: {_shown(out)}"]
     for name, what in RUN_FILES.items():
         path = out / name
         if path.is_dir():
-            lines.append(f"  {name + '/':<14}{what}: {', '.join(sorted(p.name for p in path.iterdir()))}")
-        elif path.is_file():
-            lines.append(f"  {name:<14}{what}")
+            names = sorted(p.name for p in path.iterdir())
+            listed = ", ".join(names) if len(names) <= 6 else f"{len(names)} files: {names[0]}, ..., {names[-1]}"
+            what = f"{what} {listed}".strip()
+            name += "/"
+        elif not path.is_file():
+            continue
+        lines += textwrap.wrap(what, width, initial_indent=f"  {name:<14}", subsequent_indent=" " * 16)
     ckpt = _shown(ckpt_path)
+    again = ["python", "evaluate.py", f"ckpt_path={ckpt}"]
+    if task == "evaluate":  # this job's overrides (inversion, data, ...): the same evaluation
+        again += [o.removeprefix("++") if _DATA_FIELD.match(o.removeprefix("++")) else o  # as typed
+                  for o in task_overrides(("ckpt_path", "hydra.run.dir"))]
+    lines.append("Evaluate again (e.g. with other inversion.lam, inversion.steps):")
+    lines += _command(again, width)
     if task == "train":
-        lines.append("Evaluate again (e.g. other inversion.lam, inversion.steps):")
-        lines.append("  " + _command("evaluate.py", [f"ckpt_path={ckpt}"]))
+        keep = task_overrides(("ckpt_path", "hydra.run.dir", "trainer.max_epochs"))
         more = [f"trainer.max_epochs={2 * max_epochs}"] if max_epochs else []
-        lines.append("Train on in this directory (resumes from checkpoints/last.ckpt):")
-        lines.append("  " + _command("train.py", [*task_overrides(("ckpt_path", "hydra.run.dir", "trainer.max_epochs")),
-                                                  "ckpt_path=auto", f"hydra.run.dir={_shown(out)}", *more]))
-    else:
-        again = task_overrides(("ckpt_path", "hydra.run.dir"))
-        lines.append("Evaluate again (a killed evaluation resumes with the same hydra.run.dir):")
-        lines.append("  " + _command("evaluate.py", [f"ckpt_path={ckpt}", *again, f"hydra.run.dir={_shown(out)}"]))
+        lines.append("Train on (resumes from checkpoints/last.ckpt, in this directory):")
+        lines += _command(["python", "train.py", *keep, "ckpt_path=auto", f"hydra.run.dir={_shown(out)}", *more],
+                          width)
     return "\n".join(lines)
 
 
@@ -176,16 +191,6 @@ def _wrap(text: str, width: int, indent: str = "", max_lines: int | None = None)
                          break_on_hyphens=False, break_long_words=False)
 
 
-def _command_lines(command: str, width: int) -> list[str]:
-    """``command`` as ``   e.g. python ...`` lines of at most ``width`` characters, broken with ``\\``
-    so that they still paste into a shell."""
-    import textwrap
-
-    lines = textwrap.wrap(command, width - 2, initial_indent="   e.g. ", subsequent_indent=" " * 10,
-                          break_on_hyphens=False, break_long_words=False)
-    return [line + " \\" for line in lines[:-1]] + lines[-1:]
-
-
 def _is_preset(path: Path) -> bool:
     return "# @package _global_" in path.read_text()
 
@@ -229,7 +234,7 @@ def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str
         if not examples and other and group not in packaged:
             examples = [" ".join(["python", script, *(f"{k}=..." for k in required), f"{group}={other[0]}"])]
         for e in examples[:1]:
-            lines += _command_lines(e, width)
+            lines += _command(e, width, "   e.g. ")
     lines += ["", "Any value: key=value (e.g. inversion.lam=0.5); a sweep: -m key=a,b.",
               f"The composed config: python {script} --cfg job", "Hydra's own flags: --hydra-help"]
     return "\n".join(lines) + "\n"
