@@ -76,7 +76,7 @@ def _command(command: str | list[str], width: int = 80, prefix: str = "  ") -> l
     import textwrap
 
     command = command if isinstance(command, str) else shlex.join(command)
-    lines = textwrap.wrap(command, width - 2, initial_indent=prefix, subsequent_indent=prefix + "    ",
+    lines = textwrap.wrap(command, width - 2, initial_indent=prefix, subsequent_indent=" " * (len(prefix) + 4),
                           break_on_hyphens=False, break_long_words=False)
     return [line + " \\" for line in lines[:-1]] + lines[-1:]
 
@@ -212,12 +212,11 @@ def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str
     lines = _wrap(" ".join(_comment(conf / f"{hc.job.config_name}.yaml")), width)
     lines += ["", "Config groups (conf/GROUP/OPTION.yaml): choose with GROUP=OPTION; * = default"]
     chosen: dict[str, set] = {}  # group -> its options chosen by the defaults list
-    packaged = set()  # groups chosen under another package only (callbacks@evaluation_callbacks)
     for key, value in reversed(list(hc.runtime.choices.items())):  # Hydra lists them last first
         group = key.split("@")[0]
         if group != "hydra" and (conf / group).is_dir():
             chosen.setdefault(group, set()).add(value)
-            (packaged.add if "@" in key else packaged.discard)(group)
+    plain = set(hc.runtime.choices)  # chosen as GROUP=..., not only as GROUP@PACKAGE=...
     files = {g: sorted((conf / g).glob("*.yaml")) for g in chosen}
     for group in sorted(chosen, key=lambda g: not any(_is_preset(f) for f in files[g])):
         default = chosen[group] - {None}
@@ -231,7 +230,7 @@ def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str
         examples = sorted((e for f in files[group] for e in _examples(f, group)),
                           key=lambda e: (not e.startswith(f"python {script}"), len(e)))
         other = [f.stem for f in files[group] if f.stem not in default and "???" not in f.read_text()]
-        if not examples and other and group not in packaged:
+        if not examples and other and group in plain:
             examples = [" ".join(["python", script, *(f"{k}=..." for k in required), f"{group}={other[0]}"])]
         for e in examples[:1]:
             lines += _command(e, width, "   e.g. ")
@@ -241,6 +240,7 @@ def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str
 
 
 def _help_resolver(_root_) -> str:
+    """``${anogan.help:}``: ``app_help`` with the composed config's mandatory keys, ``$`` escaped."""
     required = [k for k in _root_ if k != "hydra" and OmegaConf.is_missing(_root_, k)]
     return app_help(required).replace("$", "$$")  # the help template is a string.Template
 
