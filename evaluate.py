@@ -1,8 +1,11 @@
 """Map and score a test set with a trained GAN: ``python evaluate.py ckpt_path=... [overrides]``."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from anogan.cli import data_field_overrides
 from anogan.pipeline import evaluate
 
 
@@ -12,4 +15,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = data_field_overrides(sys.argv)  # data.<field>=... edits the checkpoint's data config
     main()

@@ -10,6 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anogan.cli import print_summary, quiet_lightning
 from anogan.reliability import (
     LAST,
     CheckpointError,
@@ -63,6 +64,7 @@ def print_config(cfg: DictConfig, save_to: str | Path | None = None) -> None:
 def seed(cfg: DictConfig) -> None:
     from anogan.sweep import check_ddp_launch
 
+    quiet_lightning()
     check_ddp_launch(cfg)  # before any work: DDP processes that a multirun cannot start
     L.seed_everything(cfg.seed, workers=True)
 
@@ -101,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fit_stages(cfg, last, datamodule)  # f-AnoGAN's encoder, aCAE: when configured (encoder=, acae=)
     if cfg.get("evaluate"):
         metrics.update(evaluate_checkpoint(cfg, last, cfg.data, loggers))
+    print_summary(output_dir, last, "train", cfg.trainer.get("max_epochs"))
     return metrics
 
 
@@ -171,13 +174,13 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("evaluation_callbacks"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False
+    trainer: L.Trainer = instantiate(  # nothing to checkpoint in a test loop (and no litmodels tip)
+        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
     )
     out = Path(cfg.paths.output_dir)
     with stopped_by_sigterm("evaluation", f"the images mapped so far are kept in {out}/scores.h5.partial; "
                             f"run the same command with hydra.run.dir={out} to resume"):
-        trainer.test(model, datamodule=datamodule)
+        trainer.test(model, datamodule=datamodule, verbose=False)  # AnomalyMetrics prints the table
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
 
 
@@ -187,4 +190,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ValueError("ckpt_path is missing: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     seed(cfg)
     print_config(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
-    return evaluate_checkpoint(cfg, cfg.ckpt_path, loggers=instantiate_list(cfg.get("logger")))
+    metrics = evaluate_checkpoint(cfg, cfg.ckpt_path, loggers=instantiate_list(cfg.get("logger")))
+    print_summary(cfg.paths.output_dir, cfg.ckpt_path, "evaluate")
+    return metrics

@@ -35,7 +35,7 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
     )
     trainer.fit(module, datamodule=datamodule)
     path = ckpt_dir / f"{name}.ckpt"
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # the full state; explicit, or Lightning logs its default
     log.info("%s trained: %s (%s)", name, path,
              {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     return path

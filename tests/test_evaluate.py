@@ -16,9 +16,18 @@ FIGURES = ("roc_models", "roc_scores", "score_distributions", "anomaly_grid")
 
 def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     out = tmp_path / "eval"
-    run_script(["evaluate.py", f"ckpt_path={tiny_ckpt}", "inversion.steps=4", "inversion.lam=0.3",
-                "inversion.record_steps=[2]", "+data.eval_train_samples=8", "trainer.enable_progress_bar=false",
-                f"hydra.run.dir={out}"], cwd=ROOT)
+    # data.<field>= without +: fields of the checkpoint's data config
+    proc = run_script(["evaluate.py", f"ckpt_path={tiny_ckpt}", "inversion.steps=4", "inversion.lam=0.3",
+                       "inversion.record_steps=[2]", "data.eval_train_samples=8", "data.eval_batch_size=64",
+                       "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT, env={"COLUMNS": "80"})
+    lines = proc.stdout.splitlines()
+    assert "Test metric" not in proc.stdout  # one table: ours, not Lightning's too
+    assert all(any(line.startswith(f" {name} ") for line in lines) for name in SCORE_NAMES)  # in full
+    summary = lines[lines.index(f"Run directory: {out}"):]
+    assert summary[1:3] == ["  metrics.json  the table above, as JSON",
+                            "  scores.h5     per image: label, every score, z, residual map"]
+    assert "data.eval_train_samples=8" in " ".join(summary)  # evaluate again: the overrides as typed
+    assert "litlogger" not in proc.stdout + proc.stderr and "litmodels" not in proc.stdout + proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["lam"] == 0.3 and metrics["steps"] == 4
     assert set(SCORE_NAMES) <= set(metrics["scores"])

@@ -220,21 +220,32 @@ class AnomalyMetrics(OutputCollector):
         return {"pixel_auroc": float(self.pixel.compute())}
 
 
-def print_table(result: dict) -> None:
-    """The paper's table of one evaluation, printed with rich."""
+def print_table(result: dict, console=None) -> None:
+    """The paper's table of one evaluation, printed with rich: one row per score, named in full, and
+    short metric headers (explained in the caption), so that it fits 80 columns. An undefined value
+    (``None``) prints as ``null``. ``console``: a ``rich.console.Console`` (default: stdout)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    cols = ("auroc", "precision", "recall", "sensitivity", "specificity", "threshold")
+    cols = {"auroc": "AUROC", "precision": "prec.", "recall": "recall", "sensitivity": "sens.",
+            "specificity": "spec.", "threshold": "threshold"}
     t = Table(title=f"AnoGAN evaluation (lam={result['lam']}, steps={result['steps']}, "
-              f"{result['n_normal']} normal / {result['n_anomalous']} anomalous)")
-    t.add_column("score")
-    for c in cols:
-        t.add_column(c, justify="right")
+              f"{result['n_normal']} normal / {result['n_anomalous']} anomalous)",
+              caption="at the threshold of maximal Youden index; prec. = precision, sens. = sensitivity, "
+              "spec. = specificity", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    t.add_column("score", no_wrap=True)
+    for c in cols.values():
+        t.add_column(c, justify="right", no_wrap=True)
+
+    def shown(value, fmt: str = ".4f") -> str:
+        return "null" if value is None else f"{value:{fmt}}"
+
     for name, row in result["scores"].items():
-        t.add_row(name, *(f"{row[c]:.4f}" if c != "threshold" else f"{row[c]:.4g}" for c in cols))
-    Console().print(t)
-    if result.get("pixel_auroc") is not None:
-        Console().print(f"pixel-level AUROC of the residual maps: {result['pixel_auroc']:.4f}")
-    elif "pixel_auroc_reason" in result:
-        Console().print(f"pixel-level AUROC of the residual maps: {result['pixel_auroc_reason']}")
+        t.add_row(name, *(shown(row.get(c), ".4g" if c == "threshold" else ".4f") for c in cols))
+    console = console or Console()
+    console.print(t)
+    if "pixel_auroc" in result:
+        reason = result.get("pixel_auroc_reason")
+        console.print(f"pixel-level AUROC of the residual maps: {shown(result['pixel_auroc'])}"
+                      + (f" ({reason})" if reason else ""))

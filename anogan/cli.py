@@ -1,0 +1,249 @@
+"""What the command line takes and shows: ``--help`` generated from ``conf/``, ``data.<field>=``
+overrides for ``evaluate.py``, Lightning's advertising kept out of our runs, and the closing summary
+that names a run directory's files and the commands that continue from it.
+
+Importing this module registers the ``anogan.help`` resolver that ``conf/hydra/default.yaml`` uses
+as Hydra's app help template (``python train.py --help``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import warnings
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# --- third-party noise ------------------------------------------------------------------------
+
+# Lightning prints these two tips on every Trainer, whatever the settings (lightning 2.6,
+# logger_connector.py and callback_connector.py): advertising, never information about the run.
+LIGHTNING_TIPS = ("pypi.org/project/litlogger", "pypi.org/project/litmodels")
+
+
+class DropLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" records, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("💡 Tip:") and any(t in message for t in LIGHTNING_TIPS))
+
+
+def quiet_lightning() -> None:
+    """Keep out of our runs what Lightning prints that nobody running anogan can act on: its
+    litlogger / litmodels tips (a filter on the loggers ``rank_zero_info`` writes to) and the
+    FutureWarning that torch >= 2.10 raises on Lightning's own ``LeafSpec()`` in
+    ``lightning/pytorch/utilities/_pytree.py`` (matched on message, category and that module only).
+    Every other record and warning passes. Idempotent."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropLightningTips) for f in logger.filters):
+            logger.addFilter(DropLightningTips())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+
+
+# --- evaluate.py takes data.<field>= without + -------------------------------------------------
+
+_DATA_FIELD = re.compile(r"^data\.[^=]+=")
+
+
+def data_field_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with every ``data.<field>=value`` written ``++data.<field>=value`` (Hydra: set the key,
+    adding it when absent). ``conf/evaluate.yaml`` composes no data config (``data: null``): the
+    checkpoint's is used, so its fields are unknown to Hydra and a plain ``data.<field>=`` override
+    would fail as "not in struct"; ``data=<group>``, ``+``, ``++`` and ``~`` overrides pass unchanged."""
+    return [f"++{a}" if i and _DATA_FIELD.match(a) else a for i, a in enumerate(argv)]
+
+
+# --- the closing summary --------------------------------------------------------------------------
+
+def _shown(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when inside it (what a user types), else absolute."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _command(command: str | list[str], width: int = 80, prefix: str = "  ") -> list[str]:
+    """A command line (a list of words is shell-quoted) on lines of at most ``width`` characters
+    where the words allow, broken with ``\\`` so that they still paste into a shell."""
+    import textwrap
+
+    command = command if isinstance(command, str) else shlex.join(command)
+    lines = textwrap.wrap(command, width - 2, initial_indent=prefix, subsequent_indent=" " * (len(prefix) + 4),
+                          break_on_hyphens=False, break_long_words=False)
+    return [line + " \\" for line in lines[:-1]] + lines[-1:]
+
+
+def task_overrides(drop: tuple[str, ...] = ()) -> list[str]:
+    """The command line's overrides of this Hydra job (``hydra.overrides.task``) without those of the
+    keys in ``drop``; [] outside a Hydra app (tests composing a config)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    keys = tuple(k.lstrip("+~") for k in drop)
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=", 1)[0] not in keys]
+
+
+RUN_FILES = {
+    "metrics.json": "the table above, as JSON",
+    "scores.h5": "per image: label, every score, z, residual map",
+    "figures": "",
+    "checkpoints": "",
+    "samples": "G(z) during training:",
+    "summary.csv": "one row per job of the multirun",
+}
+
+
+def run_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, task: str,
+                max_epochs: int | None = None, width: int = 80) -> str:
+    """The closing lines of ``train.py`` (``task="train"``) or ``evaluate.py`` (``"evaluate"``): the
+    run directory, those of its main files that exist (``RUN_FILES``), the command that evaluates the
+    GAN of ``ckpt_path`` again (evaluate: with this job's overrides) and (train) the one that goes on
+    training it in the same directory to ``2 * max_epochs`` epochs, with this job's overrides so that
+    data and model match. Lines are at most ``width`` characters where paths allow."""
+    import textwrap
+
+    out = Path(output_dir)
+    lines = [f"Run directory: {_shown(out)}"]
+    for name, what in RUN_FILES.items():
+        path = out / name
+        if path.is_dir():
+            names = sorted(p.name for p in path.iterdir())
+            listed = ", ".join(names) if len(names) <= 6 else f"{len(names)} files: {names[0]}, ..., {names[-1]}"
+            what = f"{what} {listed}".strip()
+            name += "/"
+        elif not path.is_file():
+            continue
+        lines += textwrap.wrap(what, width, initial_indent=f"  {name:<14}", subsequent_indent=" " * 16)
+    ckpt = _shown(ckpt_path)
+    again = ["python", "evaluate.py", f"ckpt_path={ckpt}"]
+    if task == "evaluate":  # this job's overrides (inversion, data, ...): the same evaluation
+        again += [o.removeprefix("++") if _DATA_FIELD.match(o.removeprefix("++")) else o  # as typed
+                  for o in task_overrides(("ckpt_path", "hydra.run.dir"))]
+    lines.append("Evaluate again (e.g. with other inversion.lam, inversion.steps):")
+    lines += _command(again, width)
+    if task == "train":
+        keep = task_overrides(("ckpt_path", "hydra.run.dir", "trainer.max_epochs"))
+        more = [f"trainer.max_epochs={2 * max_epochs}"] if max_epochs else []
+        lines.append("Train on (resumes from checkpoints/last.ckpt, in this directory):")
+        lines += _command(["python", "train.py", *keep, "ckpt_path=auto", f"hydra.run.dir={_shown(out)}", *more],
+                          width)
+    return "\n".join(lines)
+
+
+def print_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, task: str,
+                  max_epochs: int | None = None) -> None:
+    """Print ``run_summary`` (the first process only, under DDP)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(run_summary(output_dir, ckpt_path, task, max_epochs), flush=True)
+
+
+# --- --help generated from conf/ -------------------------------------------------------------------
+
+_OVERRIDE = re.compile(r"^(-m|--multirun|[+~]*[\w./@-]+=\S*)$")
+
+
+def _comment(path: Path) -> list[str]:
+    """The leading comment lines of a YAML file, without ``#`` and ``@package`` headers."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if not text.startswith("@package"):
+            lines.append(text)
+    return lines
+
+
+def _examples(path: Path, group: str) -> list[str]:
+    """Command lines in the comments of ``path`` that set ``group``: ``python X.py`` and the overrides
+    that follow it (prose after them dropped)."""
+    found = []
+    for line in path.read_text().splitlines():
+        m = re.search(r"python (train|evaluate)\.py\s(.*)", line) if line.lstrip().startswith("#") else None
+        if m is None:
+            continue
+        words = []
+        for word in m.group(2).split():
+            if not _OVERRIDE.match(word):
+                break
+            words.append(word)
+        if any(w.startswith(f"{group}=") for w in words):
+            found.append(f"python {m.group(1)}.py {' '.join(words)}")
+    return found
+
+
+def _wrap(text: str, width: int, indent: str = "", max_lines: int | None = None) -> list[str]:
+    """``text`` on lines of at most ``width`` characters (more than ``max_lines``: cut, ending in …)."""
+    import textwrap
+
+    return textwrap.wrap(text, width, subsequent_indent=indent, max_lines=max_lines, placeholder=" …",
+                         break_on_hyphens=False, break_long_words=False)
+
+
+def _is_preset(path: Path) -> bool:
+    return "# @package _global_" in path.read_text()
+
+
+def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str:
+    """Hydra's app help (``python train.py --help``, ``python evaluate.py --help``), generated from the
+    running app's primary config and its ``conf/`` directory: the primary config's leading comment,
+    then each config group its defaults list uses (presets such as ``experiment`` first), with every
+    option (``*`` = chosen by default) and the start of the option file's comment, and one example
+    command: the shortest from the options' comments (this script's first), else
+    ``python <script> <required>=... <group>=<an option chosen nowhere>``, ``required`` being the
+    primary config's mandatory (``???``) keys. Lines are at most ``width`` characters (examples broken
+    with ``\\``). Must run inside a Hydra app (reads ``HydraConfig``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    script = f"{hc.job.name}.py"
+    conf = next(Path(s.path) for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file")
+    lines = _wrap(" ".join(_comment(conf / f"{hc.job.config_name}.yaml")), width)
+    lines += ["", "Config groups (conf/GROUP/OPTION.yaml): choose with GROUP=OPTION; * = default"]
+    chosen: dict[str, set] = {}  # group -> its options chosen by the defaults list
+    for key, value in reversed(list(hc.runtime.choices.items())):  # Hydra lists them last first
+        group = key.split("@")[0]
+        if group != "hydra" and (conf / group).is_dir():
+            chosen.setdefault(group, set()).add(value)
+    plain = set(hc.runtime.choices)  # chosen as GROUP=..., not only as GROUP@PACKAGE=...
+    files = {g: sorted((conf / g).glob("*.yaml")) for g in chosen}
+    for group in sorted(chosen, key=lambda g: not any(_is_preset(f) for f in files[g])):
+        default = chosen[group] - {None}
+        missing = sorted(d for d in default if not (conf / group / f"{d}.yaml").is_file())
+        lines += ["", f"{group}:" + (f" (default: {', '.join(missing) or 'none'})"
+                                      if missing or not default else "")]
+        for f in files[group]:
+            about = _wrap(" ".join(_comment(f)), width - 20, max_lines=2) or [""]
+            lines.append(f"  {'*' if f.stem in default else ' '}{f.stem:<16} {about[0]}".rstrip())
+            lines += [" " * 20 + line for line in about[1:]]
+        examples = sorted((e for f in files[group] for e in _examples(f, group)),
+                          key=lambda e: (not e.startswith(f"python {script}"), len(e)))
+        other = [f.stem for f in files[group] if f.stem not in default and "???" not in f.read_text()]
+        if not examples and other and group in plain:
+            examples = [" ".join(["python", script, *(f"{k}=..." for k in required), f"{group}={other[0]}"])]
+        for e in examples[:1]:
+            lines += _command(e, width, "   e.g. ")
+    lines += ["", "Any value: key=value (e.g. inversion.lam=0.5); a sweep: -m key=a,b.",
+              f"The composed config: python {script} --cfg job", "Hydra's own flags: --hydra-help"]
+    return "\n".join(lines) + "\n"
+
+
+def _help_resolver(_root_) -> str:
+    """``${anogan.help:}``: ``app_help`` with the composed config's mandatory keys, ``$`` escaped."""
+    required = [k for k in _root_ if k != "hydra" and OmegaConf.is_missing(_root_, k)]
+    return app_help(required).replace("$", "$$")  # the help template is a string.Template
+
+
+if not OmegaConf.has_resolver("anogan.help"):
+    OmegaConf.register_new_resolver("anogan.help", _help_resolver)
