@@ -134,7 +134,7 @@ def test_the_mapping_falls_back_to_the_plain_resnet_nets_with_the_same_scores(mo
     copy = mapping_copy(G)
     assert [type(m) for m in copy.modules()] == [type(m) for m in G.modules()]  # no fast layers
     x, idx = torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)
-    fast = Inversion(G, D, prior="normal", steps=3).map_batch(x, idx)["scores"]
+    fast = Inversion(G, D, prior="normal", steps=3, channels_last=True).map_batch(x, idx)["scores"]  # conf default
     plain = Inversion(G, D, prior="normal", steps=3, channels_last=False)
     monkeypatch.setattr(plain, "_mapping_nets", lambda: (plain.generator, plain.discriminator))
     for name, value in plain.map_batch(x, idx)["scores"].items():
