@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from anogan import losses
 from anogan import scores as S
 from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_state
 from anogan.nets import AdversarialAutoencoder
@@ -57,8 +57,7 @@ class ACAE(L.LightningModule):
         recon = self.net(x)
 
         with self.toggled_optimizer(opt_d):
-            d_loss = F.binary_cross_entropy_with_logits(D(x), x.new_ones(n)) + \
-                F.binary_cross_entropy_with_logits(D(recon.detach()), x.new_zeros(n))
+            d_loss = losses.dcgan_d_loss(D(x), D(recon.detach()))
             check_finite_loss("train/acae_d_loss", d_loss, step, LR_HINT)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
@@ -66,7 +65,7 @@ class ACAE(L.LightningModule):
 
         with self.toggled_optimizer(opt_ae):
             rec_loss = (x - recon).abs().mean()
-            adv_loss = F.binary_cross_entropy_with_logits(D(recon), x.new_ones(n))
+            adv_loss = losses.dcgan_g_loss(D(recon))
             ae_loss = rec_loss + self.hparams.adversarial_weight * adv_loss
             check_finite_loss("train/acae_loss", ae_loss, step, LR_HINT)
             opt_ae.zero_grad(set_to_none=True)

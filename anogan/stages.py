@@ -20,6 +20,7 @@ from anogan.reliability import check_stage_identity, gan_identity
 
 log = logging.getLogger(__name__)
 STAGES = ("encoder", "acae")  # config group = checkpoint name
+FULL_STATE = {"weights_only": False}  # Trainer.save_checkpoint: write optimiser state too
 
 
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule, ckpt_dir: Path) -> Path:
@@ -35,7 +36,9 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
     )
     trainer.fit(module, datamodule=datamodule)
     path = ckpt_dir / f"{name}.ckpt"
-    trainer.save_checkpoint(path, weights_only=False)  # the full state; explicit, or Lightning logs its default
+    # what to save (the full state, not the weights alone), stated so that Lightning logs no default;
+    # reading is always weights_only=True (anogan.reliability.read_checkpoint)
+    trainer.save_checkpoint(path, **FULL_STATE)
     log.info("%s trained: %s (%s)", name, path,
              {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     return path
