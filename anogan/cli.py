@@ -223,10 +223,11 @@ def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str
         missing = sorted(d for d in default if not (conf / group / f"{d}.yaml").is_file())
         lines += ["", f"{group}:" + (f" (default: {', '.join(missing) or 'none'})"
                                       if missing or not default else "")]
+        col = max([16] + [len(f.stem) for f in files[group]])  # the option names' column
         for f in files[group]:
-            about = _wrap(" ".join(_comment(f)), width - 20, max_lines=2) or [""]
-            lines.append(f"  {'*' if f.stem in default else ' '}{f.stem:<16} {about[0]}".rstrip())
-            lines += [" " * 20 + line for line in about[1:]]
+            about = _wrap(" ".join(_comment(f)), width - col - 4, max_lines=2) or [""]
+            lines.append(f"  {'*' if f.stem in default else ' '}{f.stem:<{col}} {about[0]}".rstrip())
+            lines += [" " * (col + 4) + line for line in about[1:]]
         examples = sorted((e for f in files[group] for e in _examples(f, group)),
                           key=lambda e: (not e.startswith(f"python {script}"), len(e)))
         other = [f.stem for f in files[group] if f.stem not in default and "???" not in f.read_text()]
