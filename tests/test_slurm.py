@@ -116,9 +116,11 @@ def test_training_signalled_before_its_time_limit_is_requeued_and_ends_with_the_
     job = subprocess.run(["sbatch", "--parsable", "--requeue", "--cpus-per-task=2", f"--chdir={tmp_path}",
                           f"--output={log}", "--open-mode=append", "--job-name=train", f"--wrap=srun {command}"],
                          capture_output=True, text=True, check=True).stdout.strip()
-    run = tmp_path / "logs" / "train" / "runs" / job
-    last = run / "checkpoints" / "last.ckpt"
-    wait_for(f"{last}", lambda: last.exists() and job_info(job)["JobState"] == "RUNNING", timeout=180)
+    runs = tmp_path / "logs" / "train" / "runs"
+    last = wait_for("a last.ckpt", lambda: next(runs.glob("*/checkpoints/last.ckpt"), None), timeout=180)
+    assert job_info(job)["JobState"] == "RUNNING"
+    run = last.parents[1]
+    assert run.name == job  # the run directory is named by the job id: the requeued job will find it
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     wait_for("the requeue", lambda: job_info(job)["Restarts"] == "1", timeout=60)
     assert read_checkpoint(last)["epoch"] < 29  # stopped before the end
@@ -128,7 +130,7 @@ def test_training_signalled_before_its_time_limit_is_requeued_and_ends_with_the_
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", out[-3000:]
     assert f"requeueing SLURM job {job}" in out and "training stopped by SIGTERM" in out
     assert f"Restoring states from the checkpoint path at {last}" in out  # the second start resumed
-    assert [d.name for d in run.parent.iterdir()] == [job]
+    assert [d.name for d in runs.iterdir()] == [job]
     a, b = read_checkpoint(full / "checkpoints" / "last.ckpt"), read_checkpoint(last)
     assert a["epoch"] == b["epoch"] == 29 and a["global_step"] == b["global_step"]
     for k, v in a["state_dict"].items():
