@@ -209,7 +209,8 @@ def slurm_job_id() -> str | None:
 def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     """In a SLURM job, make ``signum`` (SIGUSR1: ``--signal=USR1@120`` of ``hydra/launcher=slurm``, or
     ``scancel --signal=USR1 <job>``) requeue the job with ``scontrol requeue``; returns whether it did
-    install the handler (not outside SLURM, nor in a task other than the first).
+    install the handler (not outside SLURM, nor in a task other than the first). Raises ``ValueError``
+    when the SLURM job id variables hold something else than a job id.
 
     SLURM then stops the job with SIGTERM, which Lightning's loops obey at the next batch (see
     ``stopped_by_sigterm``), and starts it again in the same run directory, where training resumes from
@@ -217,11 +218,12 @@ def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
 
     This replaces Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``, which does not
     install its handler when one is set already): that one saves ``hpc_ckpt_<n>.ckpt`` from inside the
-    signal handler, i.e. at any point of a batch, between the critic's and the generator's step too, and
-    Lightning cannot resume such a mid-epoch checkpoint exactly (it warns that the data loader is not
-    resumable), so a requeued run would not end with the weights of an uninterrupted one. The price:
-    the batches of the interrupted epoch are trained again. During an evaluation it saved the mapping
-    module, which a later ``trainer.test`` in the same directory would have loaded."""
+    signal handler, i.e. at any point of a batch (between the discriminator's and the generator's step
+    too), and Lightning cannot resume such a mid-epoch checkpoint exactly (it warns that the data loader
+    is not resumable): on the one-node test cluster the requeued run ended with other weights than an
+    uninterrupted one. The price: the batches of the interrupted epoch are trained again. During an
+    evaluation it saved the mapping module, which Lightning would restore into a later ``trainer.test``
+    in that directory (under SLURM it loads the newest ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
     job = slurm_job_id()
     if job is None or int(os.environ.get("SLURM_PROCID") or 0) != 0:
         return False

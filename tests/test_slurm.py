@@ -128,13 +128,13 @@ def test_training_signalled_before_its_time_limit_is_requeued_and_ends_with_the_
                     timeout=240)
     out = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", out[-3000:]
-    assert f"requeueing SLURM job {job}" in out and "training stopped by SIGTERM" in out
-    assert f"Restoring states from the checkpoint path at {last}" in out  # the second start resumed
     assert [d.name for d in runs.iterdir()] == [job]
     a, b = read_checkpoint(full / "checkpoints" / "last.ckpt"), read_checkpoint(last)
     assert a["epoch"] == b["epoch"] == 29 and a["global_step"] == b["global_step"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
+    assert f"requeueing SLURM job {job}" in out and "training stopped by SIGTERM" in out
+    assert f"Restoring states from the checkpoint path at {last}" in out  # the second start resumed
 
 
 def test_evaluation_signalled_before_its_time_limit_is_requeued_and_reuses_its_mapped_images(

@@ -13,6 +13,7 @@ set -euo pipefail
 STATE=${1:-/var/tmp/anogan-slurm}
 fail() { echo "start_cluster.sh: $*" >&2; exit 2; }
 
+case "$STATE" in /*/*) ;; *) fail "STATE_DIR must be an absolute path below a directory, e.g. /var/tmp/anogan-slurm (it is emptied)" ;; esac
 [ "$(id -u)" = 0 ] || fail "needs root (it installs packages and starts daemons as root); run it with sudo"
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
   command -v apt-get >/dev/null || fail "slurm-wlm and munge are not installed and there is no apt-get"
