@@ -220,8 +220,8 @@ def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     install its handler when one is set already): that one saves ``hpc_ckpt_<n>.ckpt`` from inside the
     signal handler, i.e. at any point of a batch (between the discriminator's and the generator's step
     too), and Lightning cannot resume such a mid-epoch checkpoint exactly (it warns that the data loader
-    is not resumable): on the one-node test cluster the requeued run ended with other weights than an
-    uninterrupted one. The price: the batches of the interrupted epoch are trained again. During an
+    is not resumable): in one run on the one-node test cluster, signalled mid-epoch, the requeued
+    run ended with other weights than an uninterrupted one. The price: the batches of the interrupted epoch are trained again. During an
     evaluation it saved the mapping module, which Lightning would restore into a later ``trainer.test``
     in that directory (under SLURM it loads the newest ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
     job = slurm_job_id()
