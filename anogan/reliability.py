@@ -221,9 +221,10 @@ def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     signal handler, i.e. at any point of a batch (between the discriminator's and the generator's step
     too), and Lightning cannot resume such a mid-epoch checkpoint exactly (it warns that the data loader
     is not resumable): in one run on the one-node test cluster, signalled mid-epoch, the requeued
-    run ended with other weights than an uninterrupted one. The price: the batches of the interrupted epoch are trained again. During an
-    evaluation it saved the mapping module, which Lightning would restore into a later ``trainer.test``
-    in that directory (under SLURM it loads the newest ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
+    run ended with other weights than an uninterrupted one. The price: the batches of the interrupted
+    epoch are trained again. During an evaluation it saved the mapping module, which Lightning would
+    restore into a later ``trainer.test`` in that directory (under SLURM it loads the newest
+    ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
     job = slurm_job_id()
     if job is None or int(os.environ.get("SLURM_PROCID") or 0) != 0:
         return False
