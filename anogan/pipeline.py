@@ -21,6 +21,7 @@ from anogan.reliability import (
     check_image_shape,
     checkpoint_plugins,
     read_checkpoint,
+    requeue_on_signal,
     resolve_ckpt_path,
     stopped_by_sigterm,
 )
@@ -66,6 +67,7 @@ def seed(cfg: DictConfig) -> None:
 
     quiet_lightning()
     check_ddp_launch(cfg)  # before any work: DDP processes that a multirun cannot start
+    requeue_on_signal()  # under SLURM: SIGUSR1 before the time limit requeues the job
     L.seed_everything(cfg.seed, workers=True)
 
 

@@ -10,6 +10,9 @@ producing a silently wrong number.
 - ``stopped_by_sigterm``: Lightning owns SIGTERM (its loops stop at the next batch, the mapping at its
   next step); this turns its exception into a logged message and exit status 143, the status of a
   process ended by SIGTERM.
+- ``requeue_on_signal``: under SLURM, the signal sent before the time limit (``--signal=USR1@120``) or
+  by preemption requeues the job; the requeued job resumes from ``last.ckpt`` / ``scores.h5.partial`` in
+  its own run directory (``resolve_ckpt_path``).
 - ``check_finite_scores``: non-finite scores name the images they belong to; ``check_finite_loss``:
   a training stage (GAN, encoder, aCAE) stops at a NaN or infinite loss, before its weights change.
 - ``gan_identity`` / ``check_stage_identity``: a stage checkpoint (encoder, aCAE) records the content
@@ -23,6 +26,9 @@ import logging
 import os
 import pickle
 import random
+import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,7 +138,11 @@ def checkpoint_plugins(configured) -> list:
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint a training resumes from: None, a path, or ``auto`` = ``<run dir>/checkpoints/
-    last.ckpt`` when it exists (a requeued job in its own run directory), else a fresh start."""
+    last.ckpt`` when it exists, else a fresh start. A requeued SLURM job (``SLURM_RESTART_COUNT`` > 0)
+    is the same job started again: there ``None`` means ``auto``, so that it continues the training
+    of its first start instead of overwriting it with a new one."""
+    if ckpt_path in (None, "") and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        ckpt_path = "auto"
     if ckpt_path in (None, ""):
         return None
     if str(ckpt_path) == "auto":
@@ -301,6 +311,54 @@ def stopped_by_sigterm(what: str, resume_hint: str) -> Iterator[None]:
     except SIGTERMException:
         log.warning("%s stopped by SIGTERM; %s", what, resume_hint)
         raise SystemExit(SIGTERM_EXIT) from None
+
+
+# -- SLURM preemption and time limit --------------------------------------------------------------
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` takes: ``<array job>_<task>`` in a job array, else ``SLURM_JOB_ID``."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
+    """In a SLURM job, make ``signum`` (SIGUSR1: ``--signal=USR1@120`` of ``hydra/launcher=slurm``, or
+    ``scancel --signal=USR1 <job>``) requeue the job with ``scontrol requeue``; returns whether it did
+    install the handler (not outside SLURM, nor in a task other than the first). Raises ``ValueError``
+    when the SLURM job id variables hold something else than a job id.
+
+    SLURM then stops the job with SIGTERM, which Lightning's loops obey at the next batch (see
+    ``stopped_by_sigterm``), and starts it again in the same run directory, where training resumes from
+    ``checkpoints/last.ckpt`` (``resolve_ckpt_path``) and evaluation from ``scores.h5.partial``.
+
+    This replaces Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``, which does not
+    install its handler when one is set already): that one saves ``hpc_ckpt_<n>.ckpt`` from inside the
+    signal handler, i.e. at any point of a batch (between the discriminator's and the generator's step
+    too), and Lightning cannot resume such a mid-epoch checkpoint exactly (it warns that the data loader
+    is not resumable): in one run on the one-node test cluster, signalled mid-epoch, the requeued
+    run ended with other weights than an uninterrupted one. The price: the batches of the interrupted
+    epoch are trained again. During an evaluation it saved the mapping module, which Lightning would
+    restore into a later ``trainer.test`` in that directory (under SLURM it loads the newest
+    ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
+    job = slurm_job_id()
+    if job is None or int(os.environ.get("SLURM_PROCID") or 0) != 0:
+        return False
+    if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job):
+        raise ValueError(f"SLURM_JOB_ID / SLURM_ARRAY_*={job!r} is not a SLURM job id")
+
+    def requeue(signum, frame) -> None:
+        log.warning("received %s: requeueing SLURM job %s (scontrol requeue)", signal.Signals(signum).name, job)
+        try:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+            error = result.stderr.strip() if result.returncode else None
+        except (OSError, subprocess.TimeoutExpired) as e:
+            error = str(e)
+        if error is not None:
+            log.error("scontrol requeue %s failed (%s); the job runs on until SLURM stops it", job, error)
+
+    signal.signal(signum, requeue)
+    return True
 
 
 # -- evaluation input ------------------------------------------------------------------------------

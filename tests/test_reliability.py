@@ -1,8 +1,10 @@
 """Resume, determinism and refusing bad input, in-process (the kill and SIGTERM tests are in test_kill.py)."""
 
 import json
+import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -368,3 +370,57 @@ def test_a_partial_score_file_of_other_settings_or_scorers_is_not_reused(tmp_pat
     assert not cb._matches(cb.partial)
     cb.settings = _settings(None, inv) | {"scorers": "FAnoGAN"}
     assert not cb._matches(cb.partial)
+
+
+# -- SLURM: requeue on the time-limit signal, resume in the requeued job -------------------------------
+def test_a_requeued_slurm_job_resumes_from_its_last_ckpt_without_ckpt_path(tmp_path, monkeypatch):
+    from anogan.reliability import LAST, resolve_ckpt_path
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    (tmp_path / LAST).parent.mkdir()
+    (tmp_path / LAST).write_bytes(b"x")
+    assert resolve_ckpt_path(None, tmp_path) is None  # a first start: from scratch
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert resolve_ckpt_path(None, tmp_path) is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: continue the first start's training
+    assert resolve_ckpt_path(None, tmp_path) == tmp_path / LAST
+    assert resolve_ckpt_path("other.ckpt", tmp_path) == Path("other.ckpt")  # an explicit path wins
+    assert resolve_ckpt_path(None, tmp_path / "empty") is None  # requeued before its first epoch ended
+
+
+def test_sigusr1_in_a_slurm_job_requeues_it_with_scontrol(tmp_path, monkeypatch, caplog):
+    import signal
+
+    from anogan.reliability import requeue_on_signal
+
+    calls = tmp_path / "calls"
+    (tmp_path / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n[ "$2" != 99 ]\n')
+    (tmp_path / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        assert not requeue_on_signal()  # not a SLURM job
+        assert signal.getsignal(signal.SIGUSR1) is before
+        monkeypatch.setenv("SLURM_JOB_ID", "71")
+        monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+        monkeypatch.setenv("SLURM_PROCID", "1")
+        assert not requeue_on_signal()  # a DDP task other than the first: that one requeues the job
+        monkeypatch.setenv("SLURM_PROCID", "0")
+        assert requeue_on_signal()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls.read_text() == "requeue 70_3\n"  # the array task, not the whole array
+        for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("SLURM_JOB_ID", "99")  # scontrol fails: logged, the job runs on
+        assert requeue_on_signal()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls.read_text().splitlines()[-1] == "requeue 99"
+        assert "scontrol requeue 99 failed" in caplog.text
+        monkeypatch.setenv("SLURM_JOB_ID", "12;x")
+        with pytest.raises(ValueError, match="not a SLURM job id"):
+            requeue_on_signal()
+    finally:
+        signal.signal(signal.SIGUSR1, before)

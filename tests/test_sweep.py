@@ -121,9 +121,9 @@ def _hydra_cfg(overrides):
         return compose("evaluate", ["ckpt_path=x.ckpt", *overrides], return_hydra_config=True)
 
 
-def test_slurm_launcher_submits_one_task_per_gpu_with_lightning_owning_the_requeue_signal(tmp_path, monkeypatch):
-    """The sbatch script that submitit would submit for hydra/launcher=slurm (no cluster here: a stub
-    srun lets submitit start, and the submission itself is intercepted)."""
+def _sbatch_lines(tmp_path, monkeypatch, overrides) -> set[str]:
+    """The lines of the sbatch script that submitit would submit for these launcher overrides (no
+    cluster here: a stub srun lets submitit start, and the submission itself is intercepted)."""
     import submitit
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
@@ -132,9 +132,7 @@ def test_slurm_launcher_submits_one_task_per_gpu_with_lightning_owning_the_reque
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    cfg = _hydra_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
-                      "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=64",
-                      f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    cfg = _hydra_cfg([*overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     launcher = SlurmLauncher(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
 
@@ -148,10 +146,25 @@ def test_slurm_launcher_submits_one_task_per_gpu_with_lightning_owning_the_reque
     with pytest.raises(Submitted) as sbatch:
         launcher.launch([["inversion.lam=0.1"]], 0)
     lines = set(sbatch.value.args[0].splitlines())
+    assert sum(line.startswith("#SBATCH --signal") for line in lines) == 1  # one owner: requeue_on_signal
+    return lines
+
+
+def test_slurm_launcher_submits_one_task_per_gpu_with_one_owner_of_the_requeue_signal(tmp_path, monkeypatch):
+    lines = _sbatch_lines(tmp_path, monkeypatch, [
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
+        "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=64"])
     for line in ("--partition=gpu", "--account=proj42", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90",
                  "--mem=64GB", "--requeue", "--signal=USR1@120"):
         assert f"#SBATCH {line}" in lines, line
-    assert sum(line.startswith("#SBATCH --signal") for line in lines) == 1  # one owner: Lightning's SIGUSR1
+
+
+def test_slurm_cpu_launcher_asks_for_no_gpu_and_keeps_the_requeue_settings(tmp_path, monkeypatch):
+    lines = _sbatch_lines(tmp_path, monkeypatch, ["hydra/launcher=slurm_cpu"])
+    for line in ("--ntasks-per-node=1", "--cpus-per-task=2", "--mem=8GB", "--time=240", "--requeue",
+                 "--signal=USR1@120"):
+        assert f"#SBATCH {line}" in lines, line
+    assert not any(line.startswith(("#SBATCH --gpus", "#SBATCH --gres", "#SBATCH --partition")) for line in lines)
 
 
 def test_the_run_directory_is_named_by_the_slurm_job_id(monkeypatch):

@@ -1,0 +1,171 @@
+"""The cluster path on a real scheduler: a one-node SLURM cluster started for the session
+(tests/slurm/start_cluster.sh, as root; skipped with the reason where it cannot start) runs sweeps
+through ``hydra/launcher=slurm_cpu``, and jobs that are signalled as SLURM does before their time limit,
+requeued and resumed."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY, compose_cfg, run_script
+
+from anogan.callbacks import read_scores
+from anogan.pipeline import evaluate, train
+from anogan.reliability import read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = ROOT / "tests" / "slurm"
+FAST = ["logger=none", "+data.test_subset=60", "+data.eval_train_samples=0", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A running one-node cluster; ``SLURM_CONF`` points at it for the tests and the jobs they submit."""
+    if os.geteuid() != 0:
+        pytest.skip("the one-node SLURM cluster needs root (tests/slurm/start_cluster.sh installs and starts it)")
+    state = tmp_path_factory.mktemp("slurm")
+    proc = subprocess.run(["bash", str(SCRIPTS / "start_cluster.sh"), str(state)], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode == 2:
+        pytest.skip(f"no SLURM cluster: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SLURM_CONF", str(state / "slurm.conf"))
+    try:
+        yield state
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop_cluster.sh"), str(state)], timeout=120)
+        patch.undo()
+
+
+def job_info(job: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out.splitlines()[0]))
+
+
+def wait_for(what, check, timeout=240, proc=None):
+    t0 = time.monotonic()
+    while not (value := check()):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the command ended ({proc.returncode}) before {what}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.2)
+    return value
+
+
+def read_summary(sweep):
+    with open(sweep / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_slurm_cpu_sweep_runs_every_job_on_the_scheduler_with_the_aurocs_of_a_local_run(slurm, tiny_ckpt, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_script(["evaluate.py", "-m", "hydra/launcher=slurm_cpu", f"ckpt_path={tiny_ckpt}", "inversion.lam=0.1,0.5",
+                "inversion.steps=1,3", *FAST, f"hydra.sweep.dir={sweep}"], cwd=ROOT, timeout=300)
+    rows = read_summary(sweep)
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 4
+    # each job was a task of one SLURM job array, run by this project's python
+    submitted = sorted(p.parent.name for p in (sweep / ".submitit").glob("*_*/*_result.pkl"))
+    array = submitted[0].split("_")[0]
+    assert submitted == [f"{array}_{i}" for i in range(4)]
+    for i in range(4):
+        assert job_info(f"{array}_{i}")["JobState"] == "COMPLETED"
+    script = (sweep / ".submitit" / array / f"{array}_submission.sh").read_text()
+    assert "srun --unbuffered" in script and f" {sys.executable} -u -m submitit.core._submit " in script
+    assert "#SBATCH --gpus-per-node" not in script and "#SBATCH --cpus-per-task=2" in script
+    for r in rows:
+        lam, steps = float(r["lam"]), int(r["steps"])
+        local = evaluate(compose_cfg("evaluate", [f"ckpt_path={tiny_ckpt}", f"inversion.lam={lam}",
+                                                  f"inversion.steps={steps}", *FAST], tmp_path / f"local{r['job']}"))
+        for name in ("residual", "discrimination", "anomaly"):
+            assert float(r[f"auroc/{name}"]) == pytest.approx(local[f"test/auroc/{name}"], abs=1e-6), (r["job"], name)
+
+
+def test_a_failed_slurm_job_is_a_failed_row_and_the_others_complete(slurm, tiny_ckpt, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "evaluate.py", "-m", "hydra/launcher=slurm_cpu", f"ckpt_path={tiny_ckpt}",
+                           "inversion.lam=0.1,2", "inversion.steps=1", *FAST, f"hydra.sweep.dir={sweep}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0  # the launcher reports the failed job
+    ok, failed = read_summary(sweep)
+    assert ok["status"] == "COMPLETED" and 0 <= float(ok["auroc/anomaly"]) <= 1
+    assert failed["status"] == "FAILED" and failed["error"].startswith("ValueError: inversion.lam=2")
+    assert failed["auroc/anomaly"] == ""
+
+
+def test_training_signalled_before_its_time_limit_is_requeued_and_ends_with_the_weights_of_an_uninterrupted_run(
+        slurm, tmp_path):
+    """A plain ``sbatch`` job of ``python train.py`` (srun, as in a user's script): SIGUSR1 to its
+    steps, as ``--signal=USR1@120`` sends it; the job requeues itself, SLURM stops it and starts it
+    again, and it resumes in its run directory ``logs/train/runs/<job id>``."""
+    args = [*TINY, "evaluate=false", "logger=none", "trainer.max_epochs=30"]
+    full = tmp_path / "full"
+    train(compose_cfg("train", args, full))
+    log = tmp_path / "job.out"
+    command = " ".join([sys.executable, str(ROOT / "train.py"), *args, f"paths.log_dir={tmp_path / 'logs'}"])
+    job = subprocess.run(["sbatch", "--parsable", "--requeue", "--cpus-per-task=2", f"--chdir={tmp_path}",
+                          f"--output={log}", "--open-mode=append", "--job-name=train", f"--wrap=srun {command}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    runs = tmp_path / "logs" / "train" / "runs"
+    last = wait_for("a last.ckpt", lambda: next(runs.glob("*/checkpoints/last.ckpt"), None), timeout=180)
+    assert job_info(job)["JobState"] == "RUNNING"
+    run = last.parents[1]
+    assert run.name == job  # the run directory is named by the job id: the requeued job will find it
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    wait_for("the requeue", lambda: job_info(job)["Restarts"] == "1", timeout=60)
+    assert read_checkpoint(last)["epoch"] < 29  # stopped before the end
+    info = wait_for("the job's end", lambda: (i := job_info(job))["JobState"] in ("COMPLETED", "FAILED") and i,
+                    timeout=240)
+    out = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", out[-3000:]
+    assert [d.name for d in runs.iterdir()] == [job]
+    a, b = read_checkpoint(full / "checkpoints" / "last.ckpt"), read_checkpoint(last)
+    assert a["epoch"] == b["epoch"] == 29 and a["global_step"] == b["global_step"]
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert f"requeueing SLURM job {job}" in out and "training stopped by SIGTERM" in out
+    assert f"Restoring states from the checkpoint path at {last}" in out  # the second start resumed
+
+
+def test_evaluation_signalled_before_its_time_limit_is_requeued_and_reuses_its_mapped_images(
+        slurm, tiny_ckpt, tmp_path):
+    """A 1-job ``hydra/launcher=slurm_cpu`` evaluation: SIGUSR1 while it maps; the requeued job reruns
+    submitit's pickled job in the same job directory and continues from ``scores.h5.partial``."""
+    args = [f"ckpt_path={tiny_ckpt}", "inversion.steps=10", "logger=none", "+data.eval_batch_size=32",
+            "+data.eval_train_samples=0", "trainer.enable_progress_bar=false"]
+    full = tmp_path / "full"
+    evaluate(compose_cfg("evaluate", args, full))
+    sweep = tmp_path / "sweep"
+    log = open(tmp_path / "launcher.log", "w")
+    proc = subprocess.Popen([sys.executable, "evaluate.py", "-m", "hydra/launcher=slurm_cpu", *args,
+                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        partial = sweep / "0" / "scores.h5.partial"
+        wait_for(f"{partial}", partial.exists, timeout=180, proc=proc)
+        job = next((sweep / ".submitit").glob("*/*_submitted.pkl")).parent.name
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        assert proc.wait(300) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    out = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob("*_log.*"))
+    assert job_info(job)["Restarts"] == "1", out[-3000:]
+    assert f"requeueing SLURM job {job}" in out and "evaluation stopped by SIGTERM" in out
+    assert re.search(r"resuming from .*scores.h5.partial: [1-9][0-9]* images already mapped", out)
+    [row] = read_summary(sweep)
+    assert row["status"] == "COMPLETED"
+    a, b = read_scores(full / "scores.h5"), read_scores(sweep / "0" / "scores.h5")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert json.loads((full / "metrics.json").read_text()) == json.loads((sweep / "0" / "metrics.json").read_text())
+    assert not (sweep / "0" / "scores.h5.partial").exists()
