@@ -33,6 +33,8 @@ class StoreConfig(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["anogan_config"] = self.config
+        # how the training images were made (HDF5 attributes): data=scans reads new scans the same way
+        checkpoint["anogan_data"] = getattr(trainer.datamodule, "recipe", None)
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
@@ -134,10 +136,13 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
         check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
     data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
     data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
-    datamodule = instantiate(data)
+    from anogan.predict import is_scans, scans_datamodule
+
+    scans = is_scans(data)  # data=scans: unlabelled scans, stitched maps and predictions (anogan/predict.py)
+    datamodule = scans_datamodule(data, ckpt_path) if scans else instantiate(data)
     datamodule.setup("test")
     check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
-    callbacks = instantiate_list(cfg.get("evaluation_callbacks"))
+    callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False
     )

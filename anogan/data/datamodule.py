@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from anogan.data import sources
-from anogan.data.hdf5 import HDF5Dataset, inspect_hdf5
+from anogan.data.hdf5 import HDF5Dataset, inspect_hdf5, patch_recipe
 from anogan.data.transforms import to_model_range
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -225,6 +225,7 @@ class HDF5DataModule(OneClassDataModule):
 
     def build(self):
         info = inspect_hdf5(self.path)
+        self.recipe = patch_recipe(info.path)  # stored in checkpoints: new scans are read the same way
         split = info.split if info.split is not None else self._assign(info.n, info.volume)
         train_rows = np.flatnonzero((split == SPLITS["train"]) & (info.labels == 0))
         if len(train_rows) == 0:

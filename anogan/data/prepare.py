@@ -71,17 +71,32 @@ class PatchOptions:
 
 # -- reading ---------------------------------------------------------------------------------------
 def read_image(path: Path) -> np.ndarray:
-    """A greyscale image as stored: (H, W) uint8, uint16 (16-bit PNG / TIFF keep their range) or float."""
-    from PIL import Image, UnidentifiedImageError
+    """A greyscale image as stored: (H, W) uint8, uint16 (16-bit PNG / TIFF keep their range) or float.
+    A multi-page TIFF gives its first page (``read_pages``: all of them)."""
+    return read_pages(path, first_only=True)[0]
+
+
+def read_pages(path: Path, first_only: bool = False) -> list[np.ndarray]:
+    """Every page of an image file (a multi-page TIFF is a volume; PNG has one page), each as
+    ``read_image`` describes it."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGB", "RGBA", "P", "LA"):
-                img = img.convert("L")
-            arr = np.array(img)
+            pages = []
+            for frame in ImageSequence.Iterator(img):
+                frame.load()
+                pages.append(_grey_array(frame.convert("L") if frame.mode in ("RGB", "RGBA", "P", "LA") else frame,
+                                         path))
+                if first_only:
+                    break
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise PrepareError(f"{path}: cannot read the image ({e}); replace or remove the file") from e
+    return pages
+
+
+def _grey_array(img, path: Path) -> np.ndarray:
+    arr = np.array(img)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind in "iu" and arr.dtype != np.uint8:  # Pillow gives 16-bit images as I;16 or int32
@@ -95,7 +110,11 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
     """A binary mask image (0 and one other value: 1 or the dtype's maximum) -> bool (H, W)."""
-    mask = read_image(path)
+    return check_mask(read_image(path), path, shape, image)
+
+
+def check_mask(mask: np.ndarray, path: Path | str, shape: tuple[int, ...], image: Path | str) -> np.ndarray:
+    """A mask as read from ``path`` (one page) -> bool (H, W), checked against its image's ``shape``."""
     if mask.shape != shape:
         raise PrepareError(
             f"{path}: mask of size {mask.shape[1]}x{mask.shape[0]} but its image {image} is "
@@ -156,17 +175,25 @@ def positions(shape: tuple[int, int], opts: PatchOptions, rng: np.random.Generat
     return [(y, x) for y in grid(h) for x in grid(w)]
 
 
+def kept_positions(scaled: np.ndarray, opts: PatchOptions, rng: np.random.Generator, where: Path | str
+                   ) -> list[tuple[int, int]]:
+    """The ``positions`` of an image (scaled to [0, 1] by ``unit``) whose patch passes the foreground
+    test: at least ``min_foreground`` of its pixels above ``foreground_threshold``."""
+    p = opts.patch_size
+    pos = positions(scaled.shape, opts, rng, where)
+    if opts.min_foreground <= 0:
+        return pos
+    return [(y, x) for y, x in pos
+            if float((scaled[y : y + p, x : x + p] > opts.foreground_threshold).mean()) >= opts.min_foreground]
+
+
 def cut(image: np.ndarray, mask: np.ndarray | None, opts: PatchOptions, rng: np.random.Generator,
         where: Path | str) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """(patch as stored or normalised, mask patch) of every kept position of one image."""
     scaled = unit(image, opts)
     stored = image if opts.normalise == "none" else scaled
     p = opts.patch_size
-    for y, x in positions(image.shape, opts, rng, where):
-        if opts.min_foreground > 0:
-            fg = float((scaled[y : y + p, x : x + p] > opts.foreground_threshold).mean())
-            if fg < opts.min_foreground:
-                continue
+    for y, x in kept_positions(scaled, opts, rng, where):
         yield stored[y : y + p, x : x + p], None if mask is None else mask[y : y + p, x : x + p]
 
 
@@ -250,7 +277,10 @@ def _attrs(source: str, opts: PatchOptions, extra: dict | None = None) -> dict:
         "normalisation": opts.normalise,
         "percentiles": list(opts.percentiles) if opts.normalise != "none" else None,
         "min_foreground": opts.min_foreground,
+        "foreground_threshold": opts.foreground_threshold,
         "min_anomalous_pixels": opts.min_anomalous_pixels,
+        # the intensities mapped to 0 and 1 by --normalise global: scoring new scans needs the same
+        "scale": list(opts.scale) if opts.scale is not None else None,
     }
     return attrs | (extra or {})
 
