@@ -57,7 +57,7 @@ def log_image(loggers, key: str, array: np.ndarray, step: int) -> None:
 
 
 def scan_map_figure(scan: np.ndarray, amap: np.ndarray, path: str | os.PathLike, mask: np.ndarray | None = None,
-                    title: str | None = None, label: str = "anomaly map |x - G(z)| (per pixel, model units)",
+                    title: str | None = None, label: str = "|x - G(z)| per pixel",
                     alpha: float = 0.55) -> Path:
     """A scan (H, W) in [0, 1] with its anomaly map (H, W; NaN = not scored, drawn transparent) overlaid,
     a colour bar in map units; with ``mask`` (H, W) bool, the scan alone, the overlay and the mask side by
@@ -69,7 +69,7 @@ def scan_map_figure(scan: np.ndarray, amap: np.ndarray, path: str | os.PathLike,
 
     h, w = scan.shape
     panels = 1 if mask is None else 3
-    scale = max(1.0, 4.0 / w * 100)  # at least ~4 inches per panel
+    scale = max(1.0, 6.0 / w * 100)  # at least ~6 inches per panel
     fig = Figure(figsize=(panels * w / 100 * scale + 1.2, h / 100 * scale + 0.5), dpi=100, layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     finite = amap[np.isfinite(amap)]
