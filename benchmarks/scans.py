@@ -54,7 +54,8 @@ def main() -> None:
     p.add_argument("--scan-size", type=int, nargs=2, default=(496, 512), metavar=("HEIGHT", "WIDTH"))
     p.add_argument("--steps", type=int, default=100, help="inversion.steps (conf/inversion/default.yaml: 100)")
     p.add_argument("--batch", type=int, default=256, help="data.eval_batch_size (conf/data/scans.yaml: 256)")
-    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True, help="inversion.reference (default on)")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="inversion.reference (default on)")
     p.set_defaults(rounds=1)
     args = p.parse_args()
     dev = args.device
@@ -100,7 +101,8 @@ def main() -> None:
               flush=True)
     result_line({"device": dev, "scan": "x".join(map(str, args.scan_size)), "patches_per_scan": per_scan,
                  "steps": args.steps, "reference": args.reference, "batch": args.batch,
-                 "predict_scans_per_s": args.scans / best["predict"], "mapping_scans_per_s": args.scans / best["mapping"],
+                 "predict_scans_per_s": args.scans / best["predict"],
+                 "mapping_scans_per_s": args.scans / best["mapping"],
                  "predict_over_mapping_time": best["predict"] / best["mapping"], **environment()})
 
 

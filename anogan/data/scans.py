@@ -268,7 +268,8 @@ _FIXED = ("normalisation", "percentiles", "scale", "patch_size")  # what decides
 def _differs(recorded, value) -> bool:
     if isinstance(recorded, str) or isinstance(value, str):
         return recorded != value
-    return np.shape(recorded) != np.shape(value) or not np.allclose(np.asarray(recorded, float), np.asarray(value, float))
+    a, b = np.asarray(recorded, float), np.asarray(value, float)
+    return a.shape != b.shape or not np.allclose(a, b)
 
 
 def resolve_recipe(training: dict, asked: dict, image_size: int) -> dict:
