@@ -76,7 +76,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
         from anogan.inversion import check_settings
 
-        check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"))
+        check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
+                       cfg.inversion.get("init", "random"))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     print_config(cfg, output_dir / "config_tree.log")
     datamodule = instantiate(cfg.data)

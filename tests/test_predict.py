@@ -231,3 +231,23 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
     healthy = [v for k, v in score.items() if k.startswith("healthy")]
     fluid = [v for k, v in score.items() if k.startswith("fluid")]
     assert np.mean(fluid) > np.mean(healthy)
+
+
+def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
+    """inversion.init=encoder inversion.steps=0: f-AnoGAN's one pass (no optimisation) for whole scans."""
+    from anogan import scores as S
+    from anogan.encoder import FAnoGAN
+    from anogan.inversion import Inversion
+    from anogan.nets import Discriminator, Encoder, Generator
+
+    torch.manual_seed(0)
+    G, D, E = Generator(32, 1, 16, 8), Discriminator(32, 1, 8), Encoder(32, 1, 16, 8)
+    model = Inversion(G, D, steps=0, init="encoder", encoder=E, scorers=[FAnoGAN(E, G, D)])
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    out = model.map_batch(x, torch.arange(4))
+    with torch.no_grad():
+        gez = G.eval()(E.eval()(x))
+    torch.testing.assert_close(out["residual_map"], S.residual_map(x, gez))
+    assert "fanogan" in out["scores"] and (out["steps_taken"] == 0).all()
+    with pytest.raises(ValueError, match="or 0 with inversion.init=encoder"):
+        Inversion(G, D, steps=0)
