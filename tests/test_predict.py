@@ -251,3 +251,24 @@ def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
     assert "fanogan" in out["scores"] and (out["steps_taken"] == 0).all()
     with pytest.raises(ValueError, match="or 0 with inversion.init=encoder"):
         Inversion(G, D, steps=0)
+
+
+def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, monkeypatch):
+    from anogan import pipeline
+    from anogan.inversion import Inversion
+
+    rng = np.random.default_rng(4)
+    _scans(tmp_path / "scans", rng, n=3, shape=(40, 70))
+    ckpt, out = tiny_run / "checkpoints" / "last.ckpt", tmp_path / "run"
+    cfg = _predict_cfg(ckpt, tmp_path / "scans", out)
+    real = pipeline.instantiate_list
+    monkeypatch.setattr(pipeline, "instantiate_list",
+                        lambda c: real(c) + ([_Crash()] if c is cfg.prediction_callbacks else []))
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate(cfg)
+    monkeypatch.setattr(pipeline, "instantiate_list", real)
+    _save(tmp_path / "scans" / "vol" / "0.png", rng.integers(0, 255, (40, 70), dtype=np.uint8))  # new pixels
+    mapped, original = [], Inversion.map_batch
+    monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
+    evaluate(_predict_cfg(ckpt, tmp_path / "scans", out))
+    assert sum(mapped) == 24  # every patch mapped again: the partial file held other scans' rows

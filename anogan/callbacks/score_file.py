@@ -37,6 +37,10 @@ def _settings(pl_module) -> dict:
     s = {k: hparams[k] for k in _SETTINGS}
     s["record_steps"] = list(hparams["record_steps"])
     s["scorers"] = ",".join(sorted(type(m).__name__ for m in getattr(pl_module, "scorers", ())))
+    # data whose rows are not fixed by the checkpoint (data=scans: a folder) says which rows these are
+    fingerprint = getattr(getattr(pl_module.trainer, "datamodule", None), "fingerprint", None)
+    if fingerprint is not None:
+        s["data"] = fingerprint
     return s
 
 
@@ -81,7 +85,7 @@ class ScoreFile(L.Callback):
     def _matches(self, path: Path) -> bool:
         try:
             with h5py.File(path, "r") as f:
-                stored = {k: f.attrs[k] for k in (*_SETTINGS, "scorers")}
+                stored = {k: f.attrs[k] for k in self.settings if k != "record_steps"}
                 stored["record_steps"] = list(f.attrs["record_steps"])
         except (OSError, KeyError):
             log.warning("%s is unreadable (killed while writing?); mapping from scratch", path)

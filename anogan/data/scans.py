@@ -234,6 +234,7 @@ class ScansDataModule(L.LightningDataModule):
                             f"test (data.min_foreground={self.opts.min_foreground}); pass data.min_foreground=0")
         table = np.array(rows, dtype=np.int64)
         self.scans = scans
+        self.fingerprint = fingerprint(scans, table, self.recipe)
         self.test_set = PatchDataset(scans, table[:, 0], table[:, 1], table[:, 2], self.opts, self.image_size)
 
     def check_scans(self, scans: list[Scan]) -> None:
@@ -260,6 +261,20 @@ class ScansDataModule(L.LightningDataModule):
 
 _RECIPE_KEYS = ("patch_size", "stride", "normalisation", "percentiles", "scale", "min_foreground",
                 "foreground_threshold", "dtype")
+
+
+def fingerprint(scans: list[Scan], table: np.ndarray, recipe: dict) -> str:
+    """A digest of the scans (names, files' sizes and times, shapes), the patch table and the recipe: a
+    resumed ``scores.h5.partial`` is reused only for the same patches (``ScoreFile``)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
+    for s in scans:
+        st = s.source.stat()
+        h.update(f"{s.name}|{s.page}|{s.shape}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(np.ascontiguousarray(table).tobytes())
+    return h.hexdigest()
 
 
 _FIXED = ("normalisation", "percentiles", "scale", "patch_size")  # what decides the intensities the GAN sees
