@@ -272,3 +272,10 @@ def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, m
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
     evaluate(_predict_cfg(ckpt, tmp_path / "scans", out))
     assert sum(mapped) == 24  # every patch mapped again: the partial file held other scans' rows
+
+
+def test_float_scans_outside_the_unit_range_are_refused(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["images"] = np.full((1, 40, 40), 1.5, np.float32)
+    with pytest.raises(ScanError, match=r"outside \[0, 1\]; rescale"):
+        ScansDataModule(str(tmp_path / "f.h5"), training={"normalisation": "none"}).setup()

@@ -198,8 +198,7 @@ class ScansDataModule(L.LightningDataModule):
                  stride: int | None = None, patch_size: int | None = None, normalise: str | None = None,
                  percentiles: list[float] | None = None, scale: list[float] | None = None,
                  min_foreground: float | None = None, foreground_threshold: float | None = None,
-                 image_size: int = 32, channels: int = 1, eval_batch_size: int = 256, num_workers: int = 0,
-                 **ignored):
+                 image_size: int = 32, channels: int = 1, eval_batch_size: int = 256, num_workers: int = 0):
         super().__init__()
         self.path, self.masks = path, masks
         self.image_size, self.channels = int(image_size), int(channels)
@@ -226,7 +225,12 @@ class ScansDataModule(L.LightningDataModule):
         rng = np.random.default_rng(0)  # unused by the grid; positions() takes one for random patches
         rows = []
         for s, scan in enumerate(scans):
-            scaled = pad_to_patch(unit(read_scan(scan), self.opts), self.opts.patch_size)
+            raw = read_scan(scan)
+            if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (self.opts.normalise != "none" or (
+                    raw.min() >= 0 and raw.max() <= 1))):
+                raise ScanError(f"{scan.source} ({scan.name}): float pixels with NaN / inf or, without normalisation, "
+                                "outside [0, 1]; rescale them to [0, 1] or store uint8 / uint16")
+            scaled = pad_to_patch(unit(raw, self.opts), self.opts.patch_size)
             grey = scaled if scaled.ndim == 2 else scaled.mean(0)
             rows += [(s, y, x) for y, x in kept_positions(grey, self.opts, rng, scan.source)]
         if not rows:
