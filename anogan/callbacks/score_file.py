@@ -38,7 +38,7 @@ def _settings(pl_module) -> dict:
     s["record_steps"] = list(hparams["record_steps"])
     s["scorers"] = ",".join(sorted(type(m).__name__ for m in getattr(pl_module, "scorers", ())))
     # data whose rows are not fixed by the checkpoint (data=scans: a folder) says which rows these are
-    fingerprint = getattr(getattr(pl_module.trainer, "datamodule", None), "fingerprint", None)
+    fingerprint = getattr(getattr(getattr(pl_module, "_trainer", None), "datamodule", None), "fingerprint", None)
     if fingerprint is not None:
         s["data"] = fingerprint
     return s
