@@ -139,7 +139,7 @@ def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict
     "n_pixels", "n_anomalous_pixels", "n_uncovered_pixels"}``: None when the masks hold one class only."""
     from torchmetrics.classification import BinaryAUROC
 
-    metric = BinaryAUROC(normalization=None)
+    metric = BinaryAUROC(normalization=None, sync_on_compute=False)  # the caller holds every pixel (DDP: rank 0)
     n = pos = uncovered = 0
     for m, t in zip(maps, masks):
         m = np.asarray(m, np.float64)
