@@ -277,3 +277,27 @@ def test_float_scans_outside_the_unit_range_are_refused(tmp_path):
         f["images"] = np.full((1, 40, 40), 1.5, np.float32)
     with pytest.raises(ScanError, match=r"outside \[0, 1\]; rescale"):
         ScansDataModule(str(tmp_path / "f.h5"), training={"normalisation": "none"}).setup()
+
+
+@pytest.mark.slow
+def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
+    """trainer=ddp on CPU (two gloo processes): the same maps, predictions and pixel AUROC as one process;
+    21 patches, an odd count, so the DistributedSampler repeats one (it is counted once)."""
+    rng = np.random.default_rng(5)
+    for k, shape in enumerate([(40, 70), (32, 120), (50, 40)]):  # 8 + 7 + 6 patches
+        _save(tmp_path / "scans" / f"{k}.png", rng.integers(0, 255, shape, dtype=np.uint8))
+        _save(tmp_path / "masks" / f"{k}.png", (rng.random(shape) < 0.05).astype(np.uint8) * 255)
+    args = [f"ckpt_path={tiny_run}/checkpoints/last.ckpt", "data=scans", f"data.path={tmp_path}/scans",
+            f"data.masks={tmp_path}/masks", "inversion.steps=3", "logger=none", "trainer.enable_progress_bar=false",
+            "data.eval_batch_size=4"]
+    run_script(["evaluate.py", *args, f"hydra.run.dir={tmp_path}/one"], cwd=ROOT)
+    run_script(["evaluate.py", *args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                f"hydra.run.dir={tmp_path}/ddp"], cwd=ROOT)
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    assert (ddp / "train_ddp_process_1.log").exists()  # Lightning started the second process
+    assert list(csv.DictReader(open(ddp / "predictions.csv"))) == list(csv.DictReader(open(one / "predictions.csv")))
+    for k in range(3):
+        np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
+    a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
+    assert a["pixel_auroc"] == pytest.approx(b["pixel_auroc"]) and a["n_pixels"] == 40 * 70 + 32 * 120 + 50 * 40
+    assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21))
