@@ -1,4 +1,5 @@
-"""Map and score a test set with a trained GAN: ``python evaluate.py ckpt_path=... [overrides]``."""
+"""Map and score a test set with a trained GAN: ``python evaluate.py ckpt_path=... [overrides]``; new,
+unlabelled scans: ``python evaluate.py ckpt_path=... data=scans data.path=DIR`` (maps, predictions.csv)."""
 
 import sys
 
@@ -10,8 +11,8 @@ from anogan.pipeline import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> float:
-    return evaluate(cfg)["test/auroc/anomaly"]
+def main(cfg: DictConfig) -> float | None:
+    return evaluate(cfg).get("test/auroc/anomaly")  # None for data=scans (no labels)
 
 
 if __name__ == "__main__":

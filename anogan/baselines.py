@@ -110,6 +110,9 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module) -> list[nn.Modul
     ``feature_knn``, ``max_train_images``), fitted on ``datamodule.train_set``; [] when not configured."""
     if not cfg:
         return []
+    if getattr(datamodule, "train_set", None) is None:
+        raise ValueError(f"baselines need the normal training images, which {type(datamodule).__name__} does "
+                         "not hold (data=scans scores new scans without them): drop baselines=...")
     train = training_images(datamodule.train_set, cfg.get("max_train_images"))
     scorers: list[nn.Module] = [PixelBaselines(train, int(cfg.pca_components), int(cfg.knn))]
     if cfg.get("feature_knn"):

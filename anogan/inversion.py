@@ -44,15 +44,18 @@ def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, 
 
 
 def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = None,
-                   lr: float | None = None) -> list[int]:
+                   lr: float | None = None, init: str = "random") -> list[int]:
     """Refuse mapping settings outside their domain (before any work is done), naming the config key;
-    the sorted record_steps."""
+    the sorted record_steps. ``steps=0`` is allowed with ``init=encoder`` only: z = E(x) unchanged,
+    f-AnoGAN's one pass."""
     if lr is not None and not lr > 0:
         raise ValueError(f"inversion.lr={lr} must be > 0 (Adam's learning rate on z; the default is 0.05)")
     if not 0 <= lam <= 1:
         raise ValueError(f"inversion.lam={lam} must lie in [0, 1] (the paper uses 0.1)")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"inversion.steps={steps} must be an integer >= 1 (Gamma; the paper uses 500)")
+    least = 0 if init == "encoder" else 1
+    if int(steps) != steps or steps < least:
+        raise ValueError(f"inversion.steps={steps} must be an integer >= 1 (Gamma; the paper uses 500), or 0 "
+                         "with inversion.init=encoder (f-AnoGAN's one pass: z = E(x))")
     record = sorted({int(s) for s in (record_steps or [])})
     bad = [s for s in record if not 0 <= s <= steps]
     if bad:
@@ -72,7 +75,8 @@ class Inversion(L.LightningModule):
         record_steps: also report the scores after each of these step counts (<= steps).
         seed: z_1 of image i is a function of (seed, i) only.
         init: ``random`` (z_1 from the prior, as in the paper) or ``encoder`` (z_1 = E(x), f-AnoGAN's
-            encoder, kept in the prior's support).
+            encoder, kept in the prior's support); with ``steps=0`` the scores and residual map are taken
+            at z = E(x) without optimisation (f-AnoGAN's one-pass maps, e.g. for whole scans).
         encoder: E for ``init=encoder``; frozen here.
         scorers: modules mapping x (B, C, H, W) to more scores {name: (B,)} in one forward pass
             (``anogan.encoder.FAnoGAN``, ``anogan.acae.ACAEScores``), added to the mapping's scores.
@@ -105,7 +109,7 @@ class Inversion(L.LightningModule):
         patience: int = 20,
     ):
         super().__init__()
-        record = check_settings(lam, steps, record_steps, lr)
+        record = check_settings(lam, steps, record_steps, lr, init)
         if init not in ("random", "encoder"):
             raise ValueError(f"inversion.init={init!r} must be 'random' or 'encoder'")
         if init == "encoder" and encoder is None:

@@ -37,6 +37,8 @@ class StoreConfig(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["anogan_config"] = self.config
+        # how the training images were made (HDF5 attributes): data=scans reads new scans the same way
+        checkpoint["anogan_data"] = getattr(trainer.datamodule, "recipe", None)
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
@@ -81,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from anogan.inversion import check_settings
 
         check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
-                       cfg.inversion.get("lr"))
+                       cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     print_config(cfg, output_dir / "config_tree.log")
     datamodule = instantiate(cfg.data)
@@ -156,10 +158,10 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
                         loggers: list | None = None) -> dict[str, float]:
     """Map and score the test set (plus a training sample) with the GAN of ``ckpt_path``; write
     metrics.json, scores.h5 and figures/ into the run directory; return the logged metrics."""
-    from anogan.inversion import Inversion, load_gan
-    from anogan.stages import stage_scorers
-
     from anogan.baselines import baseline_scorers
+    from anogan.inversion import Inversion, load_gan
+    from anogan.predict import is_scans, scans_datamodule
+    from anogan.stages import stage_scorers
 
     G, D, prior, stored = load_gan(ckpt_path)
     encoder, scorers = stage_scorers(cfg, ckpt_path, G, D)
@@ -168,14 +170,15 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
         check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
     data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
     data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
-    datamodule = instantiate(data)
+    scans = is_scans(data)  # data=scans: unlabelled scans, stitched maps and predictions (anogan/predict.py)
+    datamodule = scans_datamodule(data, ckpt_path) if scans else instantiate(data)
     datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
     datamodule.setup("test")
     check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
     scorers += baseline_scorers(cfg.get("baselines"), datamodule, D)  # pixel / feature baselines: baselines=pixel
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
-    callbacks = instantiate_list(cfg.get("evaluation_callbacks"))
+    callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
     trainer: L.Trainer = instantiate(  # nothing to checkpoint in a test loop (and no litmodels tip)
         cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
     )

@@ -54,3 +54,43 @@ def log_image(loggers, key: str, array: np.ndarray, step: int) -> None:
         elif isinstance(logger, TensorBoardLogger):
             fmt = "HW" if array.ndim == 2 else "HWC"
             logger.experiment.add_image(key, array, global_step=step, dataformats=fmt)
+
+
+def scan_map_figure(scan: np.ndarray, amap: np.ndarray, path: str | os.PathLike, mask: np.ndarray | None = None,
+                    title: str | None = None, label: str = "|x - G(z)| per pixel",
+                    alpha: float = 0.55) -> Path:
+    """A scan (H, W) in [0, 1] with its anomaly map (H, W; NaN = not scored, drawn transparent) overlaid,
+    a colour bar in map units; with ``mask`` (H, W) bool, the scan alone, the overlay and the mask side by
+    side. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    h, w = scan.shape
+    panels = 1 if mask is None else 3
+    scale = max(1.0, 6.0 / w * 100)  # at least ~6 inches per panel
+    fig = Figure(figsize=(panels * w / 100 * scale + 1.2, h / 100 * scale + 0.5), dpi=100, layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    finite = amap[np.isfinite(amap)]
+    vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    over = axes[0] if mask is None else axes[1]
+    if mask is not None:
+        axes[0].imshow(scan, cmap="gray", vmin=0, vmax=1)
+        axes[0].set_title("scan")
+        axes[2].imshow(scan, cmap="gray", vmin=0, vmax=1)
+        axes[2].imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.8, vmin=0, vmax=1)
+        axes[2].set_title("true mask")
+    over.imshow(scan, cmap="gray", vmin=0, vmax=1)
+    im = over.imshow(np.ma.masked_invalid(amap), cmap="inferno", alpha=alpha, vmin=0, vmax=max(vmax, 1e-6))
+    over.set_title("stitched map" if mask is not None else (title or "anomaly map"))
+    fig.colorbar(im, ax=over, fraction=0.046 * h / max(w, 1) * 2, pad=0.02, label=label)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title and mask is not None:
+        fig.suptitle(title)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

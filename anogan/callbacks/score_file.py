@@ -49,8 +49,12 @@ def _settings(trainer, pl_module) -> dict:
     nets = [*getattr(pl_module, "scorers", ()), *([pl_module.encoder] if pl_module.encoder is not None else [])]
     s["scorers"] = ",".join(sorted(f"{type(m).__name__}:{weights_identity(m)}" for m in nets))
     s["gan"] = gan_identity(pl_module.generator, pl_module.discriminator)
-    data = dict(getattr(getattr(trainer, "datamodule", None), "config", None) or {})
-    s["data"] = json.dumps({k: v for k, v in data.items() if k not in _LOADER_ONLY}, sort_keys=True, default=str)
+    datamodule = getattr(trainer, "datamodule", None)
+    data = {k: v for k, v in dict(getattr(datamodule, "config", None) or {}).items() if k not in _LOADER_ONLY}
+    # data whose rows are not fixed by its config (data=scans: a folder) says which rows these are
+    if getattr(datamodule, "fingerprint", None) is not None:
+        data["fingerprint"] = datamodule.fingerprint
+    s["data"] = json.dumps(data, sort_keys=True, default=str)
     return s
 
 

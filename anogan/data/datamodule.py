@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from anogan.data import sources
-from anogan.data.hdf5 import HDF5Dataset, inspect_hdf5
+from anogan.data.hdf5 import HDF5Dataset, inspect_hdf5, patch_recipe
 from anogan.data.transforms import to_model_range
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,7 @@ class HDF5DataModule(OneClassDataModule):
         if info.size != self.image_size:  # said once: silently resized data is a classic wrong result
             log.warning("data.path=%s holds %dx%d images; they are resized (bilinear) to the model's %dx%d",
                         info.path, info.size, info.size, self.image_size, self.image_size)
+        self.recipe = patch_recipe(info.path)  # stored in checkpoints: new scans are read the same way
         split = info.split if info.split is not None else self._assign(info.n, info.volume)
         train_rows = np.flatnonzero((split == SPLITS["train"]) & (info.labels == 0))
         if len(train_rows) == 0:

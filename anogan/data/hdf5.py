@@ -10,7 +10,8 @@ Schema (one row per image):
 
 Attributes (optional; written by ``python -m anogan.data.prepare``, checked when present): ``source``,
 ``patch_size`` (= H = W), ``stride``, ``per_image``, ``normalisation`` (none, image or global),
-``percentiles``, ``min_foreground``, ``min_anomalous_pixels``, ``volumes`` (the name of each volume id).
+``percentiles``, ``scale`` (global: the intensities mapped to 0 and 1), ``min_foreground``,
+``foreground_threshold``, ``min_anomalous_pixels``, ``volumes`` (the name of each volume id).
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
                 extra[name] = arr.astype(np.int64)
         _check_attrs(path, f.attrs, h)
     return HDF5Info(path, n, channels, h, lab, has_masks, extra.get("volume"), extra.get("split"))
+
+
+def patch_recipe(path: str | os.PathLike) -> dict:
+    """How the images of a (checked) file were made, as plain values (they go into checkpoints, which
+    load with ``weights_only=True``): the attributes ``normalisation`` (``none`` when absent: values as
+    stored), ``percentiles``, ``scale``, ``patch_size``, ``stride``, ``min_foreground``,
+    ``foreground_threshold`` where present, the ``dtype`` of ``images`` and ``source`` (the file)."""
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+        recipe = {"normalisation": str(attrs.get("normalisation", "none")), "dtype": str(f["images"].dtype),
+                  "source": str(path)}
+    for key, kind in (("percentiles", list), ("scale", list), ("patch_size", int), ("stride", int),
+                      ("min_foreground", float), ("foreground_threshold", float)):
+        if key in attrs:
+            value = attrs[key]
+            recipe[key] = [float(v) for v in value] if kind is list else kind(value)
+    return recipe
 
 
 class HDF5Dataset(Dataset):

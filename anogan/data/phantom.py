@@ -140,3 +140,39 @@ class PhantomDataModule(HDF5DataModule):
     def build(self):
         self.prepare_data()
         return super().build()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m anogan.data.phantom OUT [--ckpt CKPT] [--test-only]``: write the phantom's scans and
+    masks; with ``--ckpt`` exactly those of that training run (its recorded ``data.phantom``), with
+    ``--test-only`` only its annotated test volumes (which the GAN never saw)."""
+    import argparse
+    import shutil
+
+    ap = argparse.ArgumentParser(prog="python -m anogan.data.phantom", description=main.__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path, help="folder to write scans/ and masks/ into")
+    ap.add_argument("--ckpt", type=Path, default=None, help="a checkpoint of experiment=oct_phantom: its recipe")
+    ap.add_argument("--test-only", action="store_true", help="keep only the annotated (test) volumes")
+    args = ap.parse_args(argv)
+    recipe = {}
+    if args.ckpt is not None:
+        from anogan.reliability import read_checkpoint
+
+        recipe = dict(((read_checkpoint(args.ckpt).get("anogan_config") or {}).get("data") or {}).get("phantom") or {})
+        if not recipe:
+            print(f"error: {args.ckpt} holds no data.phantom recipe (not an experiment=oct_phantom run)")
+            return 2
+    if "blobs" in recipe:
+        recipe["blobs"] = tuple(recipe["blobs"])
+    root = write_phantom(args.out, **recipe)
+    if args.test_only:
+        for vol in (root / "scans").iterdir():
+            if not (root / "masks" / vol.name).is_dir():
+                shutil.rmtree(vol)
+    n = len(list((root / "scans").rglob("*.png")))
+    print(f"wrote {n} scans to {root / 'scans'} and their masks to {root / 'masks'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

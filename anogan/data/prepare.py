@@ -184,17 +184,25 @@ def positions(shape: tuple[int, int], opts: PatchOptions, rng: np.random.Generat
     return [(y, x) for y in grid(h) for x in grid(w)]
 
 
+def kept_positions(scaled: np.ndarray, opts: PatchOptions, rng: np.random.Generator, where: Path | str
+                   ) -> list[tuple[int, int]]:
+    """The ``positions`` of an image (scaled to [0, 1] by ``unit``) whose patch passes the foreground
+    test: at least ``min_foreground`` of its pixels above ``foreground_threshold``."""
+    p = opts.patch_size
+    pos = positions(scaled.shape, opts, rng, where)
+    if opts.min_foreground <= 0:
+        return pos
+    return [(y, x) for y, x in pos
+            if float((scaled[y : y + p, x : x + p] > opts.foreground_threshold).mean()) >= opts.min_foreground]
+
+
 def cut(image: np.ndarray, mask: np.ndarray | None, opts: PatchOptions, rng: np.random.Generator,
         where: Path | str) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """(patch as stored or normalised, mask patch) of every kept position of one image."""
     scaled = unit(image, opts)
     stored = image if opts.normalise == "none" else scaled
     p = opts.patch_size
-    for y, x in positions(image.shape, opts, rng, where):
-        if opts.min_foreground > 0:
-            fg = float((scaled[y : y + p, x : x + p] > opts.foreground_threshold).mean())
-            if fg < opts.min_foreground:
-                continue
+    for y, x in kept_positions(scaled, opts, rng, where):
         yield stored[y : y + p, x : x + p], None if mask is None else mask[y : y + p, x : x + p]
 
 
@@ -278,7 +286,10 @@ def _attrs(source: str, opts: PatchOptions, extra: dict | None = None) -> dict:
         "normalisation": opts.normalise,
         "percentiles": list(opts.percentiles) if opts.normalise != "none" else None,
         "min_foreground": opts.min_foreground,
+        "foreground_threshold": opts.foreground_threshold,
         "min_anomalous_pixels": opts.min_anomalous_pixels,
+        # the intensities mapped to 0 and 1 by --normalise global: scoring new scans needs the same
+        "scale": list(opts.scale) if opts.scale is not None else None,
     }
     return attrs | (extra or {})
 

@@ -1,0 +1,184 @@
+"""Whole-scan outputs of ``data=scans``: each scan's patch residual maps stitched into one anomaly map,
+its image score and flag.
+
+Per scan, written as soon as its last patch is mapped: ``maps/<scan>.npy`` (float32, the scan's size;
+NaN where no scored patch covers a pixel) and ``maps/<scan>.png`` (the scan with the map overlaid, a
+colour bar in map units). When the test epoch ends: ``predictions.csv`` (one row per scan) and, where
+``data.masks`` gave masks, ``map_metrics.json`` (pixel AUROC of the stitched maps over whole scans).
+Every file is written atomically; with ``ScoreFile`` a resumed run rebuilds the maps of the patches
+already in ``scores.h5.partial`` without mapping them again.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anogan.callbacks.metrics import gather_rows, write_json_atomic
+from anogan.io import atomic_path
+from anogan import predict as P
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("image", "height", "width", "patches", "score", "image_score", "top_patches", "n_above_threshold",
+           "threshold", "flagged", "note")
+
+
+class ScanMaps(L.Callback):
+    """Stitched maps, image scores and flags of the scans of a ``ScansDataModule``.
+
+    Args:
+        dirpath: folder of the maps. predictions: the CSV. metrics: the JSON of the pixel AUROC (masks).
+        score: the per-patch score behind the image score, the top patches and the flag (``anomaly``:
+            A(x), eq. 6; ``fanogan`` with an encoder).
+        reduce: image score = ``max`` of the scan's patch scores, or their quantile ``reduce`` in (0, 1].
+        top_k: the most anomalous patches listed per scan (positions ``y x`` of the top-left corner in
+            scan pixels, and score).
+        threshold_from: a labelled evaluation's ``metrics.json`` (its Youden threshold of ``score``) or
+            ``scores.h5`` (the ``threshold_quantile`` of its training-normal patches); None: no flag. A scan
+            is flagged when its image score >= the threshold; ``n_above_threshold`` counts its patches
+            at or above it.
+        overlay: write the PNGs (the ``.npy`` maps are always written).
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, predictions: str | os.PathLike, metrics: str | os.PathLike,
+                 score: str = "anomaly", reduce: str | float = "max", top_k: int = 5,
+                 threshold_from: str | None = None, threshold_quantile: float = 0.99, overlay: bool = True):
+        self.dirpath, self.predictions, self.metrics = Path(dirpath), Path(predictions), Path(metrics)
+        self.score, self.q, self.top_k, self.overlay = score, P.parse_reduce(reduce), int(top_k), overlay
+        self.reduce = str(reduce)
+        # checked here, before any scan is mapped
+        self.threshold, self.threshold_source = P.threshold_from(threshold_from, score, threshold_quantile)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        from anogan.data.scans import ScansDataModule
+
+        dm = trainer.datamodule
+        if not isinstance(dm, ScansDataModule):
+            raise TypeError("ScanMaps scores the scans of data=scans (anogan.data.scans.ScansDataModule)")
+        ds = dm.test_set
+        self.scans, self.ds, self.p = dm.scans, ds, dm.opts.patch_size
+        self.seen = np.zeros(len(ds), bool)
+        self.remaining = np.bincount(ds.scan, minlength=len(self.scans))
+        self.stitchers: dict[int, P.Stitcher] = {}
+        self.patch_scores: dict[int, list[tuple[float, int, int]]] = {}
+        self.rows: dict[int, dict] = {}
+        self.measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.progress = None
+        if trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            self.progress = tqdm(total=len(self.scans), desc="scans", unit="scan", leave=True)
+            for s in np.flatnonzero(self.remaining == 0):  # no patch passed the foreground test
+                self._finish(int(s))
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.score not in outputs["scores"]:
+            raise ValueError(f"prediction_callbacks.maps.score={self.score!r} is not among the scores "
+                             f"{sorted(outputs['scores'])}; choose one of them")
+        rows = {"split": outputs["split"], "index": outputs["index"], "map": outputs["residual_map"],
+                "score": outputs["scores"][self.score]}
+        if trainer.world_size > 1:
+            rows = gather_rows(pl_module, rows)
+        if not trainer.is_global_zero:
+            return
+        index = rows["index"].cpu().numpy()
+        new = ~self.seen[index]  # a resumed batch or a DDP padding repeat may be here twice
+        if not new.any():
+            return
+        index = index[new]
+        maps = rows["map"].detach().float().cpu()[torch.from_numpy(new)]
+        if maps.shape[-1] != self.p:  # patches resized to the GAN's size: map back to scan pixels
+            maps = F.interpolate(maps[:, None], size=(self.p, self.p), mode="bilinear", align_corners=False)[:, 0]
+        maps, scores = maps.numpy(), rows["score"].detach().double().cpu().numpy()[new]
+        self.seen[index] = True
+        ds = self.ds
+        for s in np.unique(ds.scan[index]):
+            s = int(s)
+            here = ds.scan[index] == s
+            if s not in self.stitchers:
+                h, w = self.scans[s].shape
+                self.stitchers[s] = P.Stitcher((max(h, self.p), max(w, self.p)))
+                self.patch_scores[s] = []
+            pos = list(zip(ds.y[index[here]].tolist(), ds.x[index[here]].tolist()))
+            self.stitchers[s].add(maps[here], pos)
+            self.patch_scores[s] += [(float(v), y, x) for v, (y, x) in zip(scores[here], pos)]
+            self.remaining[s] -= int(here.sum())
+            if self.remaining[s] == 0:
+                self._finish(s)
+
+    def _finish(self, s: int) -> None:
+        """Write scan s's map and PNG; keep its row of predictions.csv."""
+        from anogan.data.scans import read_scan_mask
+
+        scan = self.scans[s]
+        stitcher = self.stitchers.pop(s, None)
+        amap = stitcher.result(crop=scan.shape) if stitcher is not None else np.full(scan.shape, np.nan, np.float32)
+        out = self.dirpath / f"{scan.name}.npy"
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, amap)
+        if self.overlay:
+            from anogan.viz import scan_map_figure
+
+            unit = self.ds.unit_scan(s)
+            grey = unit if unit.ndim == 2 else unit.mean(0)
+            scan_map_figure(grey[: scan.shape[0], : scan.shape[1]], amap, self.dirpath / f"{scan.name}.png",
+                            title=scan.name)
+        mask = read_scan_mask(scan)
+        if mask is not None:
+            self.measured[s] = (amap, mask)
+        self.rows[s] = self._row(scan, self.patch_scores.pop(s, []))
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _row(self, scan, patches: list[tuple[float, int, int]]) -> dict:
+        values = np.array([v for v, _, _ in patches])
+        top = sorted(patches, key=lambda t: -t[0])[: self.top_k]
+        score = P.image_score(values, self.q)
+        row = {"image": scan.name, "height": scan.shape[0], "width": scan.shape[1], "patches": len(patches),
+               "score": self.score if self.q == 1 else f"{self.score} q{self.q:g}",
+               "image_score": "" if score is None else f"{score:.6g}",
+               "top_patches": "; ".join(f"{y} {x} {v:.5g}" for v, y, x in top),
+               "n_above_threshold": "", "threshold": "", "flagged": "", "note": ""}
+        if score is None:
+            row["note"] = "no patch passed the foreground test: no score"
+        elif self.threshold is not None:
+            row.update(n_above_threshold=int((values >= self.threshold).sum()), threshold=f"{self.threshold:.6g}",
+                       flagged=int(score >= self.threshold))
+        return row
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.progress is not None:
+            self.progress.close()
+        missing = [self.scans[s].name for s in range(len(self.scans)) if s not in self.rows]
+        if missing:
+            raise RuntimeError(f"{len(missing)} scan(s) were not completely mapped: {missing[:5]}")
+        with atomic_path(self.predictions) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows[s] for s in range(len(self.scans)))
+        log.info("wrote %s (%d scans; %s) and %s/", self.predictions, len(self.scans),
+                 self.threshold_source, self.dirpath)
+        if self.measured:
+            maps, masks = zip(*self.measured.values())
+            result = {"n_scans": len(self.measured), "score_map": "residual |x - G(z)|, overlaps averaged",
+                      **P.pixel_auroc(maps, masks)}
+            write_json_atomic(result, self.metrics)
+            self.result = result
+            if result["pixel_auroc"] is not None:
+                pl_module.log("test/pixel_auroc_stitched", result["pixel_auroc"])
+                log.info("pixel AUROC of the stitched maps over %d whole scans: %.4f", len(maps),
+                         result["pixel_auroc"])
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()

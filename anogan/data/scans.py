@@ -1,0 +1,332 @@
+"""Unlabelled scans to score (``data=scans``): whole images cut into overlapping patches of the GAN's
+size, read with the normalisation of the GAN's training data.
+
+Inputs (``data.path``): a folder of PNG / TIFF images (8 or 16 bit, any size, searched recursively; a
+multi-page TIFF is a volume, one scan per page), a single image, or an HDF5 file with a dataset
+``images`` (N, H, W) or (N, C, H, W) of any size (``labels`` not needed). Optional ``data.masks``: a
+folder parallel to a folder input (same relative path, any image suffix), or one mask file for a single
+image; binary, the size of its scan; used only to measure the maps (pixel AUROC), never by the model.
+
+The training recipe (``training``, recorded by ``HDF5DataModule.recipe`` in the checkpoint, see
+``anogan.predict.training_recipe``) fixes the normalisation (``none``: stored value / dtype maximum;
+``image``: per-scan percentiles; ``global``: the training set's recorded intensities ``scale``), the
+patch size, the default stride and the foreground test. A setting asked for on the command line that
+differs from it, or scans of another channel count or bit depth, is refused with the fix.
+
+Every item is a patch: ``image`` (C, S, S) in [-1, 1] (S = the GAN's image size; patches of another
+``patch_size`` are resized like the training patches were), ``label`` -1 (unknown), ``index`` (the
+patch's row in ``patches``: the key of its initial z), ``split`` (test).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from anogan.data.datamodule import SPLITS
+from anogan.data.hdf5 import NORMALISATIONS
+from anogan.data.prepare import (
+    IMAGE_SUFFIXES,
+    PatchOptions,
+    PrepareError,
+    check_mask,
+    kept_positions,
+    read_pages,
+    unit,
+)
+from anogan.data.transforms import to_model_range
+
+
+class ScanError(ValueError):
+    """Scans that cannot be scored as the GAN's training data was read; the message names the fix."""
+
+
+@dataclass
+class Scan:
+    """One scan: ``name`` (relative path without suffix, ``_p<page>`` for a page of a multi-page
+    TIFF, ``<file>_<row>`` for an HDF5 row; also the name of its outputs), where it is stored
+    (``source``, ``page``: TIFF page or HDF5 row), ``shape`` (H, W) and ``mask`` (a file, or None)."""
+
+    name: str
+    source: Path
+    page: int
+    shape: tuple[int, int]
+    channels: int
+    dtype: np.dtype
+    mask: Path | None = None
+
+
+def _hdf5_images(path: Path) -> h5py.Dataset:
+    f = h5py.File(path, "r")
+    if "images" not in f:
+        f.close()
+        raise ScanError(f"data.path={path}: no dataset 'images' (it has {sorted(f.keys())}); store the scans "
+                        "as images (N, H, W) or (N, C, H, W)")
+    return f["images"]
+
+
+def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None) -> list[Scan]:
+    """Every scan of ``path`` (folder, image file or HDF5 file) in a fixed order, with its mask file."""
+    path = Path(path)
+    if not path.exists():
+        raise ScanError(f"data.path={path} does not exist; pass a folder of PNG / TIFF scans, an image or an HDF5 file")
+    masks = Path(masks) if masks else None
+    if masks is not None and not masks.exists():
+        raise ScanError(f"data.masks={masks} does not exist; pass the mask folder (or file), or drop data.masks")
+    if path.is_file() and path.suffix.lower() in (".h5", ".hdf5"):
+        if masks is not None:
+            raise ScanError("data.masks is for image folders; an HDF5 input is scored without masks (drop data.masks)")
+        images = _hdf5_images(path)
+        with images.file:
+            if images.ndim not in (3, 4) or images.dtype.kind not in "uf":
+                raise ScanError(f"{path}: 'images' of shape {images.shape} and dtype {images.dtype}; expected "
+                                "(N, H, W) or (N, C, H, W), unsigned integers or floats in [0, 1]")
+            c = 1 if images.ndim == 3 else images.shape[1]
+            return [Scan(f"{path.stem}_{i:05d}", path, i, tuple(images.shape[-2:]), c, images.dtype)
+                    for i in range(images.shape[0])]
+    if path.is_file():
+        files, root = [path], path.parent
+        if masks is not None and masks.is_dir():
+            raise ScanError(f"data.masks={masks} is a folder but data.path is one image; pass its mask file")
+    else:
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        root = path
+        if not files:
+            raise ScanError(f"data.path={path}: no PNG or TIFF image in it or its sub-folders")
+    out = []
+    for f in files:
+        rel = f.relative_to(root).with_suffix("")
+        mask = None
+        if masks is not None:
+            if masks.is_file():
+                mask = masks
+            else:
+                found = [m for m in (masks / f.relative_to(root), *(masks / rel.parent).glob(rel.name + ".*"))
+                         if m.is_file()]
+                mask = found[0] if found else None  # scans without a mask are mapped, not measured
+        try:
+            pages = read_pages(f)
+        except PrepareError as e:
+            raise ScanError(str(e)) from None
+        for k, page in enumerate(pages):
+            name = str(rel) if len(pages) == 1 else f"{rel}_p{k:03d}"
+            out.append(Scan(name, f, k, page.shape, 1, page.dtype, mask))
+    return out
+
+
+def read_scan(scan: Scan) -> np.ndarray:
+    """The stored pixels of a scan: (H, W), or (C, H, W) for a multi-channel HDF5 row."""
+    if scan.source.suffix.lower() in (".h5", ".hdf5"):
+        images = _hdf5_images(scan.source)
+        with images.file:
+            return images[scan.page]
+    return read_pages(scan.source)[scan.page]
+
+
+def read_scan_mask(scan: Scan) -> np.ndarray | None:
+    """The scan's mask, bool (H, W), or None."""
+    if scan.mask is None:
+        return None
+    pages = read_pages(scan.mask, mask=True)  # palette masks by index
+    if scan.page >= len(pages):
+        raise ScanError(f"{scan.mask}: {len(pages)} page(s), but its scan {scan.source} has a page {scan.page}")
+    return check_mask(pages[scan.page], scan.mask, scan.shape, scan.source)
+
+
+class PatchDataset(Dataset):
+    """The kept patches of ``scans``: row i is patch (``scan[i]``, ``y[i]``, ``x[i]``) (top-left corner in
+    the scan). A scan is read and normalised once and kept while its patches are served in order."""
+
+    def __init__(self, scans: list[Scan], scan: np.ndarray, y: np.ndarray, x: np.ndarray, opts: PatchOptions,
+                 image_size: int):
+        self.scans, self.scan, self.y, self.x = scans, scan, y, x
+        self.opts, self.image_size = opts, image_size
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.scan)
+
+    def unit_scan(self, s: int) -> np.ndarray:
+        """Scan s scaled to [0, 1] as the training data was, padded (edge values) to at least one patch."""
+        if self._cached is None or self._cached[0] != s:
+            self._cached = (s, pad_to_patch(unit(read_scan(self.scans[s]), self.opts), self.opts.patch_size))
+        return self._cached[1]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        img, p = self.unit_scan(int(self.scan[i])), self.opts.patch_size
+        y, x = int(self.y[i]), int(self.x[i])
+        patch = img[..., y : y + p, x : x + p]
+        return {
+            "image": to_model_range(patch[None], self.image_size)[0],
+            "label": torch.tensor(-1),
+            "index": torch.tensor(i),
+            "split": torch.tensor(SPLITS["test"]),
+        }
+
+
+def pad_to_patch(image: np.ndarray, p: int) -> np.ndarray:
+    """(…, H, W) padded at the bottom and right with edge values to at least p x p (scans smaller than
+    a patch); the map is cropped back to (H, W)."""
+    h, w = image.shape[-2:]
+    if h >= p and w >= p:
+        return image
+    pad = [(0, 0)] * (image.ndim - 2) + [(0, max(0, p - h)), (0, max(0, p - w))]
+    return np.pad(image, pad, mode="edge")
+
+
+class ScansDataModule(L.LightningDataModule):
+    """Unlabelled scans as patches for ``Trainer.test`` (see the module docstring).
+
+    Args:
+        path, masks: the inputs (module docstring).
+        training: the training data's recipe (``anogan.predict.training_recipe``): normalisation,
+            percentiles, scale, patch_size, stride, min_foreground, foreground_threshold, dtype.
+        stride: grid stride in scan pixels; None: the training data's (``patch_size // 2`` without one).
+        normalise, percentiles, scale, patch_size, min_foreground, foreground_threshold: None takes the
+            training recipe's; a value that differs from a recorded one is refused.
+        image_size, channels: the GAN's (set by the evaluation from the checkpoint).
+    """
+
+    def __init__(self, path: str = "???", masks: str | None = None, training: dict | None = None,
+                 stride: int | None = None, patch_size: int | None = None, normalise: str | None = None,
+                 percentiles: list[float] | None = None, scale: list[float] | None = None,
+                 min_foreground: float | None = None, foreground_threshold: float | None = None,
+                 image_size: int = 32, channels: int = 1, eval_batch_size: int = 256, num_workers: int = 0):
+        super().__init__()
+        self.path, self.masks = path, masks
+        self.image_size, self.channels = int(image_size), int(channels)
+        self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.recipe = resolve_recipe(training or {}, dict(
+            patch_size=patch_size, stride=stride, normalisation=normalise, percentiles=percentiles, scale=scale,
+            min_foreground=min_foreground, foreground_threshold=foreground_threshold), self.image_size)
+        r = self.recipe
+        try:
+            self.opts = PatchOptions(patch_size=r["patch_size"], stride=r["stride"], normalise=r["normalisation"],
+                                     percentiles=tuple(r["percentiles"] or (1.0, 99.0)),
+                                     min_foreground=r["min_foreground"],
+                                     foreground_threshold=r["foreground_threshold"],
+                                     scale=tuple(r["scale"]) if r["scale"] else None)
+        except PrepareError as e:
+            raise ScanError(str(e).replace("--", "data.").replace("-", "_")) from None
+        self.test_set: PatchDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_set is not None:
+            return
+        scans = list_scans(self.path, self.masks)
+        self.check_scans(scans)
+        rng = np.random.default_rng(0)  # unused by the grid; positions() takes one for random patches
+        rows = []
+        for s, scan in enumerate(scans):
+            raw = read_scan(scan)
+            if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (self.opts.normalise != "none" or (
+                    raw.min() >= 0 and raw.max() <= 1))):
+                raise ScanError(f"{scan.source} ({scan.name}): float pixels with NaN / inf or, without normalisation, "
+                                "outside [0, 1]; rescale them to [0, 1] or store uint8 / uint16")
+            scaled = pad_to_patch(unit(raw, self.opts), self.opts.patch_size)
+            grey = scaled if scaled.ndim == 2 else scaled.mean(0)
+            rows += [(s, y, x) for y, x in kept_positions(grey, self.opts, rng, scan.source)]
+        if not rows:
+            raise ScanError(f"data.path={self.path}: no patch of its {len(scans)} scan(s) passes the foreground "
+                            f"test (data.min_foreground={self.opts.min_foreground}); pass data.min_foreground=0")
+        table = np.array(rows, dtype=np.int64)
+        self.scans = scans
+        self.fingerprint = fingerprint(scans, table, self.recipe)
+        self.test_set = PatchDataset(scans, table[:, 0], table[:, 1], table[:, 2], self.opts, self.image_size)
+
+    def check_scans(self, scans: list[Scan]) -> None:
+        """Refuse scans that cannot be read as the training data was: channels, bit depth."""
+        for scan in scans:
+            if scan.channels != self.channels:
+                raise ScanError(
+                    f"{scan.source}: {scan.channels}-channel scan(s), but the GAN was trained on {self.channels}-"
+                    f"channel images; score {self.channels}-channel scans with it (data.path), or train a GAN on "
+                    f"{scan.channels}-channel data")
+        want = self.recipe.get("dtype")
+        if self.opts.normalise == "none" and want is not None:
+            bad = [s for s in scans if np.dtype(s.dtype) != np.dtype(want)]
+            if bad:
+                raise ScanError(
+                    f"{bad[0].source}: {np.dtype(bad[0].dtype)} pixels, but the GAN's training patches were stored "
+                    f"as {want} without normalisation (value / dtype maximum), so the intensities would not "
+                    f"match; convert the scans to {want} ({len(bad)} of {len(scans)} differ)")
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+
+_RECIPE_KEYS = ("patch_size", "stride", "normalisation", "percentiles", "scale", "min_foreground",
+                "foreground_threshold", "dtype")
+
+
+def fingerprint(scans: list[Scan], table: np.ndarray, recipe: dict) -> str:
+    """A digest of the scans (names, files' sizes and times, shapes), the patch table and the recipe: a
+    resumed ``scores.h5.partial`` is reused only for the same patches (``ScoreFile``)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
+    for s in scans:
+        st = s.source.stat()
+        h.update(f"{s.name}|{s.page}|{s.shape}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(np.ascontiguousarray(table).tobytes())
+    return h.hexdigest()
+
+
+_FIXED = ("normalisation", "percentiles", "scale", "patch_size")  # what decides the intensities the GAN sees
+
+
+def _differs(recorded, value) -> bool:
+    if isinstance(recorded, str) or isinstance(value, str):
+        return recorded != value
+    a, b = np.asarray(recorded, float), np.asarray(value, float)
+    return a.shape != b.shape or not np.allclose(a, b)
+
+
+def resolve_recipe(training: dict, asked: dict, image_size: int) -> dict:
+    """The patch recipe of the scans: the training data's, where recorded, with what was asked on the
+    command line (None = not asked) where not; a value asked that differs from a recorded one is refused
+    for the settings that decide the intensities the GAN sees (normalisation, percentiles, scale,
+    patch_size). Stride and the foreground test may differ from training."""
+    names = {"normalisation": "normalise"}
+    out = {k: training.get(k) for k in _RECIPE_KEYS}
+    for key, value in asked.items():
+        if value is None:
+            continue
+        value = value if isinstance(value, (str, int, float)) else [float(v) for v in value]
+        recorded = out.get(key)
+        if key in _FIXED and recorded is not None and _differs(recorded, value):
+            name = names.get(key, key)
+            raise ScanError(
+                f"data.{name}={value} but the GAN's training data was prepared with {name}={recorded} "
+                f"({training.get('source', 'its HDF5 attributes')}); the GAN knows only intensities read that "
+                f"way: drop data.{name}")
+        out[key] = value
+    if out["normalisation"] is None:
+        raise ScanError(
+            "the normalisation of the GAN's training data is not recorded (no recipe in the checkpoint and "
+            f"its HDF5 file {training.get('source_path', '')} is not readable here); pass it as prepared: "
+            "data.normalise=none|image|global (global also data.scale=[low,high])")
+    if out["normalisation"] not in NORMALISATIONS:
+        raise ScanError(f"data.normalise={out['normalisation']}: expected one of {', '.join(NORMALISATIONS)}")
+    if out["normalisation"] == "global" and not out["scale"]:
+        raise ScanError(
+            "the GAN's training data was normalised globally (--normalise global), but its intensity scale is "
+            "not recorded (a file prepared before it was); pass the intensities that map to 0 and 1: "
+            "data.scale=[low,high], or prepare the training data again")
+    if out["normalisation"] == "image" and not out["percentiles"]:
+        out["percentiles"] = [1.0, 99.0]
+    out["patch_size"] = int(out["patch_size"] or image_size)
+    out["stride"] = int(out["stride"] or max(1, out["patch_size"] // 2))
+    out["min_foreground"] = float(out["min_foreground"] or 0.0)
+    out["foreground_threshold"] = float(out["foreground_threshold"] if out["foreground_threshold"] is not None
+                                        else 0.1)
+    return out

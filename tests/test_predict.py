@@ -1,0 +1,304 @@
+"""data=scans: unlabelled scans cut into patches read like the training data, mapped, stitched back into
+whole-scan maps, scored, flagged; resumable; and on the phantom at least as good as the patch maps."""
+
+import csv
+import json
+import re
+
+import h5py
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, compose_cfg, run_script
+from PIL import Image
+
+from anogan.callbacks import read_scores
+from anogan.data.hdf5 import inspect_hdf5
+from anogan.data.prepare import PatchOptions, positions, prepare_folder
+from anogan.data.scans import ScanError, ScansDataModule, list_scans
+from anogan.pipeline import evaluate
+from anogan.predict import image_score, parse_reduce, pixel_auroc, stitch, threshold_from
+
+
+# -- stitching -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,p,stride", [((50, 77), 16, 8), ((32, 32), 32, 16), ((45, 100), 32, 13)])
+def test_constant_patch_maps_stitch_to_a_constant_map_without_seams_and_borders_covered(shape, p, stride):
+    pos = positions(shape, PatchOptions(patch_size=p, stride=stride), np.random.default_rng(0), "test")
+    out = stitch(np.full((len(pos), p, p), 3.25, np.float32), pos, shape)
+    assert out.shape == shape and out.dtype == np.float32
+    assert np.isfinite(out).all()  # the grid reaches the last row and column
+    np.testing.assert_array_equal(out, 3.25)
+
+
+def test_stitching_averages_overlaps_and_leaves_uncovered_pixels_undefined():
+    maps = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 3.0)])
+    out = stitch(maps, [(0, 0), (0, 2)], (6, 8))
+    assert out[0, 0] == 1.0 and out[0, 2] == 2.0 and out[0, 5] == 3.0  # overlap: the mean
+    assert np.isnan(out[5]).all() and np.isnan(out[:, 7]).all()  # no patch: NaN, not 0
+    with pytest.raises(ValueError, match="leaves the 6x8 map"):
+        stitch(maps, [(0, 0), (3, 2)], (6, 8))
+
+
+def test_image_score_is_the_max_or_a_quantile_and_undefined_without_patches():
+    s = np.array([1.0, 5.0, 2.0, 4.0])
+    assert image_score(s, parse_reduce("max")) == 5.0
+    assert image_score(s, parse_reduce(0.5)) == pytest.approx(3.0)
+    assert image_score(np.array([]), 1.0) is None
+    with pytest.raises(ValueError, match="reduce='top'"):
+        parse_reduce("top")
+
+
+def test_pixel_auroc_of_whole_scans_and_null_without_anomalous_pixels():
+    m = np.array([[0.1, 0.9], [np.nan, 0.2]])
+    t = np.array([[False, True], [False, False]])
+    assert pixel_auroc([m], [t])["pixel_auroc"] == 1.0  # the uncovered pixel ranks lowest
+    r = pixel_auroc([m], [np.zeros_like(t)])
+    assert r["pixel_auroc"] is None and "AUROC needs both" in r["reason"]
+
+
+# -- inputs and normalisation ----------------------------------------------------------------------
+def _save(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _scans(root, rng, n=2, shape=(40, 70), dtype=np.uint8):
+    top = np.iinfo(dtype).max
+    for k in range(n):
+        _save(root / "vol" / f"{k}.png", rng.integers(0, top, shape, dtype=dtype))
+
+
+def test_inputs_folder_multipage_tiff_hdf5_and_single_image(tmp_path):
+    rng = np.random.default_rng(0)
+    _scans(tmp_path / "scans", rng)
+    pages = [Image.fromarray(rng.integers(0, 255, (30, 50), dtype=np.uint8)) for _ in range(3)]
+    pages[0].save(tmp_path / "scans" / "volume.tif", save_all=True, append_images=pages[1:])
+    names = [s.name for s in list_scans(tmp_path / "scans")]
+    assert names == ["vol/0", "vol/1", "volume_p000", "volume_p001", "volume_p002"]
+    with h5py.File(tmp_path / "new.h5", "w") as f:
+        f["images"] = rng.integers(0, 255, (2, 20, 90), dtype=np.uint8)  # no labels
+    h5 = list_scans(tmp_path / "new.h5")
+    assert [(s.name, s.shape) for s in h5] == [("new_00000", (20, 90)), ("new_00001", (20, 90))]
+    assert [s.name for s in list_scans(tmp_path / "scans" / "vol" / "1.png")] == ["1"]
+    # a scan smaller than a patch is padded for the patches, its map cropped back: one patch
+    dm = ScansDataModule(str(tmp_path / "new.h5"), training={"normalisation": "none"}, image_size=32)
+    dm.setup()
+    assert len(dm.test_set) == 2 * 5 and dm.test_set[0]["image"].shape == (1, 32, 32)  # x: 0, 16, 32, 48, 58
+
+
+def test_scan_patches_equal_the_training_patches_of_the_same_scan(tmp_path):
+    """The same pixels prepared for training (global percentiles) and read as a new scan give the same
+    model input: the normalisation is the training data's, from the recipe recorded with it."""
+    from anogan.data import HDF5DataModule
+
+    rng = np.random.default_rng(1)
+    _scans(tmp_path / "scans", rng, n=3, shape=(48, 64), dtype=np.uint16)
+    prepare_folder(tmp_path / "scans", tmp_path / "p.h5", patch_size=32, stride=16, normalise="global",
+                   split="none", progress=False)
+    train = HDF5DataModule(path=str(tmp_path / "p.h5"), image_size=32, test_fraction=0.0, val_fraction=0.0)
+    train.setup()
+    assert train.recipe["normalisation"] == "global" and len(train.recipe["scale"]) == 2
+    dm = ScansDataModule(str(tmp_path / "scans"), training=train.recipe, image_size=32)
+    dm.setup()
+    assert dm.opts.stride == 16 and len(dm.test_set) == len(train.train_set) == inspect_hdf5(tmp_path / "p.h5").n
+    for i in (0, 7, len(dm.test_set) - 1):  # same order: scan by scan, row by row
+        torch.testing.assert_close(dm.test_set[i]["image"], train.train_set[i]["image"])
+
+
+def test_scans_that_cannot_match_the_training_data_are_refused_with_the_fix(tmp_path):
+    rng = np.random.default_rng(2)
+    _scans(tmp_path / "s16", rng, dtype=np.uint16)
+    recorded = {"normalisation": "none", "dtype": "uint8", "patch_size": 32, "source": "p.h5"}
+    with pytest.raises(ScanError, match="convert the scans to uint8"):
+        ScansDataModule(str(tmp_path / "s16"), training=recorded, image_size=32).setup()
+    with pytest.raises(ScanError, match=r"data.normalise=image but .* normalise=none .* drop data.normalise"):
+        ScansDataModule(str(tmp_path / "s16"), training=recorded, normalise="image")
+    with pytest.raises(ScanError, match="drop data.patch_size"):
+        ScansDataModule(str(tmp_path / "s16"), training=recorded, patch_size=64)
+    with pytest.raises(ScanError, match=r"data.scale=\[low,high\]"):
+        ScansDataModule(str(tmp_path / "s16"), training={"normalisation": "global"})
+    with pytest.raises(ScanError, match=re.escape("no recipe in the checkpoint and its HDF5 file gone.h5")):
+        ScansDataModule(str(tmp_path / "s16"), training={"source_path": "gone.h5"})
+    with h5py.File(tmp_path / "rgb.h5", "w") as f:
+        f["images"] = rng.integers(0, 255, (2, 3, 40, 40), dtype=np.uint8)
+    with pytest.raises(ScanError, match="3-channel scan.* trained on 1-channel"):
+        ScansDataModule(str(tmp_path / "rgb.h5"), training={"normalisation": "none"}, channels=1).setup()
+    with pytest.raises(ScanError, match="does not exist"):
+        ScansDataModule(str(tmp_path / "nope"), training={"normalisation": "none"}).setup()
+
+
+def test_threshold_from_a_labelled_evaluation(tiny_run, tmp_path):
+    value, where = threshold_from(tiny_run / "metrics.json", "anomaly")
+    assert value == json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
+    assert "Youden" in where
+    rows = read_scores(tiny_run / "scores.h5")
+    q, _ = threshold_from(tiny_run / "scores.h5", "anomaly", 0.9)
+    assert q == pytest.approx(np.quantile(rows["scores/anomaly"][rows["split"] == 0], 0.9))
+    assert threshold_from(None, "anomaly")[0] is None
+    with pytest.raises(ValueError, match="no score 'nope'"):
+        threshold_from(tiny_run / "metrics.json", "nope")
+    with pytest.raises(FileNotFoundError, match="threshold_from=.*missing.json does not exist"):
+        threshold_from(tmp_path / "missing.json", "anomaly")
+
+
+# -- end to end ------------------------------------------------------------------------------------
+def _predict_cfg(ckpt, scans, out, extra=()):
+    return compose_cfg("evaluate", [f"ckpt_path={ckpt}", "data=scans", f"data.path={scans}", "inversion.steps=3",
+                                    "logger=none", "trainer.enable_progress_bar=false", "data.eval_batch_size=8",
+                                    *extra], out)
+
+
+class _Crash(L.Callback):
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 1:
+            raise RuntimeError("killed")
+
+
+def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch):
+    from anogan import pipeline
+
+    rng = np.random.default_rng(3)
+    _scans(tmp_path / "scans", rng, n=3, shape=(40, 70))
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    extra = [f"prediction_callbacks.maps.threshold_from={tiny_run}/metrics.json"]
+    clean = tmp_path / "clean"
+    result = evaluate(_predict_cfg(ckpt, tmp_path / "scans", clean, extra))
+    assert "test/auroc/anomaly" not in result  # no labels, no AUROC
+    rows = list(csv.DictReader(open(clean / "predictions.csv")))
+    assert [r["image"] for r in rows] == ["vol/0", "vol/1", "vol/2"]
+    threshold = json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
+    patches = read_scores(clean / "scores.h5")
+    assert len(patches["index"]) == 3 * 2 * 4  # per scan rows y = 0, 8 and columns x = 0, 16, 32, 38
+    for k, r in enumerate(rows):
+        amap = np.load(clean / "maps" / "vol" / f"{k}.npy")
+        assert amap.shape == (40, 70) and amap.dtype == np.float32 and np.isfinite(amap).all()
+        assert (clean / "maps" / "vol" / f"{k}.png").stat().st_size > 5000
+        own = np.arange(k * 8, (k + 1) * 8)
+        scores = patches["scores/anomaly"][np.isin(patches["index"], own)]
+        assert float(r["image_score"]) == pytest.approx(scores.max(), rel=1e-5)
+        assert int(r["flagged"]) == int(scores.max() >= threshold)
+        assert int(r["n_above_threshold"]) == int((scores >= threshold).sum())
+        assert len(r["top_patches"].split("; ")) == 5
+    # killed after two batches, then the same command: the same files, the mapped patches reused
+    resumed = tmp_path / "resumed"
+    cfg = _predict_cfg(ckpt, tmp_path / "scans", resumed, extra)
+    real = pipeline.instantiate_list
+    monkeypatch.setattr(pipeline, "instantiate_list",
+                        lambda c: real(c) + ([_Crash()] if c is cfg.prediction_callbacks else []))
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate(cfg)
+    assert len(read_scores(resumed / "scores.h5.partial")["index"]) == 16
+    assert not (resumed / "predictions.csv").exists()
+    monkeypatch.setattr(pipeline, "instantiate_list", real)
+    from anogan.inversion import Inversion
+
+    mapped, original = [], Inversion.map_batch
+    monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
+    evaluate(_predict_cfg(ckpt, tmp_path / "scans", resumed, extra))
+    assert sum(mapped) == 24 - 16  # the first two batches came from scores.h5.partial
+    assert list(csv.DictReader(open(resumed / "predictions.csv"))) == rows
+    for k in range(3):
+        np.testing.assert_allclose(np.load(resumed / "maps" / "vol" / f"{k}.npy"),
+                                   np.load(clean / "maps" / "vol" / f"{k}.npy"), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
+    """The phantom's test volumes (never seen by the GAN), scored as whole scans by the entry point:
+    the stitched maps' pixel AUROC is at least the patch-level one of the labelled evaluation."""
+    from test_oct_phantom import SMALL
+
+    from anogan.data.phantom import main as write_phantom_cli
+    from anogan.pipeline import train
+
+    run = tmp_path / "run"
+    train(compose_cfg("train", [*SMALL, f"data.path={tmp_path}/patches.h5"], run))
+    patch_level = json.loads((run / "metrics.json").read_text())["pixel_auroc"]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert write_phantom_cli([str(tmp_path / "phantom"), "--ckpt", str(ckpt), "--test-only"]) == 0
+    out = tmp_path / "pred"
+    run_script(["evaluate.py", f"ckpt_path={ckpt}", "data=scans", f"data.path={tmp_path}/phantom/scans",
+                f"data.masks={tmp_path}/phantom/masks", "inversion.steps=30", "inversion.reference=false",
+                f"prediction_callbacks.maps.threshold_from={run}/metrics.json",
+                "logger=none", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 9 and rows[0]["image"] == "fluid_005/000"  # 2 fluid + 1 healthy test volume, 3 scans
+    assert all((out / "maps" / f"{r['image']}.npy").is_file() for r in rows)
+    stitched = json.loads((out / "map_metrics.json").read_text())
+    assert stitched["n_scans"] == 9 and stitched["n_anomalous_pixels"] > 100
+    assert stitched["pixel_auroc"] >= patch_level >= 0.7
+    threshold = json.loads((run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
+    assert all(int(r["flagged"]) == int(float(r["image_score"]) >= threshold) for r in rows)
+
+
+def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
+    """inversion.init=encoder inversion.steps=0: f-AnoGAN's one pass (no optimisation) for whole scans."""
+    from anogan import scores as S
+    from anogan.encoder import FAnoGAN
+    from anogan.inversion import Inversion
+    from anogan.nets import Discriminator, Encoder, Generator
+
+    torch.manual_seed(0)
+    G, D, E = Generator(32, 1, 16, 8), Discriminator(32, 1, 8), Encoder(32, 1, 16, 8)
+    model = Inversion(G, D, steps=0, init="encoder", encoder=E, scorers=[FAnoGAN(E, G, D)])
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    out = model.map_batch(x, torch.arange(4))
+    with torch.no_grad():
+        gez = G.eval()(E.eval()(x))
+    torch.testing.assert_close(out["residual_map"], S.residual_map(x, gez))
+    assert "fanogan" in out["scores"] and (out["steps_taken"] == 0).all()
+    with pytest.raises(ValueError, match="or 0 with inversion.init=encoder"):
+        Inversion(G, D, steps=0)
+
+
+def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, monkeypatch):
+    from anogan import pipeline
+    from anogan.inversion import Inversion
+
+    rng = np.random.default_rng(4)
+    _scans(tmp_path / "scans", rng, n=3, shape=(40, 70))
+    ckpt, out = tiny_run / "checkpoints" / "last.ckpt", tmp_path / "run"
+    cfg = _predict_cfg(ckpt, tmp_path / "scans", out)
+    real = pipeline.instantiate_list
+    monkeypatch.setattr(pipeline, "instantiate_list",
+                        lambda c: real(c) + ([_Crash()] if c is cfg.prediction_callbacks else []))
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate(cfg)
+    monkeypatch.setattr(pipeline, "instantiate_list", real)
+    _save(tmp_path / "scans" / "vol" / "0.png", rng.integers(0, 255, (40, 70), dtype=np.uint8))  # new pixels
+    mapped, original = [], Inversion.map_batch
+    monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
+    evaluate(_predict_cfg(ckpt, tmp_path / "scans", out))
+    assert sum(mapped) == 24  # every patch mapped again: the partial file held other scans' rows
+
+
+def test_float_scans_outside_the_unit_range_are_refused(tmp_path):
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["images"] = np.full((1, 40, 40), 1.5, np.float32)
+    with pytest.raises(ScanError, match=r"outside \[0, 1\]; rescale"):
+        ScansDataModule(str(tmp_path / "f.h5"), training={"normalisation": "none"}).setup()
+
+
+@pytest.mark.slow
+def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
+    """trainer=ddp on CPU (two gloo processes): the same maps, predictions and pixel AUROC as one process;
+    21 patches, an odd count, so the DistributedSampler repeats one (it is counted once)."""
+    rng = np.random.default_rng(5)
+    for k, shape in enumerate([(40, 70), (32, 120), (50, 40)]):  # 8 + 7 + 6 patches
+        _save(tmp_path / "scans" / f"{k}.png", rng.integers(0, 255, shape, dtype=np.uint8))
+        _save(tmp_path / "masks" / f"{k}.png", (rng.random(shape) < 0.05).astype(np.uint8) * 255)
+    args = [f"ckpt_path={tiny_run}/checkpoints/last.ckpt", "data=scans", f"data.path={tmp_path}/scans",
+            f"data.masks={tmp_path}/masks", "inversion.steps=3", "logger=none", "trainer.enable_progress_bar=false",
+            "data.eval_batch_size=4"]
+    run_script(["evaluate.py", *args, f"hydra.run.dir={tmp_path}/one"], cwd=ROOT)
+    run_script(["evaluate.py", *args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                f"hydra.run.dir={tmp_path}/ddp"], cwd=ROOT)
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    assert (ddp / "train_ddp_process_1.log").exists()  # Lightning started the second process
+    assert list(csv.DictReader(open(ddp / "predictions.csv"))) == list(csv.DictReader(open(one / "predictions.csv")))
+    for k in range(3):
+        np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
+    a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
+    assert a["pixel_auroc"] == pytest.approx(b["pixel_auroc"]) and a["n_pixels"] == 40 * 70 + 32 * 120 + 50 * 40
+    assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21))
