@@ -8,7 +8,7 @@ with the pure functions here. This module knows nothing of Lightning except ``sc
 builds the DataModule for the evaluation.
 
 ``python -m anogan.predict figure RUN_DIR NAME --scans DIR --masks DIR --out PNG`` draws a scan, its
-stitched map and its true mask side by side (the README's figure).
+stitched map and its true mask side by side (the figure of docs/oct.md).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def scans_datamodule(data_cfg: DictConfig, ckpt_path: str | os.PathLike):
     return instantiate(data_cfg, training=training_recipe(read_checkpoint(ckpt_path)), _convert_="all")
 
 
-# -- the README's figure ---------------------------------------------------------------------------
+# -- the figure of docs/oct.md -----------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m anogan.predict", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)

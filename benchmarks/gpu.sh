@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of the README's Performance table, as one script: run from anywhere on a CUDA machine
+# The GPU rows of the Performance table (docs/performance.md), as one script: run from anywhere on a CUDA machine
 # with the project's environment active (`bash benchmarks/gpu.sh | tee gpu.log`). About 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
