@@ -96,3 +96,26 @@ def sample_distances(gan, real: torch.Tensor) -> tuple[float, float]:
     mean_gap = float((fake.mean(0) - real.mean(0)).abs().mean())
     nearest = float(torch.cdist(fake.flatten(1), real.flatten(1)).min(1).values.mean())
     return mean_gap, nearest
+
+
+def assert_aurocs_match_scores(run_dir: Path) -> dict:
+    """Every AUROC of ``run_dir/metrics.json`` equals scikit-learn's on the test rows of its
+    ``scores.h5`` (an implementation independent of torchmetrics); returns the metrics."""
+    import json
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from anogan.callbacks import read_scores
+    from anogan.data import SPLITS
+
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    rows = read_scores(Path(run_dir) / "scores.h5")
+    test = rows["split"] == SPLITS["test"]
+    y = rows["label"][test]
+    assert metrics["n_anomalous"] == int(y.sum()) and metrics["n_normal"] == int((1 - y).sum())
+    assert set(metrics["scores"]) == {k[len("scores/"):] for k in rows if k.startswith("scores/")}
+    for name, row in metrics["scores"].items():
+        want = roc_auc_score(y, rows[f"scores/{name}"][test].astype(np.float64))
+        assert row["auroc"] == pytest.approx(want, abs=1e-6), name  # torchmetrics computes in float32
+    return metrics

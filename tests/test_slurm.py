@@ -98,7 +98,9 @@ def test_a_failed_slurm_job_is_a_failed_row_and_the_others_complete(slurm, tiny_
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0  # the launcher reports the failed job
     ok, failed = read_summary(sweep)
-    assert ok["status"] == "COMPLETED" and 0 <= float(ok["auroc/anomaly"]) <= 1
+    assert ok["status"] == "COMPLETED"
+    job = json.loads((sweep / ok["job"] / "metrics.json").read_text())
+    assert float(ok["auroc/anomaly"]) == pytest.approx(job["scores"]["anomaly"]["auroc"])
     assert failed["status"] == "FAILED" and failed["error"].startswith("ValueError: inversion.lam=2")
     assert failed["auroc/anomaly"] == ""
 

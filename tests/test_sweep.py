@@ -52,7 +52,9 @@ def test_a_failed_job_is_a_row_with_its_error(tiny_ckpt, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     ok, failed = read_summary(sweep)
-    assert ok["status"] == "COMPLETED" and 0 <= float(ok["auroc/anomaly"]) <= 1
+    assert ok["status"] == "COMPLETED"
+    job = json.loads((sweep / ok["job"] / "metrics.json").read_text())
+    assert float(ok["auroc/anomaly"]) == pytest.approx(job["scores"]["anomaly"]["auroc"])
     assert failed["status"] == "FAILED" and float(failed["lam"]) == 2.0
     assert failed["error"].startswith("ValueError: inversion.lam=2") and failed["auroc/anomaly"] == ""
     status = json.loads((sweep / "1" / "job_status.json").read_text())
