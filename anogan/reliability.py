@@ -179,12 +179,16 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path", example: st
         raise _corrupt(path, e) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise _corrupt(path, e) from None
+    except Exception as e:  # noqa: BLE001  any other file: torch's unpickler fails with KeyError, ValueError, ...
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e}); pass {key}=<run dir>/{example}"
+        ) from None
 
 
 def _corrupt(path: Path, e: BaseException) -> CheckpointError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return CheckpointError(
-        f"{path} is truncated or corrupt ({first}); copy it again, or resume from an earlier "
+        f"{path} is truncated or corrupt ({first[:200]}); copy it again, or use an earlier "
         f"{path.parent}/epoch_XXXX.ckpt"
     )
 

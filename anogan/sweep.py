@@ -162,11 +162,24 @@ def write_summary(sweep_dir: str | os.PathLike, score: str = "anomaly") -> Path:
             writer.writerows(rows)
 
     _write_atomic(path, write_csv)
-    write_benchmark(rows, sweep_dir)
+    benchmark = write_benchmark(rows, sweep_dir)
     points = auroc_points(rows, score)
-    if points:
+    if points and not (benchmark and len(points) == 1):  # a classes x seeds sweep at one (lam, steps)
         plot_sweep(points, sweep_dir, score)
     return path
+
+
+def sweep_report(sweep_dir: str | os.PathLike) -> str:
+    """The closing lines of a multirun: the sweep directory and the files in it."""
+    sweep_dir = Path(sweep_dir)
+    about = {SUMMARY_FILE: "one row per job: status, overrides, every AUROC",
+             BENCHMARK_FILES[1]: f"AUROC mean ± std over seeds, per class (+ {BENCHMARK_FILES[0]})",
+             FIGURES[0]: "AUROC over lam x steps", FIGURES[1]: "AUROC against steps, one line per lam"}
+    lines = [f"Sweep directory: {sweep_dir}"]
+    lines += [f"  {name:<19} {text}" for name, text in about.items() if (sweep_dir / name).is_file()]
+    lines += ["  0/, 1/, ...         the jobs' run directories",
+              f"Rebuild the summary: python -m anogan.sweep {sweep_dir}"]
+    return "\n".join(lines)
 
 
 # -- seeds x classes: the paper table of a benchmark sweep ---------------------------------------------
@@ -381,6 +394,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
             _locked_summary(sweep_dir)
+            print(sweep_report(sweep_dir))
 
 
 def main(argv: list[str] | None = None) -> None:

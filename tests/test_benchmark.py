@@ -100,9 +100,13 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     _idx_set(tmp_path / "idx")
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith("data.eval_train_samples")]
-    run_script(["train.py", "-m", "experiment=fashion_mnist_benchmark", "data.normal_classes=[0],[3]", "seed=0,1",
-                *tiny, "trainer.max_epochs=1", "encoder.max_epochs=1", f"data.root={tmp_path / 'idx'}",
-                "data.download=false", "baselines.pca_components=5", f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    proc = run_script(["train.py", "-m", "experiment=fashion_mnist_benchmark", "data.normal_classes=[0],[3]",
+                       "seed=0,1", *tiny, "trainer.max_epochs=1", "encoder.max_epochs=1",
+                       f"data.root={tmp_path / 'idx'}", "data.download=false", "baselines.pca_components=5",
+                       f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    tail = proc.stdout.strip().splitlines()[-5:]  # the closing lines name the sweep dir and its tables
+    assert tail[0] == f"Sweep directory: {sweep}" and any("benchmark.md" in line for line in tail), tail
+    assert not (sweep / "auroc_heatmap.png").exists()  # one (lam, steps): no lam x steps figure
     with open(sweep / "summary.csv") as f:
         jobs = list(csv.DictReader(f))
     assert len(jobs) == 4 and all(j["status"] == "COMPLETED" for j in jobs)

@@ -69,6 +69,24 @@ def _scans(root, rng, n=2, shape=(40, 70), dtype=np.uint8):
         _save(root / "vol" / f"{k}.png", rng.integers(0, top, shape, dtype=dtype))
 
 
+def test_colour_scans_are_read_as_grey_with_a_warning_and_jpeg_only_folders_name_the_fix(tmp_path, caplog):
+    from anogan.data.scans import read_scan
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "rgb").mkdir()
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb" / "a.png")
+    with caplog.at_level("WARNING"):
+        (scan,) = list_scans(tmp_path / "rgb")
+    assert "a.png is a colour (RGB) image: scored as grey" in caplog.text
+    assert scan.channels == 1 and read_scan(scan).shape == (20, 30)
+    np.testing.assert_array_equal(read_scan(scan), np.array(Image.fromarray(rgb).convert("L")))
+    (tmp_path / "jpg").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "jpg" / "b.jpg")
+    with pytest.raises(ScanError, match=r"no PNG or TIFF image .*found only \.jpg files: convert them"):
+        list_scans(tmp_path / "jpg")
+
+
 def test_inputs_folder_multipage_tiff_hdf5_and_single_image(tmp_path):
     rng = np.random.default_rng(0)
     _scans(tmp_path / "scans", rng)
@@ -155,7 +173,7 @@ class _Crash(L.Callback):
             raise RuntimeError("killed")
 
 
-def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch):
+def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch, capsys):
     from anogan import pipeline
 
     rng = np.random.default_rng(3)
@@ -165,6 +183,8 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     clean = tmp_path / "clean"
     result = evaluate(_predict_cfg(ckpt, tmp_path / "scans", clean, extra))
     assert "test/auroc/anomaly" not in result  # no labels, no AUROC
+    closing = capsys.readouterr().out.split("Run directory:")[-1]  # the closing lines name the outputs
+    assert all(f"  {name}" in closing for name in ("predictions.csv", "maps/", "scores.h5")), closing
     rows = list(csv.DictReader(open(clean / "predictions.csv")))
     assert [r["image"] for r in rows] == ["vol/0", "vol/1", "vol/2"]
     threshold = json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]

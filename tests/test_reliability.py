@@ -167,6 +167,18 @@ def test_resuming_from_a_checkpoint_of_other_nets_names_the_mismatch(tiny_ckpt, 
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_text_file_as_checkpoint_is_named_in_evaluation_and_training(tmp_path):
+    """A text file made torch's unpickler fail with a bare ``KeyError: 101``."""
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"hello, not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"x.ckpt is not a PyTorch checkpoint.*pass ckpt_path="):
+        _eval(bad, tmp_path / "eval")
+    with pytest.raises(CheckpointError, match=r"x.ckpt is not a PyTorch checkpoint"):
+        train(compose_cfg("train", [*TRAIN, f"ckpt_path={bad}"], tmp_path / "train"))
+    for out in (tmp_path / "eval", tmp_path / "train"):
+        assert not any(out.glob("scores.h5*")) and not (out / "checkpoints").exists()
+
+
 def test_a_truncated_checkpoint_is_named_in_evaluation_and_training(tiny_ckpt, tmp_path):
     bad = tmp_path / "cut.ckpt"
     bad.write_bytes(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])

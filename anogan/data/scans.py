@@ -20,6 +20,7 @@ patch's row in ``patches``: the key of its initial z), ``split`` (test).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from anogan.data.prepare import (
     unit,
 )
 from anogan.data.transforms import to_model_range
+
+log = logging.getLogger(__name__)
 
 
 class ScanError(ValueError):
@@ -99,7 +102,10 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None) 
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         root = path
         if not files:
-            raise ScanError(f"data.path={path}: no PNG or TIFF image in it or its sub-folders")
+            others = sorted({f.suffix.lower() or f.name for f in path.rglob("*") if f.is_file()})
+            raise ScanError(f"data.path={path}: no PNG or TIFF image in it or its sub-folders"
+                            + (f" (found only {', '.join(others[:5])} files: convert them to PNG or TIFF)"
+                               if others else ""))
     out = []
     for f in files:
         rel = f.relative_to(root).with_suffix("")
@@ -115,10 +121,22 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None) 
             pages = read_pages(f)
         except PrepareError as e:
             raise ScanError(str(e)) from None
+        _note_colour(f)
         for k, page in enumerate(pages):
             name = str(rel) if len(pages) == 1 else f"{rel}_p{k:03d}"
             out.append(Scan(name, f, k, page.shape, 1, page.dtype, mask))
     return out
+
+
+def _note_colour(path: Path) -> None:
+    """Say that a colour image is scored as grey: ``read_pages`` takes its luminance, as ``prepare``
+    does for the training scans."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode in ("RGB", "RGBA", "LA", "P"):
+            log.warning("%s is a colour (%s) image: scored as grey (its luminance), as prepare reads the "
+                        "training scans", path, img.mode)
 
 
 def read_scan(scan: Scan) -> np.ndarray:
