@@ -167,24 +167,17 @@ def test_resuming_from_a_checkpoint_of_other_nets_names_the_mismatch(tiny_ckpt, 
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_text_file_as_checkpoint_is_named_in_evaluation_and_training(tmp_path):
-    """A text file made torch's unpickler fail with a bare ``KeyError: 101``."""
-    bad = tmp_path / "x.ckpt"
-    bad.write_bytes(b"hello, not a checkpoint\n")
-    with pytest.raises(CheckpointError, match=r"x.ckpt is not a PyTorch checkpoint.*pass ckpt_path="):
+@pytest.mark.parametrize(("content", "named", "fix"), [
+    # a text file made torch's unpickler fail with a bare ``KeyError: 101``
+    (lambda ckpt: b"hello, not a checkpoint\n", "is not a PyTorch checkpoint", "pass ckpt_path="),
+    (lambda ckpt: ckpt.read_bytes()[: ckpt.stat().st_size // 2], "is truncated or corrupt", "copy it again"),
+], ids=["text file", "truncated"])
+def test_a_bad_checkpoint_file_is_named_in_evaluation_and_training(tiny_ckpt, tmp_path, content, named, fix):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content(tiny_ckpt))
+    with pytest.raises(CheckpointError, match=f"bad.ckpt {named} .*{fix}"):
         _eval(bad, tmp_path / "eval")
-    with pytest.raises(CheckpointError, match=r"x.ckpt is not a PyTorch checkpoint"):
-        train(compose_cfg("train", [*TRAIN, f"ckpt_path={bad}"], tmp_path / "train"))
-    for out in (tmp_path / "eval", tmp_path / "train"):
-        assert not any(out.glob("scores.h5*")) and not (out / "checkpoints").exists()
-
-
-def test_a_truncated_checkpoint_is_named_in_evaluation_and_training(tiny_ckpt, tmp_path):
-    bad = tmp_path / "cut.ckpt"
-    bad.write_bytes(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"cut.ckpt is truncated or corrupt .*copy it again"):
-        _eval(bad, tmp_path / "eval")
-    with pytest.raises(CheckpointError, match=r"cut.ckpt is truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=f"bad.ckpt {named}"):
         train(compose_cfg("train", [*TRAIN, f"ckpt_path={bad}"], tmp_path / "train"))
     for out in (tmp_path / "eval", tmp_path / "train"):
         assert not any(out.glob("scores.h5*")) and not (out / "metrics.json").exists()

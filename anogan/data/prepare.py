@@ -72,21 +72,28 @@ class PatchOptions:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_pages(path: Path, mask: bool = False) -> list[np.ndarray]:
+def read_pages(path: Path, mask: bool = False, page: int | None = None) -> list[np.ndarray]:
     """Every page of an image file as stored, (H, W) each: one for PNG, one per B-scan for a multi-page
-    TIFF (a common way to store an OCT volume). uint8, uint16 (16-bit PNG / TIFF keep their range),
-    int32 for signed integers (their values kept), or float. Colour images become grey (luminance);
-    ``mask``: palette (``P``) images are read by palette index, not converted to grey levels."""
+    TIFF (a common way to store an OCT volume); only page ``page`` (a list of one) when given, without
+    decoding the others. uint8, uint16 (16-bit PNG / TIFF keep their range), int32 for signed integers
+    (their values kept), or float. Colour images become grey (luminance); ``mask``: palette (``P``)
+    images are read by palette index, not converted to grey levels. A ``page`` beyond the file's last
+    raises PrepareError."""
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     pages = []
     try:
         with Image.open(path) as img:
-            for page in ImageSequence.Iterator(img):
-                page.load()
-                if page.mode in ("RGB", "RGBA", "LA") or (page.mode == "P" and not mask):
-                    page = page.convert("L")
-                pages.append(np.array(page))
+            if page is not None:
+                try:
+                    img.seek(page)
+                except EOFError:
+                    raise PrepareError(f"{path}: has {getattr(img, 'n_frames', 1)} page(s), no page {page}") from None
+            for page_img in [img] if page is not None else ImageSequence.Iterator(img):
+                page_img.load()
+                if page_img.mode in ("RGB", "RGBA", "LA") or (page_img.mode == "P" and not mask):
+                    page_img = page_img.convert("L")
+                pages.append(np.array(page_img))
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise PrepareError(f"{path}: cannot read the image ({e}); replace or remove the file") from e
     return [_stored(arr, path) for arr in pages]

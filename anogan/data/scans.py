@@ -145,17 +145,18 @@ def read_scan(scan: Scan) -> np.ndarray:
         images = _hdf5_images(scan.source)
         with images.file:
             return images[scan.page]
-    return read_pages(scan.source)[scan.page]
+    return read_pages(scan.source, page=scan.page)[0]  # one page of a volume, not all of them
 
 
 def read_scan_mask(scan: Scan) -> np.ndarray | None:
     """The scan's mask, bool (H, W), or None."""
     if scan.mask is None:
         return None
-    pages = read_pages(scan.mask, mask=True)  # palette masks by index
-    if scan.page >= len(pages):
-        raise ScanError(f"{scan.mask}: {len(pages)} page(s), but its scan {scan.source} has a page {scan.page}")
-    return check_mask(pages[scan.page], scan.mask, scan.shape, scan.source)
+    try:
+        (page,) = read_pages(scan.mask, mask=True, page=scan.page)  # palette masks by index
+    except PrepareError as e:
+        raise ScanError(f"{e}, but its scan {scan.source} has a page {scan.page}") from None
+    return check_mask(page, scan.mask, scan.shape, scan.source)
 
 
 class PatchDataset(Dataset):
