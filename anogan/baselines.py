@@ -1,6 +1,7 @@
-"""Baselines on the images themselves and on the critic's features, scored on exactly the images the
-evaluation maps: one-pass scorers (``x (B, C, H, W) -> {name: (B,)}``) like f-AnoGAN's, so their AUROCs
-land in ``metrics.json`` beside the GAN scores and ``evaluate.py`` reproduces them.
+"""Baselines on the images themselves, and nearest-neighbour scores in the spaces of the GAN's networks,
+scored on exactly the images the evaluation maps: one-pass scorers (``x (B, C, H, W) -> {name: (B,)}``)
+like f-AnoGAN's, so their AUROCs land in ``metrics.json`` beside the GAN scores and ``evaluate.py``
+reproduces them.
 
 - ``pixel_pca``: squared reconstruction error of x from the top ``pca_components`` principal components
   of the normal training images (pixels, flattened). Fitted with scikit-learn's ``PCA``.
@@ -8,15 +9,22 @@ land in ``metrics.json`` beside the GAN scores and ``evaluate.py`` reproduces th
   (k = 1: the 1-NN baseline of the one-class literature, e.g. Ruff et al. 2018, Golan & El-Yaniv 2018).
 - ``feature_knn`` (``feature_knn: true``): the same distance between f(x) and f of the training images,
   f = D's feature layer (``Discriminator.features``, the paper's f).
+- ``latent_knn`` (``latent_knn: true``, needs f-AnoGAN's encoder E): the same distance between E(x) and
+  E of the training images, in G's latent space (our addition: f-AnoGAN scores ||x - G(E(x))||; this
+  scores how far E(x) lies from where E puts the normal images. docs/benchmark.md: how it was chosen).
 
+``knn`` is one k or a list of them: every k gives each kNN score, named ``<score>`` for k = 1 and
+``<score><k>`` otherwise (``knn: [1, 10]`` -> ``pixel_knn``, ``pixel_knn10``, ...).
 Higher = more anomalous for every score. ``python train.py baselines=pixel`` (or evaluate.py) adds them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -34,28 +42,75 @@ def training_images(dataset: Dataset, max_images: int | None = None, batch_size:
     return torch.cat(batches)
 
 
-def knn_distance(queries: torch.Tensor, reference: torch.Tensor, k: int = 1, chunk: int = 4096) -> torch.Tensor:
+def knn_distance(queries: torch.Tensor, reference: torch.Tensor, k: int | Sequence[int] = 1,
+                 chunk: int = 4096) -> torch.Tensor:
     """Euclidean distance (B,) from each row of ``queries`` (B, F) to its k-th nearest row of
-    ``reference`` (N, F); the reference is visited in chunks of ``chunk`` rows (memory B x chunk).
-    Computed in float64: float32's matrix-product form of ``cdist`` is off by ~1e-3 near 0, which
-    would break ties between near-duplicates. Returns float32."""
-    if not 1 <= k <= len(reference):
-        raise ValueError(f"baselines.knn={k} must lie in [1, {len(reference)}] (the training images)")
+    ``reference`` (N, F), or (B, len(k)) for a list of k (one pass over the reference); the reference
+    is visited in chunks of ``chunk`` rows (memory B x chunk). Computed in float64: float32's
+    matrix-product form of ``cdist`` is off by ~1e-3 near 0, which would break ties between
+    near-duplicates. Returns float32. Raises ValueError for a k outside [1, N]."""
+    ks = check_knn(k, len(reference))
     best = None
     queries = queries.double()
     for i in range(0, len(reference), chunk):
         d = torch.cdist(queries, reference[i:i + chunk].double())
         best = d if best is None else torch.cat([best, d], 1)
-        best = best.topk(min(k, best.shape[1]), dim=1, largest=False).values
-    return best[:, k - 1].float()
+        best = best.topk(min(max(ks), best.shape[1]), dim=1, largest=False).values
+    out = best[:, [k_ - 1 for k_ in ks]].float()
+    return out[:, 0] if isinstance(k, int) else out
+
+
+def check_knn(knn: int | Sequence[int], n_train: int) -> list[int]:
+    """The k of ``baselines.knn`` (one int or a list) as a list; ValueError naming the key for a k that
+    is no integer in [1, n_train] (the training images) or an empty list."""
+    ks = [knn] if isinstance(knn, int) else list(knn)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_train for k in ks):
+        raise ValueError(f"baselines.knn={knn} must be an integer or a list of integers in [1, {n_train}] "
+                         "(the training images), e.g. baselines.knn=1 or 'baselines.knn=[1,10]'")
+    return ks
+
+
+def knn_name(score: str, k: int) -> str:
+    """The score name of the k-th-nearest-neighbour distance: ``score`` for k = 1, else ``score<k>``."""
+    return score if k == 1 else f"{score}{k}"
+
+
+class KNNScores(nn.Module):
+    """``<name>`` / ``<name><k>`` for each k of ``knn``: distance (B,) from embed(x) to the k-th nearest
+    embed(training image) (``knn_distance``; ``knn_name``). embed(x) = ``getattr(net, method)(x)``
+    flattened, or the pixels when ``net`` is None; ``net`` scores in eval mode (BatchNorm's running
+    statistics). ``train`` (N, C, H, W) in [-1, 1]; embedded once, in batches of ``batch_size``."""
+
+    def __init__(self, name: str, train: torch.Tensor, knn: int | Sequence[int] = 1,
+                 net: nn.Module | None = None, method: str = "forward", batch_size: int = 256):
+        super().__init__()
+        self.name, self.net, self.method = name, net, method
+        self.ks = check_knn(knn, len(train))
+        if net is not None:
+            net.eval()
+        with torch.no_grad():
+            reference = torch.cat([self.embed(train[i:i + batch_size]) for i in range(0, len(train), batch_size)])
+        self.register_buffer("reference", reference)
+
+    def train(self, mode: bool = True) -> KNNScores:
+        return super().train(False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return (x if self.net is None else getattr(self.net, self.method)(x)).flatten(1).float()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = knn_distance(self.embed(x), self.reference, self.ks)
+        return {knn_name(self.name, k): d[:, j] for j, k in enumerate(self.ks)}
 
 
 class PixelBaselines(nn.Module):
-    """``pixel_pca`` and ``pixel_knn`` of a batch, fitted on ``train`` (N, C, H, W) in [-1, 1].
+    """``pixel_pca`` and ``pixel_knn`` (one per k of ``knn``, ``KNNScores``) of a batch, fitted on
+    ``train`` (N, C, H, W) in [-1, 1].
 
-    Raises ValueError when ``pca_components`` exceeds min(N, C*H*W) or ``knn`` is outside [1, N]."""
+    Raises ValueError when ``pca_components`` exceeds min(N, C*H*W) or a k of ``knn`` is outside [1, N]."""
 
-    def __init__(self, train: torch.Tensor, pca_components: int = 30, knn: int = 1):
+    def __init__(self, train: torch.Tensor, pca_components: int = 30, knn: int | Sequence[int] = 1):
         super().__init__()
         from sklearn.decomposition import PCA
 
@@ -66,58 +121,54 @@ class PixelBaselines(nn.Module):
                 f"baselines.pca_components={pca_components} must lie in [1, {limit}] "
                 f"({flat.shape[0]} training images of {flat.shape[1]} pixels)"
             )
-        if not 1 <= knn <= len(flat):
-            raise ValueError(f"baselines.knn={knn} must lie in [1, {len(flat)}] (the training images)")
+        self.knn = KNNScores("pixel_knn", train, knn)
         pca = PCA(n_components=pca_components, random_state=0).fit(flat.numpy())
         self.register_buffer("mean", torch.from_numpy(pca.mean_).float())
         self.register_buffer("components", torch.from_numpy(pca.components_).float())  # (k, P), orthonormal rows
-        self.register_buffer("train_images", train.flatten(1).float())
-        self.knn = knn
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         flat = x.flatten(1).float()
         centred = flat - self.mean
         recon = (centred @ self.components.T) @ self.components
-        return {
-            "pixel_pca": (centred - recon).pow(2).sum(1),
-            "pixel_knn": knn_distance(flat, self.train_images, self.knn),
-        }
+        return {"pixel_pca": (centred - recon).pow(2).sum(1), **self.knn(x)}
 
 
-class FeatureKNN(nn.Module):
-    """``feature_knn``: distance from f(x) to the ``knn``-th nearest f(training image), f = D.features."""
-
-    def __init__(self, discriminator: nn.Module, train: torch.Tensor, knn: int = 1, batch_size: int = 256):
-        super().__init__()
-        self.discriminator = discriminator
-        with torch.no_grad():
-            feats = torch.cat([discriminator.features(train[i:i + batch_size])
-                               for i in range(0, len(train), batch_size)])
-        self.register_buffer("train_features", feats)
-        self.knn = knn
-
-    def train(self, mode: bool = True) -> FeatureKNN:
-        return super().train(False)  # D scores with BatchNorm's running statistics
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"feature_knn": knn_distance(self.discriminator.features(x), self.train_features, self.knn)}
+def FeatureKNN(discriminator: nn.Module, train: torch.Tensor, knn: int | Sequence[int] = 1) -> KNNScores:
+    """``feature_knn``: distance from f(x) to the k-th nearest f(training image), f = D.features."""
+    return KNNScores("feature_knn", train, knn, discriminator, "features")
 
 
-def baseline_scorers(cfg, datamodule, discriminator: nn.Module) -> list[nn.Module]:
+def LatentKNN(encoder: nn.Module, train: torch.Tensor, knn: int | Sequence[int] = 1) -> KNNScores:
+    """``latent_knn``: distance from E(x) to the k-th nearest E(training image), E = f-AnoGAN's encoder
+    (z_dim coordinates of G's latent space)."""
+    return KNNScores("latent_knn", train, knn, encoder)
+
+
+def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Module | None = None) -> list[nn.Module]:
     """The scorers of ``cfg`` (the ``baselines`` config group: ``pca_components``, ``knn``,
-    ``feature_knn``, ``max_train_images``), fitted on ``datamodule.train_set``; [] when not configured."""
+    ``feature_knn``, ``latent_knn``, ``max_train_images``), fitted on ``datamodule.train_set``; [] when
+    not configured. ``latent_knn`` needs f-AnoGAN's ``encoder`` (ValueError naming the fix without one)."""
     if not cfg:
         return []
     if getattr(datamodule, "train_set", None) is None:
         raise ValueError(f"baselines need the normal training images, which {type(datamodule).__name__} does "
                          "not hold (data=scans scores new scans without them): drop baselines=...")
+    check_latent_knn(cfg, encoder is not None)
+    knn = OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn
     train = training_images(datamodule.train_set, cfg.get("max_train_images"))
-    scorers: list[nn.Module] = [PixelBaselines(train, int(cfg.pca_components), int(cfg.knn))]
+    scorers: list[nn.Module] = [PixelBaselines(train, int(cfg.pca_components), knn)]
     if cfg.get("feature_knn"):
-        discriminator.eval()
-        scorers.append(FeatureKNN(discriminator, train, int(cfg.knn)))
+        scorers.append(FeatureKNN(discriminator, train, knn))
+    if cfg.get("latent_knn"):
+        scorers.append(LatentKNN(encoder, train, knn))
     log.info("baselines fitted on %d training images: %s", len(train),
-             ", ".join(type(s).__name__ for s in scorers))
+             ", ".join(getattr(s, "name", type(s).__name__) for s in scorers))
     return scorers
+
+
+def check_latent_knn(cfg, has_encoder: bool) -> None:
+    """ValueError when ``baselines.latent_knn`` is asked for without f-AnoGAN's encoder."""
+    if cfg and cfg.get("latent_knn") and not has_encoder:
+        raise ValueError("baselines.latent_knn=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): "
+                         "train with encoder=izif, or drop it with baselines.latent_knn=false")

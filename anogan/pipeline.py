@@ -84,6 +84,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
                        cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
+        from anogan.baselines import check_latent_knn
+
+        check_latent_knn(cfg.get("baselines"), bool(cfg.get("encoder")))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     print_config(cfg, output_dir / "config_tree.log")
     datamodule = instantiate(cfg.data)
@@ -175,7 +178,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
     datamodule.setup("test")
     check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
-    scorers += baseline_scorers(cfg.get("baselines"), datamodule, D)  # pixel / feature baselines: baselines=pixel
+    scorers += baseline_scorers(cfg.get("baselines"), datamodule, D, encoder)  # kNN / PCA baselines: baselines=pixel
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))

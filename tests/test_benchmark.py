@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from conftest import ROOT, TINY, run_script
 from test_data import write_idx
 from test_sweep import _fake_job
 
-from anogan.baselines import FeatureKNN, PixelBaselines, knn_distance
-from anogan.nets import Discriminator
+from anogan.baselines import FeatureKNN, LatentKNN, PixelBaselines, baseline_scorers, knn_distance
+from anogan.nets import Discriminator, Encoder
 from anogan.sweep import benchmark_rows, write_summary
 
 
@@ -42,6 +43,11 @@ def test_knn_distance_is_the_kth_smallest_euclidean_distance():
         torch.testing.assert_close(knn_distance(q, ref, k, chunk=4), full[:, k - 1])
     with pytest.raises(ValueError, match="baselines.knn=24"):
         knn_distance(q, ref, 24)
+    # a list of k: one pass, one column per k
+    torch.testing.assert_close(knn_distance(q, ref, [1, 3, 10], chunk=5), full[:, [0, 2, 9]])
+    for bad in ([], [0, 2], [2.5], [True]):
+        with pytest.raises(ValueError, match=r"baselines.knn=.*e.g. baselines.knn=1"):
+            knn_distance(q, ref, bad)
 
 
 def test_pixel_pca_equals_scikit_learn_reconstruction_error():
@@ -67,6 +73,36 @@ def test_feature_knn_uses_the_discriminator_features():
     with torch.no_grad():
         want = torch.cdist(D.features(test), D.features(train)).min(1).values
     torch.testing.assert_close(FeatureKNN(D, train)(test)["feature_knn"], want)
+
+
+def test_a_list_of_k_names_one_score_per_k_for_pixels_features_and_latents():
+    g = torch.Generator().manual_seed(3)
+    train, test = torch.rand(30, 1, 28, 28, generator=g) * 2 - 1, torch.rand(4, 1, 28, 28, generator=g) * 2 - 1
+    D = Discriminator(image_size=28, channels=1, width=4).eval()
+    E = Encoder(image_size=28, channels=1, z_dim=6, width=4).eval()
+    with torch.no_grad():
+        spaces = {"pixel_knn": (test.flatten(1), train.flatten(1)),
+                  "feature_knn": (D.features(test), D.features(train)), "latent_knn": (E(test), E(train))}
+    got = {**PixelBaselines(train, 4, knn=[1, 5])(test), **FeatureKNN(D, train, [1, 5])(test),
+           **LatentKNN(E, train, [1, 5])(test)}
+    assert set(got) == {"pixel_pca", "pixel_knn", "pixel_knn5", "feature_knn", "feature_knn5",
+                        "latent_knn", "latent_knn5"}
+    for name, (q, ref) in spaces.items():
+        d = torch.cdist(q.double(), ref.double()).sort(1).values.float()
+        torch.testing.assert_close(got[name], d[:, 0])
+        torch.testing.assert_close(got[f"{name}5"], d[:, 4])
+    assert torch.all(LatentKNN(E, train)(train[:3])["latent_knn"] < 1e-4)  # its own latent (float rounding)
+
+
+def test_latent_knn_without_an_encoder_is_refused_before_training(tmp_path):
+    cfg = OmegaConf.create({"latent_knn": True, "knn": 1, "pca_components": 2})
+    data = type("DM", (), {"train_set": [{"image": torch.zeros(1, 28, 28)}] * 4})()
+    with pytest.raises(ValueError, match="needs f-AnoGAN's encoder.*encoder=izif"):
+        baseline_scorers(cfg, data, Discriminator(image_size=28, channels=1, width=4))
+    proc = run_script(["train.py", *TINY, "baselines=pixel", "baselines.latent_knn=true",
+                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, check=False)
+    assert proc.returncode != 0 and "encoder=izif" in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
 def test_benchmark_rows_aggregate_seeds_and_the_class_mean(tmp_path):
@@ -115,7 +151,7 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     with open(sweep / "benchmark.csv") as f:
         table = {(r["normal_classes"], r["score"]): r for r in csv.DictReader(f)}
     scores = {s for _, s in table}
-    assert {"anomaly", "fanogan", "pixel_pca", "pixel_knn", "feature_knn"} <= scores
+    assert {"anomaly", "fanogan", "pixel_pca", "pixel_knn", "feature_knn", "latent_knn"} <= scores
     for s in scores:
         per_class = [float(table[(c, s)]["mean"]) for c in ("[0]", "[3]")]
         assert int(table[("mean", s)]["n"]) == 2
@@ -127,8 +163,9 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     # evaluate.py reproduces a job's baseline and f-AnoGAN AUROCs from its checkpoints
     out = tmp_path / "again"
     run_script(["evaluate.py", f"ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}", "baselines=pixel",
-                "baselines.pca_components=5", "baselines.feature_knn=true", "inversion.steps=5", "logger=none",
+                "baselines.pca_components=5", "baselines.feature_knn=true", "baselines.latent_knn=true",
+                "inversion.steps=5", "logger=none",
                 "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
     again = json.loads((out / "metrics.json").read_text())
-    for s in ("pixel_pca", "pixel_knn", "feature_knn", "fanogan", "anomaly"):
+    for s in ("pixel_pca", "pixel_knn", "feature_knn", "latent_knn", "fanogan", "anomaly"):
         assert again["scores"][s]["auroc"] == pytest.approx(metrics["scores"][s]["auroc"], abs=1e-6)
