@@ -151,7 +151,8 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     with open(sweep / "benchmark.csv") as f:
         table = {(r["normal_classes"], r["score"]): r for r in csv.DictReader(f)}
     scores = {s for _, s in table}
-    assert {"anomaly", "fanogan", "pixel_pca", "pixel_knn", "feature_knn", "latent_knn"} <= scores
+    assert {"anomaly", "fanogan", "pixel_pca", "pixel_knn", "pixel_knn10", "feature_knn", "latent_knn",
+            "latent_knn10"} <= scores
     for s in scores:
         per_class = [float(table[(c, s)]["mean"]) for c in ("[0]", "[3]")]
         assert int(table[("mean", s)]["n"]) == 2
@@ -164,8 +165,9 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     out = tmp_path / "again"
     run_script(["evaluate.py", f"ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}", "baselines=pixel",
                 "baselines.pca_components=5", "baselines.feature_knn=true", "baselines.latent_knn=true",
-                "inversion.steps=5", "logger=none",
+                "baselines.knn=[1,10]", "inversion.steps=5", "logger=none",
                 "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
     again = json.loads((out / "metrics.json").read_text())
-    for s in ("pixel_pca", "pixel_knn", "feature_knn", "latent_knn", "fanogan", "anomaly"):
+    for s in ("pixel_pca", "pixel_knn", "pixel_knn10", "feature_knn", "latent_knn", "latent_knn10", "fanogan",
+              "anomaly"):
         assert again["scores"][s]["auroc"] == pytest.approx(metrics["scores"][s]["auroc"], abs=1e-6)
