@@ -18,7 +18,8 @@ from anogan.cli import data_field_overrides, quiet_lightning
 from anogan.reliability import read_checkpoint
 from anogan.scores import SCORE_NAMES
 
-NAMES = (*SCORE_NAMES, "fanogan", "acae_residual", "acae_discrimination", "acae_anomaly", "feature_knn10", "latent_knn10")
+NAMES = (*SCORE_NAMES, "fanogan", "acae_residual", "acae_discrimination", "acae_anomaly", "feature_knn10",
+         "latent_knn10")
 
 
 def test_results_table_fits_80_columns_with_every_score_name_in_full():
