@@ -60,13 +60,16 @@ def knn_distance(queries: torch.Tensor, reference: torch.Tensor, k: int | Sequen
     return out[:, 0] if isinstance(k, int) else out
 
 
-def check_knn(knn: int | Sequence[int], n_train: int) -> list[int]:
+def check_knn(knn, n_train: int | None = None) -> list[int]:
     """The k of ``baselines.knn`` (one int or a list) as a list; ValueError naming the key for a k that
-    is no integer in [1, n_train] (the training images) or an empty list."""
-    ks = [knn] if isinstance(knn, int) else list(knn)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_train for k in ks):
-        raise ValueError(f"baselines.knn={knn} must be an integer or a list of integers in [1, {n_train}] "
-                         "(the training images), e.g. baselines.knn=1 or 'baselines.knn=[1,10]'")
+    is no integer in [1, n_train] (the training images; only k >= 1 when ``n_train`` is None, before
+    the data are read) or an empty list."""
+    ks = list(knn) if isinstance(knn, (list, tuple)) else [knn]
+    top = n_train if n_train is not None else float("inf")
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top for k in ks):
+        bound = f"[1, {n_train}] (the training images)" if n_train is not None else ">= 1"
+        raise ValueError(f"baselines.knn={knn!r} must be an integer or a list of integers in {bound}, "
+                         "e.g. baselines.knn=1 or 'baselines.knn=[1,10]'")
     return ks
 
 
@@ -154,7 +157,7 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
     if getattr(datamodule, "train_set", None) is None:
         raise ValueError(f"baselines need the normal training images, which {type(datamodule).__name__} does "
                          "not hold (data=scans scores new scans without them): drop baselines=...")
-    check_latent_knn(cfg, encoder is not None)
+    check_baselines(cfg, encoder is not None)
     knn = OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn
     train = training_images(datamodule.train_set, cfg.get("max_train_images"))
     scorers: list[nn.Module] = [PixelBaselines(train, int(cfg.pca_components), knn)]
@@ -167,8 +170,24 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
     return scorers
 
 
-def check_latent_knn(cfg, has_encoder: bool) -> None:
-    """ValueError when ``baselines.latent_knn`` is asked for without f-AnoGAN's encoder."""
-    if cfg and cfg.get("latent_knn") and not has_encoder:
-        raise ValueError("baselines.latent_knn=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): "
-                         "train with encoder=izif, or drop it with baselines.latent_knn=false")
+def check_baselines(cfg, has_encoder: bool) -> None:
+    """Refuse a ``baselines`` config that cannot be scored, before any training (``train.py``) or
+    mapping: keys given without the group (``+baselines.latent_knn=true`` alone), a ``knn`` that is no
+    positive integer or list of them, ``pca_components`` < 1, ``latent_knn`` without f-AnoGAN's encoder.
+    ValueError naming the key and a fix; None or {} (no baselines) passes."""
+    if not cfg:
+        return
+    if "knn" not in cfg or "pca_components" not in cfg:
+        raise ValueError(f"baselines.{', baselines.'.join(cfg)} given without the baselines group: add "
+                         "baselines=pixel (e.g. baselines=pixel baselines.latent_knn=true)")
+    knn = OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn
+    check_knn(knn)
+    pca = cfg.pca_components
+    if isinstance(pca, bool) or not isinstance(pca, int) or pca < 1:
+        raise ValueError(f"baselines.pca_components={pca!r} must be a positive integer, "
+                         "e.g. baselines.pca_components=30")
+    if cfg.get("latent_knn") and not has_encoder:
+        raise ValueError("baselines.latent_knn=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): train "
+                         "with encoder=izif (for a run without one, python train.py ckpt_path=auto "
+                         "hydra.run.dir=<its run dir> encoder=izif, with the run's data and model overrides, "
+                         "trains only E), or drop it with baselines.latent_knn=false")

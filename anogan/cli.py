@@ -92,6 +92,58 @@ def task_overrides(drop: tuple[str, ...] = ()) -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=", 1)[0] not in keys]
 
 
+def _override_value(value) -> str:
+    """A config value as Hydra's override grammar writes it: true/false, null, [1,10]."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def evaluation_overrides(cfg) -> list[str]:
+    """The overrides that make ``evaluate.py`` score a ``train.py`` job's GAN as the job did, whose
+    evaluation settings may come from an ``experiment`` preset (which evaluate.py does not take): every
+    ``inversion.*`` value that differs from its option file ``conf/inversion/<choice>.yaml``, and
+    ``baselines=<choice>`` with every value that differs from ``conf/baselines/<choice>.yaml``; a value
+    that is an interpolation there (``seed: ${seed}``) is compared with what it gives in
+    ``conf/evaluate.yaml`` (so ``inversion.seed=1`` is printed for a ``seed=1`` job). [] outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    hc = HydraConfig.get()
+    conf = next((Path(s.path) for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file"),
+                None)
+    out: list[str] = []
+    top = {}  # evaluate.py's top-level values, against which an interpolated default resolves
+    if conf is not None and (conf / "evaluate.yaml").is_file():
+        top = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(conf / "evaluate.yaml"), resolve=False).items()
+               if not isinstance(v, (dict, list))}
+
+    def evaluate_default(raw):
+        if not (isinstance(raw, str) and "${" in raw):
+            return raw
+        try:
+            return OmegaConf.create({**top, "_value_": raw})._value_
+        except Exception:  # an interpolation evaluate.yaml cannot resolve: print the value
+            return object()
+
+    for group in ("inversion", "baselines"):
+        choice, node = hc.runtime.choices.get(group), cfg.get(group)
+        if not choice or not node or conf is None or not (conf / group / f"{choice}.yaml").is_file():
+            continue
+        default = OmegaConf.to_container(OmegaConf.load(conf / group / f"{choice}.yaml"), resolve=False)
+        if group == "baselines":
+            out.append(f"baselines={choice}")
+        for key, value in OmegaConf.to_container(node, resolve=True).items():
+            if value != evaluate_default(default.get(key)):
+                out.append(f"{group}.{key}={_override_value(value)}")
+    return out
+
+
 RUN_FILES = {
     "metrics.json": "the table above, as JSON",
     "scores.h5": "per image: label, every score, z, residual map",
@@ -106,10 +158,11 @@ RUN_FILES = {
 
 
 def run_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, task: str,
-                max_epochs: int | None = None, width: int = 80) -> str:
+                max_epochs: int | None = None, width: int = 80, evaluation: list[str] | None = None) -> str:
     """The closing lines of ``train.py`` (``task="train"``) or ``evaluate.py`` (``"evaluate"``): the
     run directory, those of its main files that exist (``RUN_FILES``), the command that evaluates the
-    GAN of ``ckpt_path`` again (evaluate: with this job's overrides) and (train) the one that goes on
+    GAN of ``ckpt_path`` again (evaluate: with this job's overrides; train: with ``evaluation``, the
+    ``evaluation_overrides`` of the job) and (train) the one that goes on
     training it in the same directory to ``2 * max_epochs`` epochs, with this job's overrides so that
     data and model match. Lines are at most ``width`` characters where paths allow."""
     import textwrap
@@ -131,6 +184,8 @@ def run_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, tas
     if task == "evaluate":  # this job's overrides (inversion, data, ...): the same evaluation
         again += [o.removeprefix("++") if _DATA_FIELD.match(o.removeprefix("++")) else o  # as typed
                   for o in task_overrides(("ckpt_path", "hydra.run.dir"))]
+    elif evaluation:  # train: the job's evaluation settings, which may come from an experiment preset
+        again += evaluation
     lines.append("Evaluate again (e.g. with other inversion.lam, inversion.steps):")
     lines += _command(again, width)
     if task == "train":
@@ -143,12 +198,12 @@ def run_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, tas
 
 
 def print_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, task: str,
-                  max_epochs: int | None = None) -> None:
+                  max_epochs: int | None = None, evaluation: list[str] | None = None) -> None:
     """Print ``run_summary`` (the first process only, under DDP)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        print(run_summary(output_dir, ckpt_path, task, max_epochs), flush=True)
+        print(run_summary(output_dir, ckpt_path, task, max_epochs, evaluation=evaluation), flush=True)
 
 
 # --- --help generated from conf/ -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from anogan.cli import print_summary, quiet_lightning
+from anogan.cli import evaluation_overrides, print_summary, quiet_lightning
 from anogan.reliability import (
     LAST,
     CheckpointError,
@@ -84,9 +84,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
                        cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
-        from anogan.baselines import check_latent_knn
+        from anogan.baselines import check_baselines
 
-        check_latent_knn(cfg.get("baselines"), bool(cfg.get("encoder")))
+        check_baselines(cfg.get("baselines"), bool(cfg.get("encoder")))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     print_config(cfg, output_dir / "config_tree.log")
     datamodule = instantiate(cfg.data)
@@ -110,7 +110,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fit_stages(cfg, last, datamodule)  # f-AnoGAN's encoder, aCAE: when configured (encoder=, acae=)
     if cfg.get("evaluate"):
         metrics.update(evaluate_checkpoint(cfg, last, cfg.data, loggers))
-    print_summary(output_dir, last, "train", cfg.trainer.get("max_epochs"))
+    print_summary(output_dir, last, "train", cfg.trainer.get("max_epochs"),
+                  evaluation_overrides(cfg) if cfg.get("evaluate") else None)
     return metrics
 
 

@@ -94,14 +94,26 @@ def test_a_list_of_k_names_one_score_per_k_for_pixels_features_and_latents():
     assert torch.all(LatentKNN(E, train)(train[:3])["latent_knn"] < 1e-4)  # its own latent (float rounding)
 
 
-def test_latent_knn_without_an_encoder_is_refused_before_training(tmp_path):
+def test_latent_knn_without_an_encoder_is_refused_before_mapping():
     cfg = OmegaConf.create({"latent_knn": True, "knn": 1, "pca_components": 2})
     data = type("DM", (), {"train_set": [{"image": torch.zeros(1, 28, 28)}] * 4})()
     with pytest.raises(ValueError, match="needs f-AnoGAN's encoder.*encoder=izif"):
         baseline_scorers(cfg, data, Discriminator(image_size=28, channels=1, width=4))
-    proc = run_script(["train.py", *TINY, "baselines=pixel", "baselines.latent_knn=true",
-                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, check=False)
-    assert proc.returncode != 0 and "encoder=izif" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["baselines=pixel", "baselines.latent_knn=true"], "needs f-AnoGAN's encoder E"),
+    (["baselines=pixel", "baselines.knn=0"], r"baselines.knn=0 must be an integer .* >= 1"),
+    (["baselines=pixel", "baselines.knn=2.5"], r"baselines.knn=2.5 must be an integer"),
+    (["baselines=pixel", "baselines.knn='10'"], r"baselines.knn='10' must be an integer"),
+    (["baselines=pixel", "baselines.pca_components=0"], r"baselines.pca_components=0 must be a positive"),
+    (["+baselines.latent_knn=true", "encoder=izif"], r"without the baselines group: add baselines=pixel"),
+])
+def test_bad_baselines_settings_are_refused_before_training(tmp_path, overrides, message):
+    import re
+
+    proc = run_script(["train.py", *TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, check=False)
+    assert proc.returncode != 0 and re.search(message, proc.stderr + proc.stdout), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
@@ -161,13 +173,35 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     # every job scored all 120 test images, the baselines on the same ones
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
     assert metrics["n_normal"] + metrics["n_anomalous"] == 120
-    # evaluate.py reproduces a job's baseline and f-AnoGAN AUROCs from its checkpoints
+    # the "Evaluate again" command job 1 (seed 1) printed carries the preset's evaluation settings:
+    # run as printed, evaluate.py reproduces every AUROC of the job, the mapping's and the baselines'
+    printed = {a[0].split("=", 1)[1]: a for a in printed_evaluate_commands(proc.stdout)}
+    again_cmd = printed[str(sweep / "1" / "checkpoints" / "last.ckpt")]
+    assert {"baselines=pixel", "baselines.latent_knn=true", "baselines.knn=[1,10]", "inversion.seed=1",
+            "inversion.reference=false"} <= set(again_cmd), again_cmd
     out = tmp_path / "again"
-    run_script(["evaluate.py", f"ckpt_path={sweep / '0' / 'checkpoints' / 'last.ckpt'}", "baselines=pixel",
-                "baselines.pca_components=5", "baselines.feature_knn=true", "baselines.latent_knn=true",
-                "baselines.knn=[1,10]", "inversion.steps=5", "logger=none",
-                "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
-    again = json.loads((out / "metrics.json").read_text())
-    for s in ("pixel_pca", "pixel_knn", "pixel_knn10", "feature_knn", "latent_knn", "latent_knn10", "fanogan",
-              "anomaly"):
-        assert again["scores"][s]["auroc"] == pytest.approx(metrics["scores"][s]["auroc"], abs=1e-6)
+    run_script(["evaluate.py", *again_cmd, "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
+    again = json.loads((out / "metrics.json").read_text())["scores"]
+    job = json.loads((sweep / "1" / "metrics.json").read_text())["scores"]
+    assert set(again) == set(job)
+    for s in job:
+        assert again[s]["auroc"] == pytest.approx(job[s]["auroc"], abs=1e-6), s
+
+
+def printed_evaluate_commands(stdout: str) -> list[list[str]]:
+    """The arguments after ``python evaluate.py`` of every "Evaluate again" command in ``stdout``
+    (the closing lines of train.py / evaluate.py; continued lines end with a backslash)."""
+    import shlex
+
+    lines, found = stdout.splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith("Evaluate again"):
+            words = []
+            for cont in lines[i + 1:]:
+                words.append(cont.removesuffix("\\").strip())
+                if not cont.endswith("\\"):
+                    break
+            args = shlex.split(" ".join(words))
+            assert args[:2] == ["python", "evaluate.py"], args
+            found.append(args[2:])
+    return found
