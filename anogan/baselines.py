@@ -157,8 +157,7 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
     if getattr(datamodule, "train_set", None) is None:
         raise ValueError(f"baselines need the normal training images, which {type(datamodule).__name__} does "
                          "not hold (data=scans scores new scans without them): drop baselines=...")
-    check_baselines(cfg, encoder is not None)
-    knn = OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn
+    knn = check_baselines(cfg, encoder is not None)
     train = training_images(datamodule.train_set, cfg.get("max_train_images"))
     scorers: list[nn.Module] = [PixelBaselines(train, int(cfg.pca_components), knn)]
     if cfg.get("feature_knn"):
@@ -170,18 +169,17 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
     return scorers
 
 
-def check_baselines(cfg, has_encoder: bool) -> None:
+def check_baselines(cfg, has_encoder: bool) -> list[int] | None:
     """Refuse a ``baselines`` config that cannot be scored, before any training (``train.py``) or
     mapping: keys given without the group (``+baselines.latent_knn=true`` alone), a ``knn`` that is no
     positive integer or list of them, ``pca_components`` < 1, ``latent_knn`` without f-AnoGAN's encoder.
-    ValueError naming the key and a fix; None or {} (no baselines) passes."""
+    ValueError naming the key and a fix. Returns the k of ``knn`` as a list; None for no baselines."""
     if not cfg:
-        return
+        return None
     if "knn" not in cfg or "pca_components" not in cfg:
         raise ValueError(f"baselines.{', baselines.'.join(cfg)} given without the baselines group: add "
                          "baselines=pixel (e.g. baselines=pixel baselines.latent_knn=true)")
-    knn = OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn
-    check_knn(knn)
+    ks = check_knn(OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn)
     pca = cfg.pca_components
     if isinstance(pca, bool) or not isinstance(pca, int) or pca < 1:
         raise ValueError(f"baselines.pca_components={pca!r} must be a positive integer, "
@@ -191,3 +189,4 @@ def check_baselines(cfg, has_encoder: bool) -> None:
                          "with encoder=izif (for a run without one, python train.py ckpt_path=auto "
                          "hydra.run.dir=<its run dir> encoder=izif, with the run's data and model overrides, "
                          "trains only E), or drop it with baselines.latent_knn=false")
+    return ks

@@ -92,6 +92,12 @@ def task_overrides(drop: tuple[str, ...] = ()) -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=", 1)[0] not in keys]
 
 
+def _conf_dir(hc) -> Path | None:
+    """The running app's ``conf/`` directory (its primary config source), from ``HydraConfig.get()``."""
+    return next((Path(s.path) for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file"),
+                None)
+
+
 def _override_value(value) -> str:
     """A config value as Hydra's override grammar writes it: true/false, null, [1,10]."""
     if isinstance(value, bool):
@@ -115,8 +121,7 @@ def evaluation_overrides(cfg) -> list[str]:
     if not HydraConfig.initialized():
         return []
     hc = HydraConfig.get()
-    conf = next((Path(s.path) for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file"),
-                None)
+    conf = _conf_dir(hc)
     out: list[str] = []
     top = {}  # evaluate.py's top-level values, against which an interpolated default resolves
     if conf is not None and (conf / "evaluate.yaml").is_file():
@@ -266,7 +271,7 @@ def app_help(required: list[str] | tuple[str, ...] = (), width: int = 80) -> str
 
     hc = HydraConfig.get()
     script = f"{hc.job.name}.py"
-    conf = next(Path(s.path) for s in hc.runtime.config_sources if s.provider == "main" and s.schema == "file")
+    conf = _conf_dir(hc)
     lines = _wrap(" ".join(_comment(conf / f"{hc.job.config_name}.yaml")), width)
     lines += ["", "Config groups (conf/GROUP/OPTION.yaml): choose with GROUP=OPTION; * = default"]
     chosen: dict[str, set] = {}  # group -> its options chosen by the defaults list
