@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan.io import atomic_path
 from anogan.scores import SCORE_NAMES
+from anogan.errors import InputError
 
 STATUS_FILE = "job_status.json"
 SUMMARY_FILE = "summary.csv"
@@ -362,11 +363,19 @@ def check_ddp_launch(cfg: DictConfig) -> None:
     ddp = "ddp" in str(trainer.get("strategy", "")) and str(trainer.get("devices", 1)) not in ("1", "[0]")
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if ddp and multirun and "SLURM_NTASKS" not in os.environ:
-        raise ValueError(
+        raise InputError(
             f"trainer.strategy={trainer.get('strategy')} with trainer.devices={trainer.get('devices')} in a "
             "multirun: Lightning would restart the whole sweep in each process. Run DDP jobs one by one "
             "(without -m), or through hydra/launcher=slurm with hydra.launcher.gpus_per_node=<devices>"
         )
+
+
+def job_error(job_return) -> BaseException | None:
+    """The exception that ended a Hydra job, or None when it completed (read without
+    ``JobReturn.return_value``, which prints "Error executing job ..." and raises it)."""
+    from hydra.core.utils import JobStatus
+
+    return job_return._return_value if job_return.status == JobStatus.FAILED else None
 
 
 class SweepSummary(Callback):
@@ -377,11 +386,7 @@ class SweepSummary(Callback):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        error = None
-        try:
-            _ = job_return.return_value  # re-raises the job's exception when it failed
-        except Exception as e:  # any error of the job becomes its status
-            error = e
+        error = job_error(job_return)
         finish_wandb(failed=error is not None)
         if _rank() != 0:
             return  # DDP / SLURM tasks other than the first share the job's directory
@@ -389,6 +394,15 @@ class SweepSummary(Callback):
         write_job_status(hc.runtime.output_dir, error)
         if hc.mode == RunMode.MULTIRUN:
             _locked_summary(Path(str(hc.sweep.dir)))
+
+    def on_run_end(self, config: DictConfig, job_return=None, **kwargs: Any) -> None:
+        """A single run ended by bad input or settings: its one-line message, exit status 2 (the
+        status file is written); multiruns are reported by ``anogan.errors.run_main`` when they end."""
+        from anogan.errors import full_error_asked, input_error, report
+
+        error = input_error(job_error(job_return)) if job_return is not None else None
+        if error is not None and not full_error_asked():
+            sys.exit(report(error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -31,11 +31,12 @@ import numpy as np
 from anogan.data import sources
 from anogan.data.datamodule import SPLITS
 from anogan.data.hdf5 import NORMALISATIONS, inspect_hdf5
+from anogan.errors import InputError, full_error_asked, report
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """Bad input to the prepare command; the message names the file and the fix."""
 
 
@@ -547,9 +548,10 @@ def main(argv: list[str] | None = None) -> int:
             parts = load_npz(args.input) if args.kind == "npz" else load_idx_dir(args.input)
             out = prepare_arrays(parts, args.output, args.normal_classes, f"{args.kind}:{args.input}",
                                  **common, **options)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # PrepareError, and the schema check of the file written
+        if full_error_asked():
+            raise
+        return report(e)
     info = inspect_hdf5(out)
     n_anom = int(info.labels.sum())
     print(f"wrote {out}: {info.n} patches of {info.size}x{info.size} ({info.n - n_anom} normal, {n_anom} anomalous)")

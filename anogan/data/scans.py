@@ -43,11 +43,12 @@ from anogan.data.prepare import (
     unit,
 )
 from anogan.data.transforms import to_model_range
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class ScanError(ValueError):
+class ScanError(InputError):
     """Scans that cannot be scored as the GAN's training data was read; the message names the fix."""
 
 

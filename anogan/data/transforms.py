@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from anogan.errors import InputError
 
 # the largest value of each stored integer dtype, mapped to +1
 _MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -14,7 +15,7 @@ def check_channels(stored: int, channels: int, where: str) -> None:
     """Images of ``stored`` channels can enter a model of ``channels``: the same count, or grey (1),
     which is repeated; else ValueError naming ``where`` and a fix for train.py and evaluate.py."""
     if stored not in (1, channels):
-        raise ValueError(
+        raise InputError(
             f"{where} holds {stored}-channel images but data.channels={channels}: train on them with "
             f"data.channels={stored} (python train.py), or evaluate them with a GAN trained at "
             f"data.channels={stored}"
