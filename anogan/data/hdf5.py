@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anogan.data.transforms import check_channels, to_model_range
+from anogan.data.transforms import check_channels, mask_to_size, to_model_range
 from anogan.errors import InputError, MissingInputError
 
 _CHUNK = 4096  # rows checked at a time when validating a file
@@ -195,10 +195,5 @@ class HDF5Dataset(Dataset):
             "split": torch.tensor(self.split),
         }
         if self.has_masks:
-            mask = torch.from_numpy(f["masks"][row].astype(bool))
-            if mask.shape[-1] != self.image_size:
-                mask = torch.nn.functional.interpolate(
-                    mask[None, None].float(), size=self.image_size, mode="nearest"
-                )[0, 0].bool()
-            item["mask"] = mask
+            item["mask"] = mask_to_size(f["masks"][row], self.image_size)
         return item

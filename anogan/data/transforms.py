@@ -46,3 +46,11 @@ def to_model_range(images: np.ndarray, image_size: int, max_value: float | None 
             antialias=x.shape[-1] > image_size,
         )
     return (x * 2 - 1).clamp(-1, 1).contiguous()
+
+
+def mask_to_size(mask: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """A mask (H, W) -> bool (image_size, image_size), resized by nearest neighbour like its image."""
+    mask = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if tuple(mask.shape) != (image_size, image_size):
+        mask = F.interpolate(mask[None, None].float(), size=(image_size, image_size), mode="nearest")[0, 0].bool()
+    return mask
