@@ -184,20 +184,34 @@ def sweep_report(sweep_dir: str | os.PathLike) -> str:
 
 
 # -- seeds x classes: the paper table of a benchmark sweep ---------------------------------------------
-SEED_KEY, CLASS_KEY = "seed", "data.normal_classes"
+SEED_KEY = "seed"
+# the class axis of a benchmark: normal classes of a labelled set, or the category of data=mvtec
+CLASS_KEYS = ("data.normal_classes", "data.category")
+PIXEL = "pixel_auroc"  # the pixel-level AUROC column, a score of the table where masks exist
 BENCHMARK_FILES = ("benchmark.csv", "benchmark.md")
 
 
 def _final_scores(rows: list[dict]) -> list[str]:
-    """The score names with a final AUROC column (``auroc/<name>``, not ``.../step_<t>``), in table order."""
+    """The score names with a final AUROC column (``auroc/<name>``, not ``.../step_<t>``), in table order,
+    then ``pixel_auroc`` where a job has one."""
     names = {k.split("/")[1] for r in rows for k in r if k.startswith("auroc/") and k.count("/") == 1}
-    return sorted(names, key=lambda n: (_score_rank(f"auroc/{n}"), n))
+    pixel = [PIXEL] if any(r.get(PIXEL) not in (None, "") for r in rows) else []
+    return sorted(names, key=lambda n: (_score_rank(f"auroc/{n}"), n)) + pixel
+
+
+def _column(score: str) -> str:
+    return score if score == PIXEL else f"auroc/{score}"
+
+
+def _class_key(rows: list[dict]) -> str:
+    """The override that is the sweep's class axis: the first of ``CLASS_KEYS`` a job sets."""
+    return next((k for k in CLASS_KEYS if any(k in r for r in rows)), CLASS_KEYS[0])
 
 
 def _setting(row: dict) -> str:
-    """A job's overrides without its seed and normal classes: jobs of one setting differ only in those."""
+    """A job's overrides without its seed and class: jobs of one setting differ only in those."""
     return " ".join(o for o in row["overrides"].split()
-                    if o.partition("=")[0].lstrip("+~") not in (SEED_KEY, CLASS_KEY))
+                    if o.partition("=")[0].lstrip("+~") not in (SEED_KEY, *CLASS_KEYS))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -209,36 +223,39 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def benchmark_rows(rows: list[dict]) -> list[dict]:
-    """Per setting, normal class and score: AUROC mean and std over the completed seeds; and per
-    setting and score the class mean (``normal_classes`` = ``mean``): the mean over classes within each
-    seed that completed every class of the setting, then mean and std of those over the seeds.
+    """Per setting, class (normal classes, or MVTec category) and score: AUROC mean and std over the
+    completed seeds; and per setting and score the class mean (class ``mean``): the mean over classes
+    within each seed that completed every class of the setting, then mean and std of those over the seeds.
 
-    Returns dicts with setting, normal_classes, score, n (seeds), mean, std (None when n = 1), values."""
+    Returns dicts with setting, normal_classes (or category: the sweep's class axis), score, n (seeds),
+    mean, std (None when n = 1), values."""
     done = [r for r in rows if r["status"] == "COMPLETED"]
     scores = _final_scores(done)
+    class_key = _class_key(rows)
+    field = class_key.split(".")[-1]
     out: list[dict] = []
     for setting in sorted({_setting(r) for r in done}):
         jobs = [r for r in done if _setting(r) == setting]
-        classes = sorted({str(r.get(CLASS_KEY, "")) for r in jobs})
+        classes = sorted({str(r.get(class_key, "")) for r in jobs})
         seeds = sorted({str(r.get(SEED_KEY, "")) for r in jobs})
         for score in scores:
-            key = f"auroc/{score}"
+            key = _column(score)
             per_seed: dict[str, list[float]] = {s: [] for s in seeds}
             for c in classes:
                 vals = {str(r.get(SEED_KEY, "")): r[key] for r in jobs
-                        if str(r.get(CLASS_KEY, "")) == c and r.get(key) not in (None, "")}
+                        if str(r.get(class_key, "")) == c and r.get(key) not in (None, "")}
                 if not vals:
                     continue
                 mean, std = _mean_std([float(v) for v in vals.values()])
-                out.append(dict(setting=setting, normal_classes=c, score=score, n=len(vals), mean=mean, std=std,
-                                values=";".join(f"{float(v):.6g}" for v in vals.values())))
+                out.append({"setting": setting, field: c, "score": score, "n": len(vals), "mean": mean, "std": std,
+                            "values": ";".join(f"{float(v):.6g}" for v in vals.values())})
                 for s, v in vals.items():
                     per_seed[s].append(float(v))
             full = [sum(v) / len(v) for v in per_seed.values() if len(v) == len(classes)]
             if len(classes) > 1 and full:
                 mean, std = _mean_std(full)
-                out.append(dict(setting=setting, normal_classes="mean", score=score, n=len(full), mean=mean,
-                                std=std, values=";".join(f"{v:.6g}" for v in full)))
+                out.append({"setting": setting, field: "mean", "score": score, "n": len(full), "mean": mean,
+                            "std": std, "values": ";".join(f"{v:.6g}" for v in full)})
     return out
 
 
@@ -251,12 +268,13 @@ def _cell(row: dict | None) -> str:
 def write_benchmark(rows: list[dict], sweep_dir: Path) -> list[Path]:
     """``benchmark.csv`` (one line per setting, class and score) and ``benchmark.md`` (per setting, a
     table of classes x scores, AUROC mean ± std over seeds) when the sweep has a seed or a
-    ``data.normal_classes`` axis; nothing otherwise."""
-    if not any(SEED_KEY in r or CLASS_KEY in r for r in rows):
+    ``data.normal_classes`` or ``data.category`` axis (``CLASS_KEYS``); nothing otherwise."""
+    if not any(SEED_KEY in r or any(k in r for k in CLASS_KEYS) for r in rows):
         return []
     table = benchmark_rows(rows)
     paths = [sweep_dir / name for name in BENCHMARK_FILES]
-    fields = ["setting", "normal_classes", "score", "n", "mean", "std", "values"]
+    field = _class_key(rows).split(".")[-1]
+    fields = ["setting", field, "score", "n", "mean", "std", "values"]
 
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
@@ -272,10 +290,11 @@ def write_benchmark(rows: list[dict], sweep_dir: Path) -> list[Path]:
              f"Jobs: {len(rows)} ({failed} failed, {running} running or without status; those are left out)."]
     scores = [s for s in _final_scores(rows)]
     for setting in sorted({r["setting"] for r in table}):
-        cells = {(r["normal_classes"], r["score"]): r for r in table if r["setting"] == setting}
+        cells = {(r[field], r["score"]): r for r in table if r["setting"] == setting}
         classes = sorted({c for c, _ in cells} - {"mean"}) + (["mean"] if any(c == "mean" for c, _ in cells) else [])
         lines += ["", f"### `{setting or '(no other overrides)'}`", "",
-                  f"| normal class | {' | '.join(scores)} |", "| --- |" + " ---: |" * len(scores)]
+                  f"| {'normal class' if field == 'normal_classes' else field} | {' | '.join(scores)} |",
+                  "| --- |" + " ---: |" * len(scores)]
         for c in classes:
             lines.append(f"| {c} | " + " | ".join(_cell(cells.get((c, s))) for s in scores) + " |")
     _write_atomic(paths[1], lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
