@@ -54,10 +54,14 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_job_status(job_dir: str | os.PathLike, error: BaseException | None = None) -> Path:
-    """``job_status.json`` of one job: COMPLETED, or FAILED with the error and its traceback."""
+    """``job_status.json`` of one job: COMPLETED, or FAILED with the error and its traceback (an
+    ``InputError`` that Hydra's instantiate wrapped: its own message, as the command line shows it)."""
+    from anogan.errors import input_error
+
     status: dict[str, Any] = {"status": "COMPLETED" if error is None else "FAILED"}
     if error is not None:
-        status["error"] = f"{type(error).__name__}: {error}"
+        shown = input_error(error) or error
+        status["error"] = f"{type(shown).__name__}: {shown}"
         status["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(job_dir) / STATUS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

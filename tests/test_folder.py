@@ -150,7 +150,8 @@ def test_a_tiny_mvtec_run_scores_colour_images_and_its_pixel_auroc_matches_score
     from sklearn.metrics import roc_auc_score
 
     from anogan.callbacks import read_scores
-    from anogan.pipeline import train
+    from anogan.data.scans import ScansDataModule
+    from anogan.pipeline import evaluate, train
 
     make_mvtec(tmp_path / "mvtec", size=(40, 40), colour=True, n_train=24, n_good=4, defects={"cut": 3, "dot": 2})
     out = tmp_path / "run"
@@ -169,7 +170,17 @@ def test_a_tiny_mvtec_run_scores_colour_images_and_its_pixel_auroc_matches_score
     want = roc_auc_score(y, rows["residual_map"][test].reshape(-1).astype(np.float64))
     assert metrics["pixel_auroc"] == pytest.approx(want, abs=1e-6)
     recipe = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["anogan_data"]
-    assert recipe["patch_size"] == 40 and recipe["normalisation"] == "none"  # data=scans reads as training did
+    assert recipe["patch_size"] == 40 and recipe["normalisation"] == "none"
+    # data=scans reads new colour images exactly as training and evaluation did, and scores them
+    scans = ScansDataModule(path=str(tmp_path / "mvtec" / "widget" / "test" / "cut"), training=recipe,
+                            image_size=32, channels=3)
+    scans.setup()
+    assert len(scans.test_set) == 3
+    assert torch.equal(scans.test_set[0]["image"], dm.test_set[4]["image"])  # test/good x4, then cut/000.png
+    evaluate(compose_cfg("evaluate", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "data=scans",
+                                      f"data.path={tmp_path / 'mvtec' / 'widget' / 'test' / 'cut'}",
+                                      "inversion.steps=2", "logger=none"], tmp_path / "scans"))
+    assert len(list((tmp_path / "scans" / "maps").glob("*.npy"))) == 3
 
 
 def test_a_sweep_over_categories_writes_the_benchmark_table_and_a_missing_one_fails_in_one_line(tmp_path):
