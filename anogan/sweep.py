@@ -2,13 +2,16 @@
 
 ``SweepSummary`` is a Hydra callback (registered in ``conf/hydra/default.yaml``). At the end of every
 job it finishes the job's wandb run (so that each job is its own run) and writes ``job_status.json``
-into the job's directory (``{"status": "COMPLETED"}`` or ``{"status": "FAILED", "error": ...}``); in a
-multirun it then rebuilds, from every job directory found so far, the sweep directory's
+into the job's directory (``{"status": "COMPLETED"}`` or ``{"status": "FAILED", "error": ...}``); a
+single run ended by bad input (``anogan.errors.InputError``) then exits with its one-line message; in a
+multirun it rebuilds, from every job directory found so far, the sweep directory's
 
 * ``summary.csv``: one row per job: job number, status, error, lam, steps, its overrides (one column
   each), the AUROC of every score (``auroc/<score>``) and, with ``inversion.record_steps``, the AUROC
   after each recorded step count (``auroc/<score>/step_<t>``);
-* ``auroc_heatmap.png``: anomaly AUROC over (lam, steps); ``auroc_vs_steps.png``: one line per lam.
+* ``auroc_heatmap.png``: anomaly AUROC over (lam, steps); ``auroc_vs_steps.png``: one line per lam;
+* ``benchmark.csv`` / ``.md`` when the sweep has a seed or class axis (``data.normal_classes``, or
+  ``data.category`` of ``data=mvtec``): AUROC (and ``pixel_auroc``) mean ± std over seeds per class.
 
 The summary is written after each job, not only when the multirun ends, because Hydra's sweepers
 stop at the first failed job before ``on_multirun_end``: a failed job still leaves its row, with its

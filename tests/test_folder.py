@@ -126,7 +126,12 @@ def _too_small(root):
     return {"patch_size": 32}, r"24x24 image is smaller than data.patch_size=32; use data.patch_size=24"
 
 
-BAD_TREES = [_no_images, _orphan_mask, _missing_mask, _mixed_sizes, _unreadable, _too_small]
+def _shared_mask(root):
+    save(root / "normal_test" / "a00.png", image(np.random.default_rng(0), (24, 24), False)[0])
+    return {"normal_test_dir": str(root / "normal_test")}, r"masks/a00\.png: the mask of two images"
+
+
+BAD_TREES = [_no_images, _orphan_mask, _missing_mask, _mixed_sizes, _unreadable, _too_small, _shared_mask]
 
 
 @pytest.mark.parametrize("make_bad", BAD_TREES)

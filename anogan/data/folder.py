@@ -261,7 +261,13 @@ class FolderDataModule(OneClassDataModule):
                 raise InputError(f"{missing[0]}: anomalous image without a mask ({len(missing)} of {len(images)} "
                                  f"lack one); add {want}, or check data.mask_suffix={self.mask_suffix!r}")
             masks.update(found)
-        used = {m.resolve() for m in masks.values()}
+        owner: dict[Path, Path] = {}
+        for image, mask in masks.items():
+            other = owner.setdefault(mask.resolve(), image)
+            if other != image:
+                raise InputError(f"{mask}: the mask of two images, {other} and {image} (same relative name); "
+                                 "rename one of them, or keep the normal test images' masks out of data.mask_dir")
+        used = set(owner)
         orphans = [m for m in mask_files(mask_dir) if m.resolve() not in used]
         if orphans:
             raise InputError(f"{orphans[0]}: a mask without an image ({len(orphans)} such mask(s) in "
