@@ -145,6 +145,16 @@ def test_bad_trees_are_refused_with_one_line_naming_the_path_and_the_fix(tmp_pat
     assert re.search(message, str(err.value)) and "\n" not in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"stride": 0}, r"^data\.stride=0: expected >= 1$"),
+    ({"normalise": "global"}, r"^data\.normalise=global: expected none .* or image"),
+    ({"test_fraction": 1.0}, r"^data\.test_fraction=1.0 must lie in \(0, 1\)$"),
+])
+def test_bad_folder_settings_are_named_by_their_config_key(tmp_path, setting, message):
+    with pytest.raises(InputError, match=message):
+        FolderDataModule(normal_dir=str(tmp_path), abnormal_dir=str(tmp_path), **setting)
+
+
 def test_a_mvtec_category_that_is_not_there_names_the_ones_that_are(tmp_path):
     make_mvtec(tmp_path, n_train=2, n_good=1, defects={"cut": 1})
     with pytest.raises(InputError, match=r"data.category=nope: no folder .*; the categories there are widget"):

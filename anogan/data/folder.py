@@ -74,7 +74,7 @@ class ImageFile:
 
 def _data_keys(message: str) -> str:
     """prepare's option names (``--patch-size``) as this source's config keys (``data.patch_size``)."""
-    return re.sub(r"--([a-z][a-z-]*)", lambda m: "data." + m.group(1).replace("-", "_"), message)
+    return re.sub(r"--([a-z][a-z-]*) ?", lambda m: "data." + m.group(1).replace("-", "_") + "=", message)
 
 
 def list_images(folder: str | Path, key: str, recursive: bool = True, exclude: tuple[str, ...] = ()
