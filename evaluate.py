@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from anogan.cli import data_field_overrides
+from anogan.errors import run_main
 from anogan.pipeline import evaluate
 
 
@@ -17,4 +18,4 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = data_field_overrides(sys.argv)  # data.<field>=... edits the checkpoint's data config
-    main()
+    run_main(main)  # bad input or settings: one line, exit status 2 (anogan/errors.py)

@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from anogan.errors import run_main
 from anogan.pipeline import train
 
 
@@ -13,4 +14,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # bad input or settings: one line, exit status 2 (anogan/errors.py)

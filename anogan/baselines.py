@@ -27,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def training_images(dataset: Dataset, max_images: int | None = None, batch_size:
         dataset = torch.utils.data.Subset(dataset, range(int(max_images)))
     batches = [b["image"] for b in DataLoader(dataset, batch_size=batch_size, shuffle=False)]
     if not batches:
-        raise ValueError("baselines: the training split holds no image to fit the baselines on")
+        raise InputError("baselines: the training split holds no image to fit the baselines on")
     return torch.cat(batches)
 
 
@@ -68,7 +69,7 @@ def check_knn(knn, n_train: int | None = None) -> list[int]:
     top = n_train if n_train is not None else float("inf")
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top for k in ks):
         bound = f"[1, {n_train}] (the training images)" if n_train is not None else ">= 1"
-        raise ValueError(f"baselines.knn={knn!r} must be an integer or a list of integers in {bound}, "
+        raise InputError(f"baselines.knn={knn!r} must be an integer or a list of integers in {bound}, "
                          "e.g. baselines.knn=1 or 'baselines.knn=[1,10]'")
     return ks
 
@@ -120,7 +121,7 @@ class PixelBaselines(nn.Module):
         flat = train.flatten(1).double()
         limit = min(flat.shape)
         if not 1 <= pca_components <= limit:
-            raise ValueError(
+            raise InputError(
                 f"baselines.pca_components={pca_components} must lie in [1, {limit}] "
                 f"({flat.shape[0]} training images of {flat.shape[1]} pixels)"
             )
@@ -155,7 +156,7 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
     if not cfg:
         return []
     if getattr(datamodule, "train_set", None) is None:
-        raise ValueError(f"baselines need the normal training images, which {type(datamodule).__name__} does "
+        raise InputError(f"baselines need the normal training images, which {type(datamodule).__name__} does "
                          "not hold (data=scans scores new scans without them): drop baselines=...")
     knn = check_baselines(cfg, encoder is not None)
     train = training_images(datamodule.train_set, cfg.get("max_train_images"))
@@ -177,15 +178,15 @@ def check_baselines(cfg, has_encoder: bool) -> list[int] | None:
     if not cfg:
         return None
     if "knn" not in cfg or "pca_components" not in cfg:
-        raise ValueError(f"baselines.{', baselines.'.join(cfg)} given without the baselines group: add "
+        raise InputError(f"baselines.{', baselines.'.join(cfg)} given without the baselines group: add "
                          "baselines=pixel (e.g. baselines=pixel baselines.latent_knn=true)")
     ks = check_knn(OmegaConf.to_container(cfg.knn) if OmegaConf.is_config(cfg.knn) else cfg.knn)
     pca = cfg.pca_components
     if isinstance(pca, bool) or not isinstance(pca, int) or pca < 1:
-        raise ValueError(f"baselines.pca_components={pca!r} must be a positive integer, "
+        raise InputError(f"baselines.pca_components={pca!r} must be a positive integer, "
                          "e.g. baselines.pca_components=30")
     if cfg.get("latent_knn") and not has_encoder:
-        raise ValueError("baselines.latent_knn=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): train "
+        raise InputError("baselines.latent_knn=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): train "
                          "with encoder=izif (for a run without one, python train.py ckpt_path=auto "
                          "hydra.run.dir=<its run dir> encoder=izif, with the run's data and model overrides, "
                          "trains only E), or drop it with baselines.latent_knn=false")

@@ -18,6 +18,7 @@ from anogan import scores as S
 from anogan.nets import build, encoder_like, family_of
 from anogan.prior import encoder_squash
 from anogan.reliability import check_finite_loss, check_optimizer, gan_identity, read_checkpoint
+from anogan.errors import InputError
 
 GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
 
@@ -39,7 +40,7 @@ def read_stage_checkpoint(ckpt: str | os.PathLike | dict, key: str, stage: str) 
     else:
         path = "<checkpoint dict>"
     if key not in ckpt:
-        raise ValueError(f"{path} has no {key!r} entry; {hint}")
+        raise InputError(f"{path} has no {key!r} entry; {hint}")
     return ckpt
 
 
@@ -75,14 +76,14 @@ class EncoderTraining(L.LightningModule):
         if encoder is None:
             encoder = encoder_like(discriminator, generator.z_dim, encoder_squash(squash, prior), width)
         if encoder.z_dim != generator.z_dim:
-            raise ValueError(f"encoder.z_dim={encoder.z_dim} differs from the generator's z_dim={generator.z_dim}")
+            raise InputError(f"encoder.z_dim={encoder.z_dim} differs from the generator's z_dim={generator.z_dim}")
         if optimizer is None:
-            raise ValueError("EncoderTraining needs an optimizer (encoder.module.optimizer)")
+            raise InputError("EncoderTraining needs an optimizer (encoder.module.optimizer)")
         self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
         freeze(generator, discriminator)
         check_optimizer(optimizer, "encoder.module.optimizer")
         if not kappa >= 0:
-            raise ValueError(f"encoder.module.kappa={kappa} must be >= 0 (the weight of the feature term)")
+            raise InputError(f"encoder.module.kappa={kappa} must be >= 0 (the weight of the feature term)")
         self.optimizer, self.kappa = optimizer, kappa
         self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "optimizer"])
 

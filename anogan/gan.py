@@ -13,6 +13,7 @@ from anogan import losses
 from anogan.nets import family_of
 from anogan.prior import sample_prior
 from anogan.reliability import NonFiniteLossError, check_finite_loss, check_optimizer
+from anogan.errors import InputError
 
 __all__ = ["GAN", "NonFiniteLossError"]
 LR_HINT = "Lower the learning rates (model.optimizer_g.lr, model.optimizer_d.lr) or check the data for NaN."
@@ -56,19 +57,19 @@ class GAN(L.LightningModule):
         check_optimizer(optimizer_d, "model.optimizer_d")
         sample_prior(prior, torch.Generator(), 1, 1)  # fail now on an unknown prior name
         if objective not in losses.OBJECTIVES:
-            raise ValueError(f"model.objective={objective!r} must be one of {losses.OBJECTIVES}")
+            raise InputError(f"model.objective={objective!r} must be one of {losses.OBJECTIVES}")
         if int(critic_iterations) != critic_iterations or critic_iterations < 1 or gp_weight < 0:
-            raise ValueError(f"model.critic_iterations={critic_iterations} must be an integer >= 1 and "
+            raise InputError(f"model.critic_iterations={critic_iterations} must be an integer >= 1 and "
                              f"model.gp_weight={gp_weight} >= 0 (f-AnoGAN: 5 and 10)")
         if objective == "wgangp" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                          for m in discriminator.modules()):
-            raise ValueError(
+            raise InputError(
                 "model.objective=wgangp needs a critic without BatchNorm (the gradient penalty is per "
                 "image, and BatchNorm mixes the images of a batch): use model=wgangp_resnet, whose critic "
                 "has LayerNorm, or model.objective=dcgan"
             )
         if family_of(generator) != family_of(discriminator):
-            raise ValueError(f"G is of the {family_of(generator)} family but D of the "
+            raise InputError(f"G is of the {family_of(generator)} family but D of the "
                              f"{family_of(discriminator)} family; configure both from one model= preset")
         self.prior, self.objective = prior, objective
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"])

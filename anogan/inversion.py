@@ -21,6 +21,7 @@ from anogan.mapping_nets import mapping_copy
 from anogan.nets import Discriminator, Generator, build
 from anogan.prior import initial_z, project_to_support
 from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
+from anogan.errors import InputError
 
 
 def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, str, dict]:
@@ -49,17 +50,17 @@ def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = 
     the sorted record_steps. ``steps=0`` is allowed with ``init=encoder`` only: z = E(x) unchanged,
     f-AnoGAN's one pass."""
     if lr is not None and not lr > 0:
-        raise ValueError(f"inversion.lr={lr} must be > 0 (Adam's learning rate on z; the default is 0.05)")
+        raise InputError(f"inversion.lr={lr} must be > 0 (Adam's learning rate on z; the default is 0.05)")
     if not 0 <= lam <= 1:
-        raise ValueError(f"inversion.lam={lam} must lie in [0, 1] (the paper uses 0.1)")
+        raise InputError(f"inversion.lam={lam} must lie in [0, 1] (the paper uses 0.1)")
     least = 0 if init == "encoder" else 1
     if int(steps) != steps or steps < least:
-        raise ValueError(f"inversion.steps={steps} must be an integer >= 1 (Gamma; the paper uses 500), or 0 "
+        raise InputError(f"inversion.steps={steps} must be an integer >= 1 (Gamma; the paper uses 500), or 0 "
                          "with inversion.init=encoder (f-AnoGAN's one pass: z = E(x))")
     record = sorted({int(s) for s in (record_steps or [])})
     bad = [s for s in record if not 0 <= s <= steps]
     if bad:
-        raise ValueError(f"inversion.record_steps {bad} lie outside [0, inversion.steps={steps}]")
+        raise InputError(f"inversion.record_steps {bad} lie outside [0, inversion.steps={steps}]")
     return record
 
 
@@ -111,13 +112,13 @@ class Inversion(L.LightningModule):
         super().__init__()
         record = check_settings(lam, steps, record_steps, lr, init)
         if init not in ("random", "encoder"):
-            raise ValueError(f"inversion.init={init!r} must be 'random' or 'encoder'")
+            raise InputError(f"inversion.init={init!r} must be 'random' or 'encoder'")
         if init == "encoder" and encoder is None:
-            raise ValueError(
+            raise InputError(
                 "inversion.init=encoder needs an encoder: pass encoder_ckpt_path=<run>/checkpoints/encoder.ckpt"
             )
         if early_stop and (patience < 1 or tol < 0):
-            raise ValueError(f"inversion.patience={patience} must be >= 1 and inversion.tol={tol} >= 0")
+            raise InputError(f"inversion.patience={patience} must be >= 1 and inversion.tol={tol} >= 0")
         self.generator, self.discriminator = generator, discriminator
         self.encoder, self.scorers = encoder, nn.ModuleList(scorers)
         for net in (generator, discriminator) + ((encoder,) if encoder is not None else ()):

@@ -25,6 +25,7 @@ from anogan.reliability import (
     resolve_ckpt_path,
     stopped_by_sigterm,
 )
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def evaluation_data_config(cfg: DictConfig, stored: dict) -> DictConfig:
         check_stored_targets(stored["data"], "data")
     if not stored.get("data"):
         if cfg.get("data") is None or "_target_" not in cfg.data:
-            raise ValueError(
+            raise InputError(
                 "the checkpoint holds no data config (it was not written by train.py); "
                 "choose the data with data=<group>, e.g. data=digits"
             )
@@ -196,7 +197,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """``evaluate.py``: evaluate ``cfg.ckpt_path`` with the inversion settings of ``cfg``."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-        raise ValueError("ckpt_path is missing: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
+        raise InputError("ckpt_path is missing: python evaluate.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     seed(cfg)
     print_config(cfg, Path(cfg.paths.output_dir) / "config_tree.log")
     metrics = evaluate_checkpoint(cfg, cfg.ckpt_path, loggers=instantiate_list(cfg.get("logger")))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from anogan.errors import InputError, MissingInputError
 
 SCANS_TARGET = "anogan.data.scans.ScansDataModule"
 
@@ -78,7 +79,7 @@ def parse_reduce(reduce: str | float) -> float:
     except ValueError:
         q = math.nan
     if not 0 < q <= 1:
-        raise ValueError(f"prediction_callbacks.maps.reduce={reduce!r}: expected max or a quantile in (0, 1], "
+        raise InputError(f"prediction_callbacks.maps.reduce={reduce!r}: expected max or a quantile in (0, 1], "
                          "e.g. 0.99")
     return q
 
@@ -106,11 +107,11 @@ def threshold_from(path: str | os.PathLike | None, score: str, quantile: float =
     path = Path(path)
     fix = "pass the metrics.json or scores.h5 of a labelled evaluation of the same checkpoint"
     if not path.is_file():
-        raise FileNotFoundError(f"prediction_callbacks.maps.threshold_from={path} does not exist; {fix}")
+        raise MissingInputError(f"prediction_callbacks.maps.threshold_from={path} does not exist; {fix}")
     if path.suffix == ".json":
         table = json.loads(path.read_text()).get("scores", {})
         if score not in table:
-            raise ValueError(f"{path} has no score {score!r} (it has {sorted(table)}); set "
+            raise InputError(f"{path} has no score {score!r} (it has {sorted(table)}); set "
                              f"prediction_callbacks.maps.score to one of them, or {fix}")
         return float(table[score]["threshold"]), f"Youden point of {score} in {path}"
     if path.suffix in (".h5", ".hdf5"):
@@ -119,17 +120,17 @@ def threshold_from(path: str | os.PathLike | None, score: str, quantile: float =
         from anogan.data import SPLITS
 
         if not 0 < quantile < 1:
-            raise ValueError(f"prediction_callbacks.maps.threshold_quantile={quantile}: expected a value in (0, 1)")
+            raise InputError(f"prediction_callbacks.maps.threshold_quantile={quantile}: expected a value in (0, 1)")
         with h5py.File(path, "r") as f:
             if f"scores/{score}" not in f:
-                raise ValueError(f"{path} has no score {score!r} (it has {sorted(f.get('scores', {}))}); {fix}")
+                raise InputError(f"{path} has no score {score!r} (it has {sorted(f.get('scores', {}))}); {fix}")
             values = f[f"scores/{score}"][()][f["split"][()] == SPLITS["train"]]
         if values.size == 0:
-            raise ValueError(f"{path} holds no training-normal rows (split = train); {fix} "
+            raise InputError(f"{path} holds no training-normal rows (split = train); {fix} "
                              "(data.eval_train_samples > 0), or pass its metrics.json")
         return float(np.quantile(values, quantile)), (
             f"{quantile} quantile of {score} over the {values.size} training-normal patches of {path}")
-    raise ValueError(f"prediction_callbacks.maps.threshold_from={path}: expected a metrics.json or a scores.h5")
+    raise InputError(f"prediction_callbacks.maps.threshold_from={path}: expected a metrics.json or a scores.h5")
 
 
 def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:

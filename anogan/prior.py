@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 PRIORS = ("uniform", "normal")
@@ -18,7 +19,7 @@ def sample_prior(
         return (torch.rand(n, z_dim, generator=generator) * 2 - 1).to(device)
     if prior == "normal":
         return torch.randn(n, z_dim, generator=generator).to(device)
-    raise ValueError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
+    raise InputError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
 
 
 def initial_z(prior: str, seed: int, index: torch.Tensor, z_dim: int) -> torch.Tensor:
@@ -47,7 +48,7 @@ def encoder_squash(squash: str, prior: str) -> str:
     from anogan.nets.common import check_squash
 
     if prior not in PRIORS:
-        raise ValueError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
+        raise InputError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
     if squash == "auto":
         return "tanh" if prior == "uniform" else "none"
     check_squash(squash)

@@ -41,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, RandomSampler
 
 from anogan.io import atomic_path
+from anogan.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,15 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process that SIG
 LAST = Path("checkpoints") / "last.ckpt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used: truncated, not an anogan GAN, or of another architecture."""
 
 
-class NonFiniteScoreError(FloatingPointError):
+class NonFiniteScoreError(InputError, FloatingPointError):
     """Some images got a NaN or infinite score."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(InputError, FloatingPointError):
     """A training loss became NaN or infinite; training stops before the weights change."""
 
 
@@ -166,7 +167,7 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path", example: st
     if path.is_dir():
         raise CheckpointError(f"{key}={path} is a directory; pass the file, e.g. {key}={path / Path(example).name}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass {key}=<run dir>/{example}")
+        raise MissingInputError(f"checkpoint {path} does not exist; pass {key}=<run dir>/{example}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -299,10 +300,10 @@ def check_optimizer(optimizer, key: str) -> None:
     for name, ok, domain in (("lr", lambda v: v > 0, "> 0"), ("weight_decay", lambda v: v >= 0, ">= 0"),
                              ("momentum", lambda v: v >= 0, ">= 0")):
         if name in kw and kw[name] is not None and not ok(float(kw[name])):
-            raise ValueError(f"{key}.{name}={kw[name]} must be {domain}")
+            raise InputError(f"{key}.{name}={kw[name]} must be {domain}")
     betas = kw.get("betas")
     if betas is not None and not all(0 <= float(b) < 1 for b in betas):
-        raise ValueError(f"{key}.betas={list(betas)} must lie in [0, 1)")
+        raise InputError(f"{key}.betas={list(betas)} must lie in [0, 1)")
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     if job is None or int(os.environ.get("SLURM_PROCID") or 0) != 0:
         return False
     if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job):
-        raise ValueError(f"SLURM_JOB_ID / SLURM_ARRAY_*={job!r} is not a SLURM job id")
+        raise InputError(f"SLURM_JOB_ID / SLURM_ARRAY_*={job!r} is not a SLURM job id")
 
     def requeue(signum, frame) -> None:
         log.warning("received %s: requeueing SLURM job %s (scontrol requeue)", signal.Signals(signum).name, job)
@@ -371,7 +372,7 @@ def check_data_size(data_cfg, nets: dict, path: str | os.PathLike) -> None:
     gen = nets["generator"]
     for key in ("image_size", "channels"):
         if key in data_cfg and data_cfg[key] is not None and int(data_cfg[key]) != int(gen[key]):
-            raise ValueError(
+            raise InputError(
                 f"data.{key}={data_cfg[key]} but the GAN of {path} was trained with {key}={gen[key]}; "
                 f"drop the override (the data is then sized for the GAN) or evaluate a GAN trained at "
                 f"{key}={data_cfg[key]}"
@@ -383,7 +384,7 @@ def check_image_shape(image: torch.Tensor, nets: dict, where: str) -> None:
     gen = nets["generator"]
     want = (gen["channels"], gen["image_size"], gen["image_size"])
     if tuple(image.shape) != want:
-        raise ValueError(
+        raise InputError(
             f"{where} yields images of shape {tuple(image.shape)} but the GAN expects {want} "
             "(channels, height, width), and does not follow data.image_size / data.channels, which "
             f"evaluate.py sets to the GAN's: store the data as {want[0]}-channel images, or evaluate a GAN "

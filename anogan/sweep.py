@@ -2,13 +2,16 @@
 
 ``SweepSummary`` is a Hydra callback (registered in ``conf/hydra/default.yaml``). At the end of every
 job it finishes the job's wandb run (so that each job is its own run) and writes ``job_status.json``
-into the job's directory (``{"status": "COMPLETED"}`` or ``{"status": "FAILED", "error": ...}``); in a
-multirun it then rebuilds, from every job directory found so far, the sweep directory's
+into the job's directory (``{"status": "COMPLETED"}`` or ``{"status": "FAILED", "error": ...}``); a
+single run ended by bad input (``anogan.errors.InputError``) then exits with its one-line message; in a
+multirun it rebuilds, from every job directory found so far, the sweep directory's
 
 * ``summary.csv``: one row per job: job number, status, error, lam, steps, its overrides (one column
   each), the AUROC of every score (``auroc/<score>``) and, with ``inversion.record_steps``, the AUROC
   after each recorded step count (``auroc/<score>/step_<t>``);
-* ``auroc_heatmap.png``: anomaly AUROC over (lam, steps); ``auroc_vs_steps.png``: one line per lam.
+* ``auroc_heatmap.png``: anomaly AUROC over (lam, steps); ``auroc_vs_steps.png``: one line per lam;
+* ``benchmark.csv`` / ``.md`` when the sweep has a seed or class axis (``data.normal_classes``, or
+  ``data.category`` of ``data=mvtec``): AUROC (and ``pixel_auroc``) mean ± std over seeds per class.
 
 The summary is written after each job, not only when the multirun ends, because Hydra's sweepers
 stop at the first failed job before ``on_multirun_end``: a failed job still leaves its row, with its
@@ -34,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan.io import atomic_path
 from anogan.scores import SCORE_NAMES
+from anogan.errors import InputError
 
 STATUS_FILE = "job_status.json"
 SUMMARY_FILE = "summary.csv"
@@ -53,10 +57,14 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_job_status(job_dir: str | os.PathLike, error: BaseException | None = None) -> Path:
-    """``job_status.json`` of one job: COMPLETED, or FAILED with the error and its traceback."""
+    """``job_status.json`` of one job: COMPLETED, or FAILED with the error and its traceback (an
+    ``InputError`` that Hydra's instantiate wrapped: its own message, as the command line shows it)."""
+    from anogan.errors import input_error
+
     status: dict[str, Any] = {"status": "COMPLETED" if error is None else "FAILED"}
     if error is not None:
-        status["error"] = f"{type(error).__name__}: {error}"
+        shown = input_error(error) or error
+        status["error"] = f"{type(shown).__name__}: {shown}"
         status["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(job_dir) / STATUS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,20 +191,34 @@ def sweep_report(sweep_dir: str | os.PathLike) -> str:
 
 
 # -- seeds x classes: the paper table of a benchmark sweep ---------------------------------------------
-SEED_KEY, CLASS_KEY = "seed", "data.normal_classes"
+SEED_KEY = "seed"
+# the class axis of a benchmark: normal classes of a labelled set, or the category of data=mvtec
+CLASS_KEYS = ("data.normal_classes", "data.category")
+PIXEL = "pixel_auroc"  # the pixel-level AUROC column, a score of the table where masks exist
 BENCHMARK_FILES = ("benchmark.csv", "benchmark.md")
 
 
 def _final_scores(rows: list[dict]) -> list[str]:
-    """The score names with a final AUROC column (``auroc/<name>``, not ``.../step_<t>``), in table order."""
+    """The score names with a final AUROC column (``auroc/<name>``, not ``.../step_<t>``), in table order,
+    then ``pixel_auroc`` where a job has one."""
     names = {k.split("/")[1] for r in rows for k in r if k.startswith("auroc/") and k.count("/") == 1}
-    return sorted(names, key=lambda n: (_score_rank(f"auroc/{n}"), n))
+    pixel = [PIXEL] if any(r.get(PIXEL) not in (None, "") for r in rows) else []
+    return sorted(names, key=lambda n: (_score_rank(f"auroc/{n}"), n)) + pixel
+
+
+def _column(score: str) -> str:
+    return score if score == PIXEL else f"auroc/{score}"
+
+
+def _class_key(rows: list[dict]) -> str:
+    """The override that is the sweep's class axis: the first of ``CLASS_KEYS`` a job sets."""
+    return next((k for k in CLASS_KEYS if any(k in r for r in rows)), CLASS_KEYS[0])
 
 
 def _setting(row: dict) -> str:
-    """A job's overrides without its seed and normal classes: jobs of one setting differ only in those."""
+    """A job's overrides without its seed and class: jobs of one setting differ only in those."""
     return " ".join(o for o in row["overrides"].split()
-                    if o.partition("=")[0].lstrip("+~") not in (SEED_KEY, CLASS_KEY))
+                    if o.partition("=")[0].lstrip("+~") not in (SEED_KEY, *CLASS_KEYS))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -208,36 +230,39 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def benchmark_rows(rows: list[dict]) -> list[dict]:
-    """Per setting, normal class and score: AUROC mean and std over the completed seeds; and per
-    setting and score the class mean (``normal_classes`` = ``mean``): the mean over classes within each
-    seed that completed every class of the setting, then mean and std of those over the seeds.
+    """Per setting, class (normal classes, or MVTec category) and score: AUROC mean and std over the
+    completed seeds; and per setting and score the class mean (class ``mean``): the mean over classes
+    within each seed that completed every class of the setting, then mean and std of those over the seeds.
 
-    Returns dicts with setting, normal_classes, score, n (seeds), mean, std (None when n = 1), values."""
+    Returns dicts with setting, normal_classes (or category: the sweep's class axis), score, n (seeds),
+    mean, std (None when n = 1), values."""
     done = [r for r in rows if r["status"] == "COMPLETED"]
     scores = _final_scores(done)
+    class_key = _class_key(rows)
+    field = class_key.split(".")[-1]
     out: list[dict] = []
     for setting in sorted({_setting(r) for r in done}):
         jobs = [r for r in done if _setting(r) == setting]
-        classes = sorted({str(r.get(CLASS_KEY, "")) for r in jobs})
+        classes = sorted({str(r.get(class_key, "")) for r in jobs})
         seeds = sorted({str(r.get(SEED_KEY, "")) for r in jobs})
         for score in scores:
-            key = f"auroc/{score}"
+            key = _column(score)
             per_seed: dict[str, list[float]] = {s: [] for s in seeds}
             for c in classes:
                 vals = {str(r.get(SEED_KEY, "")): r[key] for r in jobs
-                        if str(r.get(CLASS_KEY, "")) == c and r.get(key) not in (None, "")}
+                        if str(r.get(class_key, "")) == c and r.get(key) not in (None, "")}
                 if not vals:
                     continue
                 mean, std = _mean_std([float(v) for v in vals.values()])
-                out.append(dict(setting=setting, normal_classes=c, score=score, n=len(vals), mean=mean, std=std,
-                                values=";".join(f"{float(v):.6g}" for v in vals.values())))
+                out.append({"setting": setting, field: c, "score": score, "n": len(vals), "mean": mean, "std": std,
+                            "values": ";".join(f"{float(v):.6g}" for v in vals.values())})
                 for s, v in vals.items():
                     per_seed[s].append(float(v))
             full = [sum(v) / len(v) for v in per_seed.values() if len(v) == len(classes)]
             if len(classes) > 1 and full:
                 mean, std = _mean_std(full)
-                out.append(dict(setting=setting, normal_classes="mean", score=score, n=len(full), mean=mean,
-                                std=std, values=";".join(f"{v:.6g}" for v in full)))
+                out.append({"setting": setting, field: "mean", "score": score, "n": len(full), "mean": mean,
+                            "std": std, "values": ";".join(f"{v:.6g}" for v in full)})
     return out
 
 
@@ -250,12 +275,13 @@ def _cell(row: dict | None) -> str:
 def write_benchmark(rows: list[dict], sweep_dir: Path) -> list[Path]:
     """``benchmark.csv`` (one line per setting, class and score) and ``benchmark.md`` (per setting, a
     table of classes x scores, AUROC mean ± std over seeds) when the sweep has a seed or a
-    ``data.normal_classes`` axis; nothing otherwise."""
-    if not any(SEED_KEY in r or CLASS_KEY in r for r in rows):
+    ``data.normal_classes`` or ``data.category`` axis (``CLASS_KEYS``); nothing otherwise."""
+    if not any(SEED_KEY in r or any(k in r for k in CLASS_KEYS) for r in rows):
         return []
     table = benchmark_rows(rows)
     paths = [sweep_dir / name for name in BENCHMARK_FILES]
-    fields = ["setting", "normal_classes", "score", "n", "mean", "std", "values"]
+    field = _class_key(rows).split(".")[-1]
+    fields = ["setting", field, "score", "n", "mean", "std", "values"]
 
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
@@ -271,10 +297,11 @@ def write_benchmark(rows: list[dict], sweep_dir: Path) -> list[Path]:
              f"Jobs: {len(rows)} ({failed} failed, {running} running or without status; those are left out)."]
     scores = [s for s in _final_scores(rows)]
     for setting in sorted({r["setting"] for r in table}):
-        cells = {(r["normal_classes"], r["score"]): r for r in table if r["setting"] == setting}
+        cells = {(r[field], r["score"]): r for r in table if r["setting"] == setting}
         classes = sorted({c for c, _ in cells} - {"mean"}) + (["mean"] if any(c == "mean" for c, _ in cells) else [])
         lines += ["", f"### `{setting or '(no other overrides)'}`", "",
-                  f"| normal class | {' | '.join(scores)} |", "| --- |" + " ---: |" * len(scores)]
+                  f"| {'normal class' if field == 'normal_classes' else field} | {' | '.join(scores)} |",
+                  "| --- |" + " ---: |" * len(scores)]
         for c in classes:
             lines.append(f"| {c} | " + " | ".join(_cell(cells.get((c, s))) for s in scores) + " |")
     _write_atomic(paths[1], lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
@@ -362,11 +389,19 @@ def check_ddp_launch(cfg: DictConfig) -> None:
     ddp = "ddp" in str(trainer.get("strategy", "")) and str(trainer.get("devices", 1)) not in ("1", "[0]")
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if ddp and multirun and "SLURM_NTASKS" not in os.environ:
-        raise ValueError(
+        raise InputError(
             f"trainer.strategy={trainer.get('strategy')} with trainer.devices={trainer.get('devices')} in a "
             "multirun: Lightning would restart the whole sweep in each process. Run DDP jobs one by one "
             "(without -m), or through hydra/launcher=slurm with hydra.launcher.gpus_per_node=<devices>"
         )
+
+
+def job_error(job_return) -> BaseException | None:
+    """The exception that ended a Hydra job, or None when it completed (read without
+    ``JobReturn.return_value``, which prints "Error executing job ..." and raises it)."""
+    from hydra.core.utils import JobStatus
+
+    return job_return._return_value if job_return.status == JobStatus.FAILED else None
 
 
 class SweepSummary(Callback):
@@ -377,11 +412,7 @@ class SweepSummary(Callback):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        error = None
-        try:
-            _ = job_return.return_value  # re-raises the job's exception when it failed
-        except Exception as e:  # any error of the job becomes its status
-            error = e
+        error = job_error(job_return)
         finish_wandb(failed=error is not None)
         if _rank() != 0:
             return  # DDP / SLURM tasks other than the first share the job's directory
@@ -389,6 +420,15 @@ class SweepSummary(Callback):
         write_job_status(hc.runtime.output_dir, error)
         if hc.mode == RunMode.MULTIRUN:
             _locked_summary(Path(str(hc.sweep.dir)))
+
+    def on_run_end(self, config: DictConfig, job_return=None, **kwargs: Any) -> None:
+        """A single run ended by bad input or settings: its one-line message, exit status 2 (the
+        status file is written); multiruns are reported by ``anogan.errors.run_main`` when they end."""
+        from anogan.errors import full_error_asked, input_error, report
+
+        error = input_error(job_error(job_return)) if job_return is not None else None
+        if error is not None and not full_error_asked():
+            sys.exit(report(error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

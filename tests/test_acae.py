@@ -9,6 +9,7 @@ from anogan.acae import ACAE, ACAEScores, load_acae
 from anogan.callbacks import auroc
 from anogan.data import DigitsDataModule
 from anogan.nets import AdversarialAutoencoder
+from anogan.errors import InputError, MissingInputError
 
 
 def _images(dataset):
@@ -62,7 +63,7 @@ def test_acae_scores_follow_anogans_equations_and_separate_digits(trained):
 
 
 def test_loading_a_gan_checkpoint_as_acae_is_named(tiny_ckpt, tmp_path):
-    with pytest.raises(ValueError, match="anogan_acae"):
+    with pytest.raises(InputError, match="anogan_acae"):
         load_acae(tiny_ckpt)
-    with pytest.raises(FileNotFoundError, match="acae_ckpt_path"):
+    with pytest.raises(MissingInputError, match="acae_ckpt_path"):
         load_acae(tmp_path / "none.ckpt")

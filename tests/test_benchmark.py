@@ -15,6 +15,7 @@ from test_sweep import _fake_job
 from anogan.baselines import FeatureKNN, LatentKNN, PixelBaselines, baseline_scorers, knn_distance
 from anogan.nets import Discriminator, Encoder
 from anogan.sweep import benchmark_rows, write_summary
+from anogan.errors import InputError
 
 
 def _idx_set(root, n_train=40, n_test=12):
@@ -41,12 +42,12 @@ def test_knn_distance_is_the_kth_smallest_euclidean_distance():
     full = torch.cdist(q, ref).sort(1).values
     for k in (1, 3):
         torch.testing.assert_close(knn_distance(q, ref, k, chunk=4), full[:, k - 1])
-    with pytest.raises(ValueError, match="baselines.knn=24"):
+    with pytest.raises(InputError, match="baselines.knn=24"):
         knn_distance(q, ref, 24)
     # a list of k: one pass, one column per k
     torch.testing.assert_close(knn_distance(q, ref, [1, 3, 10], chunk=5), full[:, [0, 2, 9]])
     for bad in ([], [0, 2], [2.5], [True]):
-        with pytest.raises(ValueError, match=r"baselines.knn=.*e.g. baselines.knn=1"):
+        with pytest.raises(InputError, match=r"baselines.knn=.*e.g. baselines.knn=1"):
             knn_distance(q, ref, bad)
 
 
@@ -62,7 +63,7 @@ def test_pixel_pca_equals_scikit_learn_reconstruction_error():
     np.testing.assert_allclose(scores["pixel_pca"].numpy(), want, rtol=1e-4)
     torch.testing.assert_close(scores["pixel_knn"], torch.cdist(test.flatten(1), train.flatten(1)).min(1).values)
     assert torch.all(PixelBaselines(train, 4)(train[:5])["pixel_knn"] == 0)  # a training image is its own 1-NN
-    with pytest.raises(ValueError, match="baselines.pca_components=40"):
+    with pytest.raises(InputError, match="baselines.pca_components=40"):
         PixelBaselines(train, pca_components=40)
 
 
@@ -97,7 +98,7 @@ def test_a_list_of_k_names_one_score_per_k_for_pixels_features_and_latents():
 def test_latent_knn_without_an_encoder_is_refused_before_mapping():
     cfg = OmegaConf.create({"latent_knn": True, "knn": 1, "pca_components": 2})
     data = type("DM", (), {"train_set": [{"image": torch.zeros(1, 28, 28)}] * 4})()
-    with pytest.raises(ValueError, match="needs f-AnoGAN's encoder.*encoder=izif"):
+    with pytest.raises(InputError, match="needs f-AnoGAN's encoder.*encoder=izif"):
         baseline_scorers(cfg, data, Discriminator(image_size=28, channels=1, width=4))
 
 

@@ -9,6 +9,7 @@ import torch
 
 from anogan.data import SPLITS, DigitsDataModule, HDF5DataModule, IDXDataModule, sources
 from anogan.data.sources import DEBIAN_FASHION_MNIST, load_digits_arrays, locate_idx_files, read_idx
+from anogan.errors import InputError, MissingInputError
 
 
 def items(dataset):
@@ -52,7 +53,7 @@ def test_test_loader_serves_test_split_then_a_training_sample():
 
 def test_unknown_normal_class_is_named():
     dm = DigitsDataModule(normal_classes=[12])
-    with pytest.raises(ValueError, match=r"normal_classes=\[12\].*no image of class \[12\]"):
+    with pytest.raises(InputError, match=r"normal_classes=\[12\].*no image of class \[12\]"):
         dm.setup()
 
 
@@ -90,7 +91,7 @@ def test_idx_reader_rejects_a_truncated_file(tmp_path):
     make_idx_dir(tmp_path, gz=False)
     p = tmp_path / "t10k-images-idx3-ubyte"
     p.write_bytes(p.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(InputError, match="truncated"):
         read_idx(p)
 
 
@@ -115,7 +116,7 @@ def test_missing_idx_files_error_lists_files_places_and_fix(tmp_path, monkeypatc
         raise OSError("network unreachable")
 
     monkeypatch.setattr(sources, "_download", no_network)
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(MissingInputError) as err:
         locate_idx_files("mnist", tmp_path / "nowhere")
     msg = str(err.value)
     assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
@@ -184,7 +185,7 @@ def test_bad_hdf5_files_are_reported_with_file_dataset_and_row(tmp_path, overrid
     if message is None:  # floats in [0, 1] are valid
         dm.setup()
         return
-    with pytest.raises(ValueError, match=message) as err:
+    with pytest.raises(InputError, match=message) as err:
         dm.setup()
     assert str(path) in str(err.value)
 
@@ -193,10 +194,10 @@ def test_hdf5_nan_is_reported_with_its_row(tmp_path):
     images = np.full((40, 32, 32), 0.5, np.float32)
     images[23, 4, 4] = np.nan
     write_h5(tmp_path / "nan.h5", images=images)
-    with pytest.raises(ValueError, match=r"'images' holds NaN or inf at row 23"):
+    with pytest.raises(InputError, match=r"'images' holds NaN or inf at row 23"):
         HDF5DataModule(path=str(tmp_path / "nan.h5")).setup()
 
 
 def test_hdf5_missing_file_names_the_setting(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.path"):
+    with pytest.raises(MissingInputError, match="data.path"):
         HDF5DataModule(path=str(tmp_path / "absent.h5")).setup()

@@ -18,6 +18,7 @@ from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
 from anogan.inversion import Inversion, load_gan
 from anogan.nets import Discriminator, Encoder, Generator
 from anogan.pipeline import train
+from anogan.errors import InputError
 
 
 Z_DIM = 16
@@ -128,11 +129,11 @@ def test_encoder_initialised_mapping_starts_lower_than_random(trained_encoder):
 
 def test_encoder_init_without_an_encoder_is_named(tiny_ckpt):
     G, D, _, _ = load_gan(tiny_ckpt)
-    with pytest.raises(ValueError, match="encoder_ckpt_path"):
+    with pytest.raises(InputError, match="encoder_ckpt_path"):
         Inversion(G, D, init="encoder")
-    with pytest.raises(ValueError, match="inversion.init='zeros'"):
+    with pytest.raises(InputError, match="inversion.init='zeros'"):
         Inversion(G, D, init="zeros")
-    with pytest.raises(ValueError, match="anogan_encoder"):
+    with pytest.raises(InputError, match="anogan_encoder"):
         load_encoder(tiny_ckpt)
 
 

@@ -10,6 +10,7 @@ from anogan.callbacks import read_scores
 from anogan.data import SPLITS
 from anogan.pipeline import evaluate
 from anogan.scores import SCORE_NAMES
+from anogan.errors import MissingInputError
 
 FIGURES = ("roc_models", "roc_scores", "score_distributions", "anomaly_grid")
 
@@ -110,7 +111,7 @@ def test_evaluate_uses_the_checkpoint_data_config_with_overrides(tiny_ckpt, tmp_
 
 def test_missing_checkpoint_is_named(tmp_path):
     cfg = compose_cfg("evaluate", [f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path)
-    with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
+    with pytest.raises(MissingInputError, match="nope.ckpt does not exist"):
         evaluate(cfg)
 
 

@@ -22,6 +22,7 @@ from anogan.mapping_nets import mapping_copy
 from anogan.nets import FAMILIES, SUPPORTED_SIZES, ResNetCritic, ResNetEncoder, ResNetGenerator, build
 from anogan.pipeline import train
 from anogan.prior import encoder_squash
+from anogan.errors import InputError
 
 WGANGP = ["model=wgangp_resnet", "model.generator.width=4", "model.discriminator.width=4",
           "model.generator.z_dim=16"]
@@ -66,11 +67,11 @@ def test_the_resnet_critic_and_encoder_have_no_batchnorm_but_layer_norm(size):
 
 
 def test_wgangp_refuses_a_batchnorm_critic_naming_the_fix():
-    with pytest.raises(ValueError, match="without BatchNorm.*model=wgangp_resnet"):
+    with pytest.raises(InputError, match="without BatchNorm.*model=wgangp_resnet"):
         _gan("dcgan", 32, 1, objective="wgangp")
-    with pytest.raises(ValueError, match="model.objective='hinge'"):
+    with pytest.raises(InputError, match="model.objective='hinge'"):
         _gan("resnet", 32, 1, objective="hinge")
-    with pytest.raises(ValueError, match="critic_iterations=0"):
+    with pytest.raises(InputError, match="critic_iterations=0"):
         _gan("resnet", 32, 1, objective="wgangp", critic_iterations=0)
 
 
@@ -151,7 +152,7 @@ def test_encoder_squash_follows_the_prior_and_tanh_with_a_normal_prior_warns(cap
     with caplog.at_level(logging.WARNING, logger="anogan.prior"):
         assert encoder_squash("clip", "normal") == "clip" and encoder_squash("tanh", "uniform") == "tanh"
     assert caplog.text == ""
-    with pytest.raises(ValueError, match="squash='sigmoid'"):
+    with pytest.raises(InputError, match="squash='sigmoid'"):
         encoder_squash("sigmoid", "uniform")
     torch.manual_seed(0)
     gan = _gan("resnet", 16, 1, width=4, objective="wgangp")

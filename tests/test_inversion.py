@@ -6,6 +6,7 @@ from anogan.inversion import Inversion
 from anogan.nets import Discriminator, Generator
 from anogan.prior import initial_z
 from anogan.scores import SCORE_NAMES
+from anogan.errors import InputError
 
 
 def make_inversion(**kwargs) -> Inversion:
@@ -81,9 +82,9 @@ def test_reference_mapping_can_be_switched_off(batch):
 
 
 def test_bad_settings_are_rejected():
-    with pytest.raises(ValueError, match="inversion.lam=1.5"):
+    with pytest.raises(InputError, match="inversion.lam=1.5"):
         make_inversion(lam=1.5)
-    with pytest.raises(ValueError, match=r"record_steps \[20\]"):
+    with pytest.raises(InputError, match=r"record_steps \[20\]"):
         make_inversion(steps=10, record_steps=[5, 20])
 
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from anogan.nets import Discriminator, Generator
+from anogan.errors import InputError
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])
@@ -51,9 +52,9 @@ def test_dcgan_initialisation():
 
 
 def test_bad_sizes_are_rejected_with_the_fix():
-    with pytest.raises(ValueError, match=r"image_size=48 .*data.image_size"):
+    with pytest.raises(InputError, match=r"image_size=48 .*data.image_size"):
         Generator(48)
-    with pytest.raises(ValueError, match="channels=2"):
+    with pytest.raises(InputError, match="channels=2"):
         Discriminator(32, 2)
-    with pytest.raises(ValueError, match=r"feature_layer=3 .*\[-3, 2\]"):
+    with pytest.raises(InputError, match=r"feature_layer=3 .*\[-3, 2\]"):
         Discriminator(32, 1, feature_layer=3)

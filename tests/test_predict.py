@@ -19,6 +19,7 @@ from anogan.data.prepare import PatchOptions, positions, prepare_folder
 from anogan.data.scans import ScanError, ScansDataModule, list_scans
 from anogan.pipeline import evaluate
 from anogan.predict import image_score, parse_reduce, pixel_auroc, stitch, threshold_from
+from anogan.errors import InputError, MissingInputError
 
 
 # -- stitching -------------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ def test_image_score_is_the_max_or_a_quantile_and_undefined_without_patches():
     assert image_score(s, parse_reduce("max")) == 5.0
     assert image_score(s, parse_reduce(0.5)) == pytest.approx(3.0)
     assert image_score(np.array([]), 1.0) is None
-    with pytest.raises(ValueError, match="reduce='top'"):
+    with pytest.raises(InputError, match="reduce='top'"):
         parse_reduce("top")
 
 
@@ -154,9 +155,9 @@ def test_threshold_from_a_labelled_evaluation(tiny_run, tmp_path):
     q, _ = threshold_from(tiny_run / "scores.h5", "anomaly", 0.9)
     assert q == pytest.approx(np.quantile(rows["scores/anomaly"][rows["split"] == 0], 0.9))
     assert threshold_from(None, "anomaly")[0] is None
-    with pytest.raises(ValueError, match="no score 'nope'"):
+    with pytest.raises(InputError, match="no score 'nope'"):
         threshold_from(tiny_run / "metrics.json", "nope")
-    with pytest.raises(FileNotFoundError, match="threshold_from=.*missing.json does not exist"):
+    with pytest.raises(MissingInputError, match="threshold_from=.*missing.json does not exist"):
         threshold_from(tmp_path / "missing.json", "anomaly")
 
 
@@ -268,7 +269,7 @@ def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
         gez = G.eval()(E.eval()(x))
     torch.testing.assert_close(out["residual_map"], S.residual_map(x, gez))
     assert "fanogan" in out["scores"] and (out["steps_taken"] == 0).all()
-    with pytest.raises(ValueError, match="or 0 with inversion.init=encoder"):
+    with pytest.raises(InputError, match="or 0 with inversion.init=encoder"):
         Inversion(G, D, steps=0)
 
 

@@ -15,6 +15,7 @@ from anogan.data import SPLITS, HDF5DataModule
 from anogan.data.hdf5 import inspect_hdf5
 from anogan.data.phantom import write_phantom
 from anogan.data.prepare import main, prepare_folder
+from anogan.errors import InputError
 
 
 def read(path: Path) -> dict:
@@ -256,7 +257,7 @@ def test_schema_attributes_are_checked(tmp_path):
     assert inspect_hdf5(out).size == 28
     with h5py.File(out, "a") as f:
         f.attrs["patch_size"] = 64
-    with pytest.raises(ValueError, match=r"o\.h5: attribute patch_size=64 but the images are 28x28"):
+    with pytest.raises(InputError, match=r"o\.h5: attribute patch_size=64 but the images are 28x28"):
         inspect_hdf5(out)
 
 

@@ -26,6 +26,7 @@ from anogan.reliability import (
     resolve_ckpt_path,
 )
 from anogan.scores import SCORE_NAMES
+from anogan.errors import InputError, MissingInputError
 
 TRAIN = [*TINY, "evaluate=false", "logger=none"]
 EVAL = ["inversion.steps=3", "logger=none", "+data.eval_train_samples=0", "trainer.enable_progress_bar=false"]
@@ -144,14 +145,14 @@ def test_atomic_writes_leave_the_previous_file_when_writing_fails(tmp_path):
 # -- 4. bad input ----------------------------------------------------------------------------------
 def test_evaluate_without_ckpt_path_says_how_to_pass_it(tmp_path):
     cfg = compose_cfg("evaluate", [], tmp_path)
-    with pytest.raises(ValueError, match=r"ckpt_path is missing: python evaluate.py ckpt_path=<run dir>/check"):
+    with pytest.raises(InputError, match=r"ckpt_path is missing: python evaluate.py ckpt_path=<run dir>/check"):
         evaluate(cfg)
 
 
 def test_a_run_directory_as_ckpt_path_names_the_file_to_pass(tiny_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"is a directory; pass the file, e.g. ckpt_path=.*last.ckpt"):
         _eval(tiny_run, tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"nope.ckpt does not exist; pass ckpt_path="):
+    with pytest.raises(MissingInputError, match=r"nope.ckpt does not exist; pass ckpt_path="):
         train(compose_cfg("train", [*TRAIN, f"ckpt_path={tmp_path}/nope.ckpt"], tmp_path / "t"))
     assert not (tmp_path / "t" / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
 
@@ -189,13 +190,13 @@ def test_a_bad_checkpoint_file_is_named_in_evaluation_and_training(tiny_ckpt, tm
     ("+data.channels=3", "data.channels=3 but the GAN of .* was trained with channels=1"),
 ])
 def test_evaluation_data_sized_unlike_the_gan_is_refused(tiny_ckpt, tmp_path, override, named):
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(InputError, match=named):
         _eval(tiny_ckpt, tmp_path, override)
     assert not any(tmp_path.glob("scores.h5*")) and not (tmp_path / "metrics.json").exists()
 
 
 def test_a_test_set_of_one_class_says_auroc_is_undefined_and_still_writes_the_scores(tiny_ckpt, tmp_path):
-    with pytest.raises(ValueError, match=r"AUROC is undefined: the test split holds (\d+) normal and 0 anomalous"):
+    with pytest.raises(InputError, match=r"AUROC is undefined: the test split holds (\d+) normal and 0 anomalous"):
         _eval(tiny_ckpt, tmp_path, "+data.normal_classes=[0,1,2,3,4,5,6,7,8,9]")
     rows = read_scores(tmp_path / "scores.h5")
     assert len(rows["index"]) > 300 and rows["label"].sum() == 0
@@ -209,9 +210,9 @@ def test_a_test_set_of_one_class_says_auroc_is_undefined_and_still_writes_the_sc
     ("inversion.steps=0", r"inversion.steps=0 must be an integer >= 1"),
 ])
 def test_mapping_settings_out_of_range_are_refused_before_any_work(tiny_ckpt, tmp_path, override, named):
-    with pytest.raises(ValueError, match=named):
+    with pytest.raises(InputError, match=named):
         _eval(tiny_ckpt, tmp_path / "eval", override)
-    with pytest.raises(ValueError, match=named):  # train.py refuses before training, not after it
+    with pytest.raises(InputError, match=named):  # train.py refuses before training, not after it
         train(compose_cfg("train", [*TRAIN, "evaluate=true", override], tmp_path / "train"))
     assert not (tmp_path / "train" / "checkpoints").exists()
     assert not any((tmp_path / "eval").glob("scores.h5*"))
@@ -425,7 +426,7 @@ def test_sigusr1_in_a_slurm_job_requeues_it_with_scontrol(tmp_path, monkeypatch,
         assert calls.read_text().splitlines()[-1] == "requeue 99"
         assert "scontrol requeue 99 failed" in caplog.text
         monkeypatch.setenv("SLURM_JOB_ID", "12;x")
-        with pytest.raises(ValueError, match="not a SLURM job id"):
+        with pytest.raises(InputError, match="not a SLURM job id"):
             requeue_on_signal()
     finally:
         signal.signal(signal.SIGUSR1, before)

@@ -101,7 +101,7 @@ def test_a_failed_slurm_job_is_a_failed_row_and_the_others_complete(slurm, tiny_
     assert ok["status"] == "COMPLETED"
     job = json.loads((sweep / ok["job"] / "metrics.json").read_text())
     assert float(ok["auroc/anomaly"]) == pytest.approx(job["scores"]["anomaly"]["auroc"])
-    assert failed["status"] == "FAILED" and failed["error"].startswith("ValueError: inversion.lam=2")
+    assert failed["status"] == "FAILED" and failed["error"].startswith("InputError: inversion.lam=2")
     assert failed["auroc/anomaly"] == ""
 
 

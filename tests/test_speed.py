@@ -10,6 +10,7 @@ from test_inversion import make_inversion
 from anogan.mapping_nets import LatentProjection, mapping_copy
 from anogan.nets import Discriminator, Generator
 from anogan.scores import SCORE_NAMES
+from anogan.errors import InputError
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_early_stop_stops_each_mapping_where_a_shorter_run_ends(batch):
 
 
 def test_early_stop_settings_are_checked():
-    with pytest.raises(ValueError, match="inversion.patience=0"):
+    with pytest.raises(InputError, match="inversion.patience=0"):
         make_inversion(early_stop=True, patience=0)
 
 

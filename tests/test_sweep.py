@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from anogan.pipeline import evaluate
 from anogan.sweep import FIGURES, auroc_points, job_row, main, write_summary
+from anogan.errors import InputError
 
 FAST = ["logger=none", "+data.test_subset=60", "+data.eval_train_samples=0", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false"]
@@ -50,13 +51,14 @@ def test_a_failed_job_is_a_row_with_its_error(tiny_ckpt, tmp_path):
     proc = subprocess.run([sys.executable, "evaluate.py", "-m", f"ckpt_path={tiny_ckpt}", "inversion.lam=0.1,2",
                            "inversion.steps=1", *FAST, f"hydra.sweep.dir={sweep}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # bad input: one line, after the whole sweep
+    assert proc.stderr.strip().splitlines()[-1] == "error: inversion.lam=2 must lie in [0, 1] (the paper uses 0.1)"
     ok, failed = read_summary(sweep)
     assert ok["status"] == "COMPLETED"
     job = json.loads((sweep / ok["job"] / "metrics.json").read_text())
     assert float(ok["auroc/anomaly"]) == pytest.approx(job["scores"]["anomaly"]["auroc"])
     assert failed["status"] == "FAILED" and float(failed["lam"]) == 2.0
-    assert failed["error"].startswith("ValueError: inversion.lam=2") and failed["auroc/anomaly"] == ""
+    assert failed["error"].startswith("InputError: inversion.lam=2") and failed["auroc/anomaly"] == ""
     status = json.loads((sweep / "1" / "job_status.json").read_text())
     assert "Traceback" in status["traceback"]
     assert (sweep / FIGURES[0]).is_file()  # drawn from the completed job
@@ -188,7 +190,7 @@ def test_ddp_in_a_multirun_outside_slurm_fails_early(monkeypatch):
 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored afterwards
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
-    with pytest.raises(ValueError, match="restart the whole sweep"):
+    with pytest.raises(InputError, match="restart the whole sweep"):
         check(["trainer=ddp", "trainer.devices=2", "hydra.mode=MULTIRUN"])
     check(["trainer=ddp", "trainer.devices=2", "hydra.mode=RUN"])  # a single run: Lightning relaunches it
     check(["hydra.mode=MULTIRUN"])  # one process per job

@@ -32,6 +32,7 @@ from anogan.reliability import (
     read_checkpoint,
 )
 from anogan.stages import stage_scorers
+from anogan.errors import InputError
 
 EVAL = ["inversion.steps=2", "logger=none", "trainer.enable_progress_bar=false"]
 
@@ -282,17 +283,17 @@ def test_every_source_repeats_grey_images_to_data_channels(tmp_path):
 
 
 def test_hdf5_layouts_and_types_are_named_with_the_fix(tmp_path):
-    with pytest.raises(ValueError, match=r"channels-last \(N, H, W, C\).*np.moveaxis\(x, -1, 1\)"):
+    with pytest.raises(InputError, match=r"channels-last \(N, H, W, C\).*np.moveaxis\(x, -1, 1\)"):
         inspect_hdf5(_hdf5(tmp_path / "cl.h5", channels_last=True))
-    with pytest.raises(ValueError, match=r"dtype int16 \(signed.*\(x - x.min\(\)\) / \(x.max\(\) - x.min\(\)\)"):
+    with pytest.raises(InputError, match=r"dtype int16 \(signed.*\(x - x.min\(\)\) / \(x.max\(\) - x.min\(\)\)"):
         inspect_hdf5(_hdf5(tmp_path / "i16.h5", dtype=np.int16))
 
 
 def test_settings_outside_their_domain_are_refused_by_their_config_key(tiny_ckpt, tmp_path):
     G, D, _, _ = load_gan(tiny_ckpt)
-    with pytest.raises(ValueError, match=r"inversion.lr=-1 must be > 0"):
+    with pytest.raises(InputError, match=r"inversion.lr=-1 must be > 0"):
         Inversion(G, D, lr=-1)
-    with pytest.raises(ValueError, match=r"inversion.lr=-1"):  # train.py: before training
+    with pytest.raises(InputError, match=r"inversion.lr=-1"):  # train.py: before training
         train(compose_cfg("train", [*TINY, "inversion.lr=-1"], tmp_path / "t"))
     with pytest.raises(Exception, match=r"model.optimizer_d.lr=-0.1 must be > 0"):  # through Hydra's instantiate
         train(compose_cfg("train", [*TINY, "model.optimizer_d.lr=-0.1"], tmp_path / "d"))
@@ -311,7 +312,7 @@ def test_evaluation_names_resized_data_and_gives_channel_fixes_that_work_there(t
     with h5py.File(rgb, "w") as f:
         f.create_dataset("images", data=np.zeros((8, 3, 32, 32), np.uint8))
         f.create_dataset("labels", data=np.arange(8) % 2)
-    with pytest.raises(ValueError, match=r"holds 3-channel images but data.channels=1: .*or evaluate them with a "
+    with pytest.raises(InputError, match=r"holds 3-channel images but data.channels=1: .*or evaluate them with a "
                        "GAN trained at data.channels=3"):
         evaluate_checkpoint(_eval_cfg(tmp_path / "r", hdf5=rgb), tiny_ckpt)
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from anogan.callbacks.metrics import gather_rows, write_json_atomic
 from anogan.io import atomic_path
 from anogan import predict as P
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ScanMaps(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.score not in outputs["scores"]:
-            raise ValueError(f"prediction_callbacks.maps.score={self.score!r} is not among the scores "
+            raise InputError(f"prediction_callbacks.maps.score={self.score!r} is not among the scores "
                              f"{sorted(outputs['scores'])}; choose one of them")
         rows = {"split": outputs["split"], "index": outputs["index"], "map": outputs["residual_map"],
                 "score": outputs["scores"][self.score]}

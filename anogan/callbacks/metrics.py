@@ -20,6 +20,7 @@ from torchmetrics.functional.classification import binary_stat_scores
 from anogan.data import SPLITS
 from anogan.io import atomic_path
 from anogan.scores import SCORE_NAMES
+from anogan.errors import InputError
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -134,7 +135,7 @@ class AnomalyMetrics(OutputCollector):
 
     def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None):
         if pixel_thresholds is not None and (int(pixel_thresholds) != pixel_thresholds or pixel_thresholds < 2):
-            raise ValueError(f"pixel_thresholds={pixel_thresholds} must be null (exact) or an integer >= 2")
+            raise InputError(f"pixel_thresholds={pixel_thresholds} must be null (exact) or an integer >= 2")
         self.path = Path(path)
         self.pixel_thresholds = pixel_thresholds
 
@@ -171,7 +172,7 @@ class AnomalyMetrics(OutputCollector):
         n_anomalous = int(labels.sum())
         n_normal = int(len(labels) - n_anomalous)
         if n_normal == 0 or n_anomalous == 0:
-            raise ValueError(
+            raise InputError(
                 f"AUROC is undefined: the test split holds {n_normal} normal and {n_anomalous} anomalous "
                 "images, and AUROC needs both; the per-image scores are in scores.h5, metrics.json is not "
                 "written (check data.normal_classes and data.test_subset)"

@@ -22,6 +22,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from anogan.data import sources
 from anogan.data.hdf5 import HDF5Dataset, inspect_hdf5, patch_recipe
 from anogan.data.transforms import to_model_range
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -65,13 +66,13 @@ class OneClassDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"data.val_fraction={val_fraction} must lie in [0, 1)")
+            raise InputError(f"data.val_fraction={val_fraction} must lie in [0, 1)")
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                 ("image_size", image_size, 1), ("channels", channels, 1),
                                 ("num_workers", num_workers, 0), ("eval_train_samples", eval_train_samples, 0),
                                 ("test_subset", test_subset, 1)):
             if value is not None and (int(value) != value or value < low):
-                raise ValueError(f"data.{key}={value} must be an integer >= {low}")
+                raise InputError(f"data.{key}={value} must be an integer >= {low}")
         self.image_size, self.channels = image_size, channels
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -90,7 +91,7 @@ class OneClassDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.build()
             if len(self.train_set) == 0:
-                raise ValueError(f"{type(self).__name__}: no normal image in the training split")
+                raise InputError(f"{type(self).__name__}: no normal image in the training split")
             if self.test_subset is not None and self.test_subset < len(self.test_set):
                 self.test_set = Subset(self.test_set, self._sample(len(self.test_set), self.test_subset, 1))
 
@@ -132,12 +133,12 @@ class ClassDataModule(OneClassDataModule):
         super().__init__(**kwargs)
         self.normal_classes = [int(c) for c in normal_classes]
         if not self.normal_classes:
-            raise ValueError("data.normal_classes is empty; name at least one class, e.g. [0]")
+            raise InputError("data.normal_classes is empty; name at least one class, e.g. [0]")
 
     def _check_classes(self, classes: np.ndarray, where: str) -> None:
         unknown = sorted(set(self.normal_classes) - set(np.unique(classes).tolist()))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"data.normal_classes={self.normal_classes}: {where} has no image of class "
                 f"{unknown}; its classes are {sorted(np.unique(classes).tolist())}"
             )
@@ -166,7 +167,7 @@ class DigitsDataModule(ClassDataModule):
     def __init__(self, test_fraction: float = 0.2, **kwargs):
         super().__init__(**kwargs)
         if not 0 < test_fraction < 1:
-            raise ValueError(f"data.test_fraction={test_fraction} must lie in (0, 1)")
+            raise InputError(f"data.test_fraction={test_fraction} must lie in (0, 1)")
         self.test_fraction = test_fraction
 
     def build(self):
@@ -239,7 +240,7 @@ class HDF5DataModule(OneClassDataModule):
         split = info.split if info.split is not None else self._assign(info.n, info.volume)
         train_rows = np.flatnonzero((split == SPLITS["train"]) & (info.labels == 0))
         if len(train_rows) == 0:
-            raise ValueError(f"{info.path}: the training split holds no normal image (label 0)")
+            raise InputError(f"{info.path}: the training split holds no normal image (label 0)")
 
         def part(name: str, rows: np.ndarray) -> HDF5Dataset:
             return HDF5Dataset(info, rows, SPLITS[name], self.image_size, self.channels)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from anogan.data.transforms import check_channels, to_model_range
+from anogan.data.transforms import check_channels, mask_to_size, to_model_range
+from anogan.errors import InputError, MissingInputError
 
 _CHUNK = 4096  # rows checked at a time when validating a file
 
@@ -45,7 +46,7 @@ class HDF5Info:
 
 
 def _fail(path: Path, dataset: str, what: str) -> None:
-    raise ValueError(f"{path}: dataset '{dataset}' {what}")
+    raise InputError(f"{path}: dataset '{dataset}' {what}")
 
 
 NORMALISATIONS = ("none", "image", "global")
@@ -54,9 +55,9 @@ NORMALISATIONS = ("none", "image", "global")
 def _check_attrs(path: Path, attrs, size: int) -> None:
     """The optional attributes of the schema, where present, agree with the data."""
     if "patch_size" in attrs and int(attrs["patch_size"]) != size:
-        raise ValueError(f"{path}: attribute patch_size={attrs['patch_size']} but the images are {size}x{size}")
+        raise InputError(f"{path}: attribute patch_size={attrs['patch_size']} but the images are {size}x{size}")
     if "normalisation" in attrs and attrs["normalisation"] not in NORMALISATIONS:
-        raise ValueError(f"{path}: attribute normalisation={attrs['normalisation']!r}; expected one of "
+        raise InputError(f"{path}: attribute normalisation={attrs['normalisation']!r}; expected one of "
                          f"{', '.join(NORMALISATIONS)}")
 
 
@@ -64,11 +65,11 @@ def inspect_hdf5(path: str | os.PathLike) -> HDF5Info:
     """Check ``path`` against the schema above; raise ValueError naming file, dataset and row."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"HDF5 file {path} does not exist (set data.path to an existing file)")
+        raise MissingInputError(f"HDF5 file {path} does not exist (set data.path to an existing file)")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{path} is not a readable HDF5 file: {e}") from e
+        raise InputError(f"{path} is not a readable HDF5 file: {e}") from e
     with f:
         for name in ("images", "labels"):
             if name not in f:
@@ -194,10 +195,5 @@ class HDF5Dataset(Dataset):
             "split": torch.tensor(self.split),
         }
         if self.has_masks:
-            mask = torch.from_numpy(f["masks"][row].astype(bool))
-            if mask.shape[-1] != self.image_size:
-                mask = torch.nn.functional.interpolate(
-                    mask[None, None].float(), size=self.image_size, mode="nearest"
-                )[0, 0].bool()
-            item["mask"] = mask
+            item["mask"] = mask_to_size(f["masks"][row], self.image_size)
         return item

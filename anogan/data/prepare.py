@@ -31,11 +31,12 @@ import numpy as np
 from anogan.data import sources
 from anogan.data.datamodule import SPLITS
 from anogan.data.hdf5 import NORMALISATIONS, inspect_hdf5
+from anogan.errors import InputError, full_error_asked, report
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """Bad input to the prepare command; the message names the file and the fix."""
 
 
@@ -72,11 +73,12 @@ class PatchOptions:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_pages(path: Path, mask: bool = False, page: int | None = None) -> list[np.ndarray]:
+def read_pages(path: Path, mask: bool = False, page: int | None = None, colour: bool = False) -> list[np.ndarray]:
     """Every page of an image file as stored, (H, W) each: one for PNG, one per B-scan for a multi-page
     TIFF (a common way to store an OCT volume); only page ``page`` (a list of one) when given, without
     decoding the others. uint8, uint16 (16-bit PNG / TIFF keep their range), int32 for signed integers
-    (their values kept), or float. Colour images become grey (luminance); ``mask``: palette (``P``)
+    (their values kept), or float. Colour images become grey (luminance), or with ``colour`` stay
+    colour, (3, H, W) (RGBA and palette images as RGB; grey images stay (H, W)); ``mask``: palette (``P``)
     images are read by palette index, not converted to grey levels. A ``page`` beyond the file's last
     raises PrepareError."""
     from PIL import Image, ImageSequence, UnidentifiedImageError
@@ -91,9 +93,13 @@ def read_pages(path: Path, mask: bool = False, page: int | None = None) -> list[
                     raise PrepareError(f"{path}: has {getattr(img, 'n_frames', 1)} page(s), no page {page}") from None
             for page_img in [img] if page is not None else ImageSequence.Iterator(img):
                 page_img.load()
-                if page_img.mode in ("RGB", "RGBA", "LA") or (page_img.mode == "P" and not mask):
+                if colour and not mask and page_img.mode in ("RGBA", "P", "CMYK", "YCbCr"):
+                    page_img = page_img.convert("RGB")
+                elif page_img.mode in ("RGBA", "LA") or (page_img.mode == "RGB" and not colour) or (
+                        page_img.mode == "P" and not mask):
                     page_img = page_img.convert("L")
-                pages.append(np.array(page_img))
+                arr = np.array(page_img)
+                pages.append(np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr)  # colour: (3, H, W)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise PrepareError(f"{path}: cannot read the image ({e}); replace or remove the file") from e
     return [_stored(arr, path) for arr in pages]
@@ -109,8 +115,8 @@ def _stored(arr: np.ndarray, path: Path) -> np.ndarray:
             raise PrepareError(f"{path}: values {arr.min()}..{arr.max()} do not fit 16 bits; store 8- or 16-bit")
         else:
             arr = arr.astype(np.uint16)
-    if arr.ndim != 2:
-        raise PrepareError(f"{path}: image of shape {arr.shape}; expected a greyscale image")
+    if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[0] == 3):
+        raise PrepareError(f"{path}: image of shape {arr.shape}; expected a greyscale or RGB image")
     return arr
 
 
@@ -547,9 +553,10 @@ def main(argv: list[str] | None = None) -> int:
             parts = load_npz(args.input) if args.kind == "npz" else load_idx_dir(args.input)
             out = prepare_arrays(parts, args.output, args.normal_classes, f"{args.kind}:{args.input}",
                                  **common, **options)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # PrepareError, and the schema check of the file written
+        if full_error_asked():
+            raise
+        return report(e)
     info = inspect_hdf5(out)
     n_anom = int(info.labels.sum())
     print(f"wrote {out}: {info.n} patches of {info.size}x{info.size} ({info.n - n_anom} normal, {n_anom} anomalous)")

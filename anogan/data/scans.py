@@ -6,6 +6,7 @@ multi-page TIFF is a volume, one scan per page), a single image, or an HDF5 file
 ``images`` (N, H, W) or (N, C, H, W) of any size (``labels`` not needed). Optional ``data.masks``: a
 folder parallel to a folder input (same relative path, any image suffix), or one mask file for a single
 image; binary, the size of its scan; used only to measure the maps (pixel AUROC), never by the model.
+Colour images are scored in colour by a GAN trained with data.channels=3, else as grey (their luminance).
 
 The training recipe (``training``, recorded by ``HDF5DataModule.recipe`` in the checkpoint, see
 ``anogan.predict.training_recipe``) fixes the normalisation (``none``: stored value / dtype maximum;
@@ -43,11 +44,12 @@ from anogan.data.prepare import (
     unit,
 )
 from anogan.data.transforms import to_model_range
+from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class ScanError(ValueError):
+class ScanError(InputError):
     """Scans that cannot be scored as the GAN's training data was read; the message names the fix."""
 
 
@@ -75,8 +77,9 @@ def _hdf5_images(path: Path) -> h5py.Dataset:
     return f["images"]
 
 
-def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None) -> list[Scan]:
-    """Every scan of ``path`` (folder, image file or HDF5 file) in a fixed order, with its mask file."""
+def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, colour: bool = False) -> list[Scan]:
+    """Every scan of ``path`` (folder, image file or HDF5 file) in a fixed order, with its mask file;
+    ``colour``: colour images keep their 3 channels (for a GAN trained on colour), else read as grey."""
     path = Path(path)
     if not path.exists():
         raise ScanError(f"data.path={path} does not exist; pass a folder of PNG / TIFF scans, an image or an HDF5 file")
@@ -118,13 +121,14 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None) 
                          if m.is_file()]
                 mask = found[0] if found else None  # scans without a mask are mapped, not measured
         try:
-            pages = read_pages(f)
+            pages = read_pages(f, colour=colour)
         except PrepareError as e:
             raise ScanError(str(e)) from None
-        _note_colour(f)
+        if not colour:
+            _note_colour(f)
         for k, page in enumerate(pages):
             name = str(rel) if len(pages) == 1 else f"{rel}_p{k:03d}"
-            out.append(Scan(name, f, k, page.shape, 1, page.dtype, mask))
+            out.append(Scan(name, f, k, page.shape[-2:], 1 if page.ndim == 2 else page.shape[0], page.dtype, mask))
     return out
 
 
@@ -140,12 +144,12 @@ def _note_colour(path: Path) -> None:
 
 
 def read_scan(scan: Scan) -> np.ndarray:
-    """The stored pixels of a scan: (H, W), or (C, H, W) for a multi-channel HDF5 row."""
+    """The stored pixels of a scan: (H, W), or (C, H, W): colour (GAN of 3 channels) or a multi-channel HDF5 row."""
     if scan.source.suffix.lower() in (".h5", ".hdf5"):
         images = _hdf5_images(scan.source)
         with images.file:
             return images[scan.page]
-    return read_pages(scan.source, page=scan.page)[0]  # one page of a volume, not all of them
+    return read_pages(scan.source, page=scan.page, colour=scan.channels == 3)[0]  # one page, not all of them
 
 
 def read_scan_mask(scan: Scan) -> np.ndarray | None:
@@ -239,7 +243,7 @@ class ScansDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        scans = list_scans(self.path, self.masks)
+        scans = list_scans(self.path, self.masks, colour=self.channels == 3)
         self.check_scans(scans)
         rng = np.random.default_rng(0)  # unused by the grid; positions() takes one for random patches
         rows = []

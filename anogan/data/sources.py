@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from anogan.errors import InputError, MissingInputError
 
 # Debian's dataset-fashion-mnist package installs the four gzipped IDX files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -54,16 +55,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read IDX file {path}: {e}") from e
+        raise InputError(f"cannot read IDX file {path}: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
+        raise InputError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
-        raise ValueError(
+        raise InputError(
             f"{path} is truncated or corrupt: header says shape {dims} ({expected} bytes), "
             f"found {len(body)} bytes"
         )
@@ -97,7 +98,7 @@ def locate_idx_files(dataset: str, root: str | os.PathLike, download: bool = Tru
     Raises FileNotFoundError listing every place looked in and how to get the files.
     """
     if dataset not in IDX_DATASETS:
-        raise ValueError(f"unknown IDX dataset {dataset!r}; expected one of {sorted(IDX_DATASETS)}")
+        raise InputError(f"unknown IDX dataset {dataset!r}; expected one of {sorted(IDX_DATASETS)}")
     spec = IDX_DATASETS[dataset]
     root = Path(root)
     dirs = [root, *spec["system_dirs"]]
@@ -123,7 +124,7 @@ def locate_idx_files(dataset: str, root: str | os.PathLike, download: bool = Tru
         if errors:
             msg += f"; download from {spec['url']} failed ({'; '.join(errors)})"
         msg += f". To get them: {spec['hint']}, or put the files in data.root={root}."
-        raise FileNotFoundError(msg)
+        raise MissingInputError(msg)
     return found  # type: ignore[return-value]
 
 
@@ -132,7 +133,7 @@ def load_idx_split(files: dict[str, Path], split: str) -> tuple[np.ndarray, np.n
     image_name, label_name = IDX_FILES[split]
     images, classes = read_idx(files[image_name]), read_idx(files[label_name])
     if images.ndim != 3 or classes.ndim != 1 or len(images) != len(classes):
-        raise ValueError(
+        raise InputError(
             f"IDX {split} split: images {files[image_name]} of shape {images.shape} and labels "
             f"{files[label_name]} of shape {classes.shape} do not match (expected (N, H, W) and (N,))"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from anogan.errors import InputError
 
 # the largest value of each stored integer dtype, mapped to +1
 _MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -14,7 +15,7 @@ def check_channels(stored: int, channels: int, where: str) -> None:
     """Images of ``stored`` channels can enter a model of ``channels``: the same count, or grey (1),
     which is repeated; else ValueError naming ``where`` and a fix for train.py and evaluate.py."""
     if stored not in (1, channels):
-        raise ValueError(
+        raise InputError(
             f"{where} holds {stored}-channel images but data.channels={channels}: train on them with "
             f"data.channels={stored} (python train.py), or evaluate them with a GAN trained at "
             f"data.channels={stored}"
@@ -45,3 +46,11 @@ def to_model_range(images: np.ndarray, image_size: int, max_value: float | None 
             antialias=x.shape[-1] > image_size,
         )
     return (x * 2 - 1).clamp(-1, 1).contiguous()
+
+
+def mask_to_size(mask: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """A mask (H, W) -> bool (image_size, image_size), resized by nearest neighbour like its image."""
+    mask = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if tuple(mask.shape) != (image_size, image_size):
+        mask = F.interpolate(mask[None, None].float(), size=(image_size, image_size), mode="nearest")[0, 0].bool()
+    return mask

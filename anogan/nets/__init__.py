@@ -18,6 +18,7 @@ from torch import nn
 from anogan.nets.common import SQUASHES, SUPPORTED_SIZES, Critic, layout, squash_latent
 from anogan.nets.dcgan import AdversarialAutoencoder, Discriminator, Encoder, Generator, dcgan_init
 from anogan.nets.resnet import ResNetCritic, ResNetEncoder, ResNetGenerator
+from anogan.errors import InputError
 
 FAMILIES = {
     "dcgan": {"generator": Generator, "discriminator": Discriminator, "encoder": Encoder},
@@ -40,7 +41,7 @@ def build(family: str, role: str, **config) -> nn.Module:
     """The ``role`` net (``generator``, ``discriminator`` or ``encoder``) of ``family`` built from its
     ``config``. Raises ValueError naming the known families for an unknown one."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown network family {family!r}; expected one of {sorted(FAMILIES)}")
+        raise InputError(f"unknown network family {family!r}; expected one of {sorted(FAMILIES)}")
     return FAMILIES[family][role](**config)
 
 

@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from anogan.errors import InputError
 
 # 28 (MNIST-like) and every power of two from 16 to 256 (OCT / MRI patch pipelines use 64-256)
 SUPPORTED_SIZES = (16, 28, 32, 64, 128, 256)
@@ -19,7 +20,7 @@ def layout(image_size: int) -> tuple[int, int]:
 
     Raises ValueError naming ``data.image_size`` for any other size."""
     if image_size not in SUPPORTED_SIZES:
-        raise ValueError(
+        raise InputError(
             f"image_size={image_size} is not supported; use one of {SUPPORTED_SIZES} "
             "(set data.image_size, e.g. data.image_size=32)"
         )
@@ -29,13 +30,13 @@ def layout(image_size: int) -> tuple[int, int]:
 
 def check_channels(channels: int) -> None:
     if channels not in (1, 3):
-        raise ValueError(f"channels={channels} is not supported; use 1 (grey) or 3 (RGB) (data.channels)")
+        raise InputError(f"channels={channels} is not supported; use 1 (grey) or 3 (RGB) (data.channels)")
 
 
 def check_feature_layer(feature_layer: int, n: int, image_size: int) -> int:
     """``feature_layer`` as an index in [0, n); ValueError naming the valid range otherwise."""
     if not -n <= feature_layer < n:
-        raise ValueError(
+        raise InputError(
             f"feature_layer={feature_layer} is out of range for {image_size}-pixel images: "
             f"D has {n} blocks, so use an index in [{-n}, {n - 1}] (-1 = last block)"
         )
@@ -44,7 +45,7 @@ def check_feature_layer(feature_layer: int, n: int, image_size: int) -> int:
 
 def check_squash(squash: str) -> str:
     if squash not in SQUASHES:
-        raise ValueError(f"squash={squash!r} is not one of {SQUASHES} or 'auto' (encoder.module.squash)")
+        raise InputError(f"squash={squash!r} is not one of {SQUASHES} or 'auto' (encoder.module.squash)")
     return squash
 
 

@@ -1,0 +1,94 @@
+"""Errors of bad input or settings, and how the entry points report them.
+
+Every error that anogan raises on purpose because an input (a file, a folder, a config value) is wrong
+is an ``InputError``: its message names the input and a fix that works in the command that was run.
+``train.py``, ``evaluate.py`` and ``python -m anogan.data.prepare`` end on one with that message as
+one line on stderr (``error: ...``), exit status 2 (the usual status of a command-line usage error)
+and no traceback; ``job_status.json`` in the run directory keeps the error and its traceback. Any other
+exception is a bug or an unforeseen failure and keeps its traceback; ``HYDRA_FULL_ERROR=1`` shows the
+traceback of an ``InputError`` too.
+
+``InputError`` derives from ``ValueError`` and ``MissingInputError`` from ``FileNotFoundError`` as well,
+so code that catches those still catches these.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+INPUT_EXIT = 2  # exit status of a command ended by bad input or settings (argparse's for usage errors)
+FULL_ERROR = "HYDRA_FULL_ERROR"
+_SET_BY_US = "_ANOGAN_SET_HYDRA_FULL_ERROR"  # HYDRA_FULL_ERROR=1 set by run_main, not by the user
+
+
+class InputError(ValueError):
+    """Bad input or settings; the message names the input (file, folder, config key) and the fix."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """An input file or folder that does not exist; the message names it and how to pass it."""
+
+
+def message_line(error: BaseException) -> str:
+    """The message of ``error`` as one line. An error re-raised by a DataLoader worker carries the
+    worker's traceback in its message: its last line is the message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper.reraise
+        text = text.splitlines()[-1]
+        name = f"{type(error).__module__}.{type(error).__qualname__}: "
+        text = text.removeprefix(name).removeprefix(f"{type(error).__qualname__}: ")
+    return " ".join(text.split())
+
+
+def input_error(error: BaseException | None) -> InputError | None:
+    """The ``InputError`` behind ``error``: itself, or the cause of Hydra's ``InstantiationException``
+    (which wraps what a constructor raised, e.g. ``data.val_fraction=2`` refused by a DataModule)."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, InputError) else None
+
+
+def full_error_asked() -> bool:
+    """Whether the user asked for every traceback (``HYDRA_FULL_ERROR=1``, as Hydra reads it)."""
+    return os.environ.get(FULL_ERROR) == "1" and os.environ.get(_SET_BY_US) != "1"
+
+
+def report(error: BaseException) -> int:
+    """Print ``error: <message>`` as one line on stderr; returns ``INPUT_EXIT``."""
+    print(f"error: {message_line(error)}", file=sys.stderr, flush=True)
+    return INPUT_EXIT
+
+
+def run_main(main: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` function the way ``train.py`` and ``evaluate.py`` do: an ``InputError``
+    (in a single run, or in any job of a multirun, once the sweep ends) ends the process with its
+    one-line message and exit status 2; any other exception keeps its traceback and exit status 1.
+
+    Hydra prints every exception of a job with a traceback; ``HYDRA_FULL_ERROR=1`` makes it re-raise
+    the exception instead, which is set here for the run, so that this function decides what is shown.
+    Hydra's own compact errors (a bad override, an unknown config option) are printed as Hydra prints
+    them, exit status 1. With ``HYDRA_FULL_ERROR=1`` set by the user, everything is raised as it is."""
+    if full_error_asked():
+        return main()
+    os.environ[FULL_ERROR] = os.environ[_SET_BY_US] = "1"
+    try:
+        return main()
+    except Exception as e:
+        from hydra.errors import CompactHydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if input_error(e) is not None:
+            sys.exit(report(input_error(e)))
+        if not isinstance(e, CompactHydraException):
+            raise
+        print(str(e), file=sys.stderr)  # as Hydra's run_and_report prints them
+        if isinstance(e.__cause__, OmegaConfBaseException):
+            print(str(e.__cause__), file=sys.stderr)
+        sys.exit(1)
+    finally:
+        del os.environ[FULL_ERROR], os.environ[_SET_BY_US]
