@@ -34,7 +34,8 @@ def test_average_precision_matches_scikit_learn_on_images_and_pixels():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
     scores = np.round(rng.normal(size=300) + labels, 1) * 7.5  # ties, values far outside [0, 1]
-    assert average_precision(scores, labels)[0] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)  # float32
+    want = average_precision_score(labels, scores)
+    assert average_precision(scores, labels)[0] == pytest.approx(want, abs=1e-6)  # torchmetrics: float32
     maps, masks = _maps()
     got = pixel_metrics(list(maps), list(masks))["pixel_auprc"]
     assert got == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-6)
