@@ -89,6 +89,7 @@ def f1_max(scores, labels, thresholds: int | None = None, low: float = 0.0, high
         return None, None, reason
     curve = BinaryPrecisionRecallCurve(thresholds=_grid(thresholds, low, high), normalization=None)
     precision, recall, thr = curve(s, y)
+    thr = thr.reshape(-1)  # torchmetrics returns a 0-d tensor when the scores hold one value
     precision, recall = precision[: len(thr)].double(), recall[: len(thr)].double()  # drop the (R 0, P 1) end
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros(()))
     best = int(torch.argmax(f1))

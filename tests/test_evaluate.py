@@ -11,7 +11,7 @@ from anogan.data import SPLITS
 from anogan.pipeline import evaluate
 from anogan.scores import SCORE_NAMES
 
-FIGURES = ("roc_models", "roc_scores", "score_distributions", "anomaly_grid")
+FIGURES = ("roc_models", "roc_scores", "pr_models", "pr_scores", "score_distributions", "anomaly_grid")
 
 
 def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):

@@ -121,3 +121,9 @@ def test_rates_at_a_threshold_count_scores_at_or_above_it():
     assert rates_at([0.1, 0.2], [0, 0], 0.5)["sensitivity"] is None
     t, _ = quantile_threshold(np.arange(101.0), 0.05, "normal scores")
     assert t == pytest.approx(95.0)
+
+
+def test_constant_scores_give_one_threshold_and_chance_level_metrics():
+    f1, thr, _ = f1_max(np.ones(6), [0, 0, 0, 1, 1, 0])
+    assert (f1, thr) == pytest.approx((2 * 2 / (6 + 2), 1.0))
+    assert average_precision(np.ones(6), [0, 0, 0, 1, 1, 0])[0] == pytest.approx(2 / 6)
