@@ -179,6 +179,24 @@ def _trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
+def window_max(amap: np.ndarray, window: int) -> float | None:
+    """The largest mean of ``amap`` (H, W) over a ``window`` x ``window`` square lying wholly on finite
+    values (NaN: pixels no patch covers): a region-level score, high only where a lesion-sized area is
+    anomalous, not where a thin line of pixels is (layer boundaries that G draws slightly off). None
+    when no such square fits."""
+    from scipy import ndimage
+
+    if int(window) != window or window < 1:
+        raise ValueError(f"window={window} must be an integer >= 1 (pixels)")
+    m = np.asarray(amap, np.float64)
+    covered = np.isfinite(m)
+    if min(m.shape) < window or not covered.any():
+        return None
+    mean = ndimage.uniform_filter(np.where(covered, m, 0.0), int(window), mode="constant", cval=0.0)
+    full = ndimage.uniform_filter(covered.astype(np.float64), int(window), mode="constant", cval=0.0) > 1 - 1e-9
+    return float(mean[full].max()) if full.any() else None
+
+
 def quantile_threshold(normal_values, target_fpr: float, what: str) -> tuple[float | None, str | None]:
     """The (1 - ``target_fpr``) quantile of scores (or map pixels) of normal images (linear
     interpolation): calling >= it anomalous flags about ``target_fpr`` of such images. None with the

@@ -132,6 +132,38 @@ def threshold_from(path: str | os.PathLike | None, score: str, quantile: float =
     raise ValueError(f"prediction_callbacks.maps.threshold_from={path}: expected a metrics.json or a scores.h5")
 
 
+def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
+    """The label-free thresholds of a training run's evaluation (``anogan.localization``), from ``path``:
+    its ``metrics.json`` or a checkpoint of the run (``<run>/checkpoints/*.ckpt``: ``<run>/metrics.json``).
+    Returns ``{"pixel_threshold", "pixel_target_fpr", "image_threshold", "image_target_fpr", "source"}``
+    (None where not recorded), or ``{}`` when the run has no calibrated thresholds (no metrics.json, or
+    one written before they existed, or no normal validation images)."""
+    if not path:
+        return {}
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.parent.parent / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    pixel = metrics.get("pixel_calibration") or {}
+    image = (metrics.get("scores", {}).get(score) or {}).get("calibrated") or {}
+    if pixel.get("threshold") is None:
+        return {}
+    return {"pixel_threshold": float(pixel["threshold"]), "pixel_target_fpr": pixel.get("target_fpr"),
+            "image_threshold": image.get("threshold"), "image_target_fpr": image.get("target_fpr"),
+            "source": f"{path} (calibrated on {pixel.get('calibrated_on', 'normal validation images')})"}
+
+
+def scan_score(amap: np.ndarray, pixel_threshold: float) -> float | None:
+    """The scan-level score: the fraction of the scan's covered pixels (finite map values) whose stitched
+    map is at or above ``pixel_threshold`` (in [0, 1]; the area of the map above the calibrated pixel
+    threshold, relative to the scored tissue). None for a scan without covered pixels."""
+    covered = np.asarray(amap, np.float64)
+    covered = covered[np.isfinite(covered)]
+    return float(np.mean(covered >= pixel_threshold)) if covered.size else None
+
+
 def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:
     """The AUROC of stitched maps against their masks over all pixels of the scans (torchmetrics,
     ``normalization=None``). Pixels no scored patch covers (NaN: skipped by the foreground test) count

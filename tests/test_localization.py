@@ -127,3 +127,19 @@ def test_constant_scores_give_one_threshold_and_chance_level_metrics():
     f1, thr, _ = f1_max(np.ones(6), [0, 0, 0, 1, 1, 0])
     assert (f1, thr) == pytest.approx((2 * 2 / (6 + 2), 1.0))
     assert average_precision(np.ones(6), [0, 0, 0, 1, 1, 0])[0] == pytest.approx(2 / 6)
+
+
+def test_window_max_is_the_largest_mean_over_a_wholly_covered_square():
+    from anogan.localization import window_max
+
+    m = np.zeros((12, 12))
+    m[5, :] = 3.0  # a thin line: its 3x3 means are 1.0
+    m[1:4, 8:11] = 2.0  # a 3x3 blob: mean 2.0
+    assert window_max(m, 3) == pytest.approx(2.0)
+    assert window_max(m, 1) == pytest.approx(3.0)
+    covered = m.copy()
+    covered[0:5, 7:12] = np.nan  # the blob's area uncovered: the line is left
+    assert window_max(covered, 3) == pytest.approx(1.0)
+    brute = max(m[i : i + 4, j : j + 4].mean() for i in range(9) for j in range(9))
+    assert window_max(m, 4) == pytest.approx(brute)
+    assert window_max(np.full((2, 2), np.nan), 1) is None and window_max(np.ones((2, 5)), 3) is None

@@ -162,23 +162,29 @@ class AnomalyMetrics(OutputCollector):
     AUPRO (up to FPR ``aupro_fpr_limit``); and label-free operating points: per score the threshold at the
     (1 - ``target_fpr``) quantile of the scores of the normal validation images the DataModule adds
     (split = val), and a pixel threshold at the (1 - ``pixel_target_fpr``) quantile of their residual
-    pixels, with the test's rates (and pixel Dice) at them.
+    pixels, with the test's rates (and pixel Dice) at them; and a region threshold at the (1 - ``target_fpr``)
+    quantile of their region scores (the largest mean of the residual map over a ``region_window`` square,
+    ``anogan.localization.window_max``), which ``data=scans`` flags whole scans with.
 
     The residual maps of every mapped image are kept until the epoch ends (N x H x W float32) for the
     pixel metrics; ``pixel_thresholds`` bins the pixel curves (see ``anogan.localization``)."""
 
     def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None, target_fpr: float = 0.05,
-                 pixel_target_fpr: float = 0.01, aupro_fpr_limit: float = LZ.FPR_LIMIT):
+                 pixel_target_fpr: float = 0.01, aupro_fpr_limit: float = LZ.FPR_LIMIT, region_window: int = 7):
         if pixel_thresholds is not None and (int(pixel_thresholds) != pixel_thresholds or pixel_thresholds < 2):
             raise ValueError(f"pixel_thresholds={pixel_thresholds} must be null (exact) or an integer >= 2")
         for key, value in (("target_fpr", target_fpr), ("pixel_target_fpr", pixel_target_fpr)):
             if not 0 < value < 1:
                 raise ValueError(f"evaluation_callbacks.metrics.{key}={value} must lie in (0, 1), e.g. 0.05")
+        if int(region_window) != region_window or region_window < 1:
+            raise ValueError(f"evaluation_callbacks.metrics.region_window={region_window} must be an integer >= 1 "
+                             "(pixels), e.g. 7")
         if not 0 < aupro_fpr_limit <= 1:
             raise ValueError(f"evaluation_callbacks.metrics.aupro_fpr_limit={aupro_fpr_limit} must lie in (0, 1]")
         self.path = Path(path)
         self.pixel_thresholds = pixel_thresholds
         self.target_fpr, self.pixel_target_fpr, self.aupro_fpr_limit = target_fpr, pixel_target_fpr, aupro_fpr_limit
+        self.region_window = int(region_window)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         super().on_test_epoch_start(trainer, pl_module)
@@ -242,6 +248,7 @@ class AnomalyMetrics(OutputCollector):
         if self.has_masks:
             result.update(self._pixel_auroc(trainer))
         result["pixel_calibration"] = self._pixel_calibration(data, val)
+        result["region_calibration"] = self._region_calibration(data, val, test, labels)
         if self.has_masks:
             result.update(LZ.pixel_metrics(
                 list(data["map"][test].numpy()), list(data["mask"][test].numpy()), self.pixel_thresholds,
@@ -268,6 +275,19 @@ class AnomalyMetrics(OutputCollector):
         out = {"target_fpr": self.pixel_target_fpr, "threshold": threshold,
                "calibrated_on": f"the residual pixels of {int(val.sum())} normal validation images"}
         return out if threshold is not None else {**out, "reason": reason}
+
+    def _region_calibration(self, data: dict, val: torch.Tensor, test: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The region threshold calibrated without test labels: the (1 - target_fpr) quantile of the region
+        scores (``window_max``) of the normal validation images, and the test images' rates when an image
+        is called anomalous at region score >= it."""
+        def region(maps: torch.Tensor) -> torch.Tensor:
+            values = [LZ.window_max(m, self.region_window) for m in maps.numpy()]
+            return torch.tensor([np.nan if v is None else v for v in values], dtype=torch.float64)
+
+        out = calibrated_point(region(data["map"][test]), labels, region(data["map"][val]), self.target_fpr,
+                               f"normal validation images: the largest mean of each residual map over a "
+                               f"{self.region_window}x{self.region_window} square")
+        return {"window": self.region_window, **out}
 
     def _pixel_auroc(self, trainer) -> dict:
         """``{"pixel_auroc": value}``, or ``{"pixel_auroc": None, "pixel_auroc_reason": ...}`` when the
@@ -309,15 +329,17 @@ def print_table(result: dict, console=None) -> None:
         t.add_row(name, *(shown(row.get(c), ".4g" if c == "threshold" else ".4f") for c in cols))
     console = console or Console()
     console.print(t)
-    c = Table(title="beside it: AUPRC, F1-max, and the rates at thresholds calibrated on normal validation "
-              "images (no test labels)", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    for col in ("score", "AUPRC", "F1-max", "target FPR", "threshold", "sens.", "spec.", "prec."):
+    c = Table(title="beside it: rates at thresholds calibrated on normal validation images",
+              caption="F1max = F1-max; cal. FPR = the target false-positive rate of the calibrated threshold "
+              "thr.; sens., spec., prec. on the test set at thr. (no test label chose it)",
+              box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col in ("score", "AUPRC", "F1max", "cal. FPR", "thr.", "sens.", "spec.", "prec."):
         c.add_column(col, justify="left" if col == "score" else "right", no_wrap=True)
     for name, row in result["scores"].items():
         cal = row.get("calibrated") or {}
-        c.add_row(name, shown(row.get("auprc")), shown(row.get("f1_max")), shown(cal.get("target_fpr"), ".3g"),
-                  shown(cal.get("threshold"), ".4g"), *(shown(cal.get(k)) for k in ("sensitivity", "specificity",
-                                                                                    "precision")))
+        c.add_row(name, *(shown(v, ".3f") for v in (row.get("auprc"), row.get("f1_max"))),
+                  shown(cal.get("target_fpr"), ".3g"), shown(cal.get("threshold"), ".4g"),
+                  *(shown(cal.get(k), ".3f") for k in ("sensitivity", "specificity", "precision")))
     console.print(c)
     if "pixel_auroc" in result:
         reason = result.get("pixel_auroc_reason")
