@@ -135,9 +135,9 @@ def threshold_from(path: str | os.PathLike | None, score: str, quantile: float =
 def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
     """The label-free thresholds of a training run's evaluation (``anogan.localization``), from ``path``:
     its ``metrics.json`` or a checkpoint of the run (``<run>/checkpoints/*.ckpt``: ``<run>/metrics.json``).
-    Returns ``{"pixel_threshold", "pixel_target_fpr", "image_threshold", "image_target_fpr", "source"}``
-    (None where not recorded), or ``{}`` when the run has no calibrated thresholds (no metrics.json, or
-    one written before they existed, or no normal validation images)."""
+    Returns ``{"pixel_threshold", "image_threshold", "region_threshold", "region_window", "target_fpr",
+    "pixel_target_fpr", "source"}`` (None where not recorded), or ``{}`` when the run has no calibrated
+    thresholds (no metrics.json, one written before they existed, or no normal validation images)."""
     if not path:
         return {}
     path = Path(path)
@@ -147,21 +147,14 @@ def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
         return {}
     metrics = json.loads(path.read_text())
     pixel = metrics.get("pixel_calibration") or {}
+    region = metrics.get("region_calibration") or {}
     image = (metrics.get("scores", {}).get(score) or {}).get("calibrated") or {}
-    if pixel.get("threshold") is None:
+    if pixel.get("threshold") is None and region.get("threshold") is None:
         return {}
-    return {"pixel_threshold": float(pixel["threshold"]), "pixel_target_fpr": pixel.get("target_fpr"),
-            "image_threshold": image.get("threshold"), "image_target_fpr": image.get("target_fpr"),
-            "source": f"{path} (calibrated on {pixel.get('calibrated_on', 'normal validation images')})"}
-
-
-def scan_score(amap: np.ndarray, pixel_threshold: float) -> float | None:
-    """The scan-level score: the fraction of the scan's covered pixels (finite map values) whose stitched
-    map is at or above ``pixel_threshold`` (in [0, 1]; the area of the map above the calibrated pixel
-    threshold, relative to the scored tissue). None for a scan without covered pixels."""
-    covered = np.asarray(amap, np.float64)
-    covered = covered[np.isfinite(covered)]
-    return float(np.mean(covered >= pixel_threshold)) if covered.size else None
+    return {"pixel_threshold": pixel.get("threshold"), "pixel_target_fpr": pixel.get("target_fpr"),
+            "image_threshold": image.get("threshold"), "target_fpr": image.get("target_fpr"),
+            "region_threshold": region.get("threshold"), "region_window": region.get("window"),
+            "source": f"{path} (calibrated on {region.get('calibrated_on') or pixel.get('calibrated_on')})"}
 
 
 def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:
