@@ -122,25 +122,15 @@ class PaperFigures(OutputCollector):
             log_image(trainer.loggers, f"test/{p.stem}", imread(p), trainer.global_step)
 
     def roc(self, data: dict, name: str, names: tuple[str, ...]) -> Path:
-        plt = _pyplot()
-        test = data["split"] == SPLITS["test"]
-        labels = data["label"][test]
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        for s in names:
-            if s not in data["scores"]:
-                continue
-            scores = data["scores"][s][test].double()
-            fpr, tpr, _ = BinaryROC(normalization=None)(scores, labels.long())
-            ax.plot(fpr, tpr, label=f"{LABELS.get(s, s)} (AUC {auroc(scores, labels):.3f})")
-        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
-        ax.set_title("Fig. 3a: models" if name == "roc_models" else "Fig. 3b: scores")
-        ax.legend(loc="lower right", fontsize=8)
-        return _save(fig, self.dirpath / f"{name}.png")
+        """``roc_models.png`` / ``roc_scores.png``: Fig. 3a, b, the ROC curves of the scores of ``names``."""
+        return self._curves(data, name, names, "roc")
 
     def precision_recall(self, data: dict, name: str, names: tuple[str, ...]) -> Path:
         """``pr_models.png`` / ``pr_scores.png``: precision against recall of the scores of ``names`` on
         the test split, the AUPRC (average precision) in the legend, chance (the anomalous fraction) dotted."""
+        return self._curves(data, name, names, "pr")
+
+    def _curves(self, data: dict, name: str, names: tuple[str, ...], kind: str) -> Path:
         plt = _pyplot()
         test = data["split"] == SPLITS["test"]
         labels = data["label"][test]
@@ -149,14 +139,24 @@ class PaperFigures(OutputCollector):
             if s not in data["scores"]:
                 continue
             scores = data["scores"][s][test].double()
-            precision, recall, _ = BinaryPrecisionRecallCurve(normalization=None)(scores, labels.long())
-            ap, _ = average_precision(scores.numpy(), labels.numpy())
-            ax.step(recall, precision, where="post", label=f"{LABELS.get(s, s)} (AP {ap:.3f})")
-        ax.axhline(float(labels.float().mean()), ls=":", c="grey", lw=1)
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-        ax.set_title("precision-recall: models" if name == "roc_models" else "precision-recall: scores")
-        ax.legend(loc="lower left", fontsize=8)
-        return _save(fig, self.dirpath / f"{name.replace('roc', 'pr')}.png")
+            if kind == "roc":
+                fpr, tpr, _ = BinaryROC(normalization=None)(scores, labels.long())
+                ax.plot(fpr, tpr, label=f"{LABELS.get(s, s)} (AUC {auroc(scores, labels):.3f})")
+            else:
+                precision, recall, _ = BinaryPrecisionRecallCurve(normalization=None)(scores, labels.long())
+                ap, _ = average_precision(scores.numpy(), labels.numpy())
+                ax.step(recall, precision, where="post", label=f"{LABELS.get(s, s)} (AP {ap:.3f})")
+        models = name == "roc_models"
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+            ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+            ax.set_title("Fig. 3a: models" if models else "Fig. 3b: scores")
+        else:
+            ax.axhline(float(labels.float().mean()), ls=":", c="grey", lw=1)
+            ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
+            ax.set_title("precision-recall: models" if models else "precision-recall: scores")
+        ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+        return _save(fig, self.dirpath / f"{name.replace('roc', kind)}.png")
 
     def pixel_precision_recall(self, precision: torch.Tensor, recall: torch.Tensor,
                                thresholds: torch.Tensor) -> Path:
