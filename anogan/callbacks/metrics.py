@@ -329,18 +329,8 @@ def print_table(result: dict, console=None) -> None:
         t.add_row(name, *(shown(row.get(c), ".4g" if c == "threshold" else ".4f") for c in cols))
     console = console or Console()
     console.print(t)
-    c = Table(title="beside it: rates at thresholds calibrated on normal validation images",
-              caption="F1max = F1-max; cal. FPR = the target false-positive rate of the calibrated threshold "
-              "thr.; sens., spec., prec. on the test set at thr. (no test label chose it)",
-              box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
-    for col in ("score", "AUPRC", "F1max", "cal. FPR", "thr.", "sens.", "spec.", "prec."):
-        c.add_column(col, justify="left" if col == "score" else "right", no_wrap=True)
-    for name, row in result["scores"].items():
-        cal = row.get("calibrated") or {}
-        c.add_row(name, *(shown(v, ".3f") for v in (row.get("auprc"), row.get("f1_max"))),
-                  shown(cal.get("target_fpr"), ".3g"), shown(cal.get("threshold"), ".4g"),
-                  *(shown(cal.get(k), ".3f") for k in ("sensitivity", "specificity", "precision")))
-    console.print(c)
+    if any("auprc" in row or "calibrated" in row for row in result["scores"].values()):
+        console.print(_calibrated_table(result, shown))
     if "pixel_auroc" in result:
         reason = result.get("pixel_auroc_reason")
         console.print(f"pixel-level AUROC of the residual maps: {shown(result['pixel_auroc'])}"
@@ -350,3 +340,22 @@ def print_table(result: dict, console=None) -> None:
         console.print(f"pixel AUPRC {shown(result['pixel_auprc'])}, best Dice {shown(result['pixel_best_dice'])}, "
                       f"AUPRO (FPR <= {result['pixel_aupro_fpr_limit']:g}) {shown(result['pixel_aupro'])}; at the "
                       f"calibrated pixel threshold {shown(at.get('threshold'), '.4g')}: Dice {shown(at.get('dice'))}")
+
+
+def _calibrated_table(result: dict, shown):
+    """The second table of ``print_table``: AUPRC, F1-max and the rates at the calibrated thresholds."""
+    from rich import box
+    from rich.table import Table
+
+    c = Table(title="beside it: rates at thresholds calibrated on normal validation images",
+              caption="F1max = F1-max; FPR = the target false-positive rate of the calibrated threshold thr.; "
+              "sens., spec., prec. on the test set at thr. (no test label chose it)",
+              box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col in ("score", "AUPRC", "F1max", "FPR", "thr.", "sens.", "spec.", "prec."):
+        c.add_column(col, justify="left" if col == "score" else "right", no_wrap=True)
+    for name, row in result["scores"].items():
+        cal = row.get("calibrated") or {}
+        c.add_row(name, *(shown(v, ".3f") for v in (row.get("auprc"), row.get("f1_max"))),
+                  shown(cal.get("target_fpr"), ".3g"), shown(cal.get("threshold"), ".4g"),
+                  *(shown(cal.get(k), ".3f") for k in ("sensitivity", "specificity", "precision")))
+    return c
