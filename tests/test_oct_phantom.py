@@ -57,7 +57,8 @@ SMALL = [
     "experiment=oct_phantom", "logger=none", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false", "trainer.max_epochs=7", "data.batch_size=16",
     "model.generator.width=16", "model.discriminator.width=16", "data.phantom.healthy=5", "data.val_fraction=0.2",
-    "data.phantom.scans=3", "data.phantom.fluid=2", "inversion.steps=30", "inversion.reference=false",
+    "data.phantom.scans=3", "data.phantom.fluid=2", "data.phantom.healthy_test=1", "inversion.steps=30",
+    "inversion.reference=false",
     "data.test_subset=300", "data.eval_train_samples=8",
 ]
 
