@@ -263,7 +263,7 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
                 f"prediction_callbacks.maps.threshold_from={run}/metrics.json",
                 "logger=none", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert len(rows) == 9 and rows[0]["image"] == "fluid_005/000"  # 2 fluid + 1 healthy test volume, 3 scans
+    assert len(rows) == 9 and rows[0]["image"] == "fluid_006/000"  # 2 fluid + 1 healthy test volume, 3 scans
     assert all((out / "maps" / f"{r['image']}.npy").is_file() for r in rows)
     stitched = json.loads((out / "map_metrics.json").read_text())
     assert stitched["n_scans"] == 9 and stitched["n_anomalous_pixels"] > 100
