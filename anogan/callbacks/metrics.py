@@ -148,7 +148,8 @@ class OutputCollector(L.Callback):
             t: {k: torch.cat([r["recorded"][t][k] for r in rows]) for k in rows[0]["recorded"][t]}
             for t in rows[0]["recorded"]
         }
-        for k in set(rows[0]) - {"split", "label", "index", "scores", "recorded"}:  # from collect_extra
+        # from collect_extra; sorted: every process must gather the same tensors in the same order (DDP)
+        for k in sorted(set(rows[0]) - {"split", "label", "index", "scores", "recorded"}):
             out[k] = torch.cat([r[k] for r in rows])
         if self._module.trainer.world_size > 1:  # every process calls this: all_gather is collective
             out = gather_rows(self._module, out)
