@@ -349,4 +349,7 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
         np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
     a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
     assert a["pixel_auroc"] == pytest.approx(b["pixel_auroc"]) and a["n_pixels"] == 40 * 70 + 32 * 120 + 50 * 40
+    for key in ("pixel_auprc", "pixel_best_dice", "pixel_aupro"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert a["scan"]["n_abnormal"] == b["scan"]["n_abnormal"] == 3
     assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21))
