@@ -156,8 +156,8 @@ RUN_FILES = {
     "checkpoints": "",
     "samples": "G(z) during training:",
     "summary.csv": "one row per job of the multirun",
-    "predictions.csv": "data=scans: per scan, its image score and flag",
-    "map_metrics.json": "data=scans with data.masks: pixel AUROC of the stitched maps",
+    "predictions.csv": "data=scans: per scan, its image score, scan score and flags",
+    "map_metrics.json": "data=scans with data.masks: pixel and scan-level metrics of the stitched maps",
     "maps": "data=scans: per scan, the stitched map (.npy) and its overlay (.png):",
 }
 

@@ -133,6 +133,31 @@ def threshold_from(path: str | os.PathLike | None, score: str, quantile: float =
     raise InputError(f"prediction_callbacks.maps.threshold_from={path}: expected a metrics.json or a scores.h5")
 
 
+def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
+    """The label-free thresholds of a training run's evaluation (``anogan.localization``), from ``path``:
+    its ``metrics.json`` or a checkpoint of the run (``<run>/checkpoints/*.ckpt``: ``<run>/metrics.json``).
+    Returns ``{"pixel_threshold", "image_threshold", "region_threshold", "region_window", "target_fpr",
+    "pixel_target_fpr", "source"}`` (None where not recorded), or ``{}`` when the run has no calibrated
+    thresholds (no metrics.json, one written before they existed, or no normal validation images)."""
+    if not path:
+        return {}
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.parent.parent / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    pixel = metrics.get("pixel_calibration") or {}
+    region = metrics.get("region_calibration") or {}
+    image = (metrics.get("scores", {}).get(score) or {}).get("calibrated") or {}
+    if pixel.get("threshold") is None and region.get("threshold") is None:
+        return {}
+    return {"pixel_threshold": pixel.get("threshold"), "pixel_target_fpr": pixel.get("target_fpr"),
+            "image_threshold": image.get("threshold"), "target_fpr": image.get("target_fpr"),
+            "region_threshold": region.get("threshold"), "region_window": region.get("window"),
+            "source": f"{path} (calibrated on {region.get('calibrated_on') or pixel.get('calibrated_on')})"}
+
+
 def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:
     """The AUROC of stitched maps against their masks over all pixels of the scans (torchmetrics,
     ``normalization=None``). Pixels no scored patch covers (NaN: skipped by the foreground test) count

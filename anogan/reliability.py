@@ -227,7 +227,7 @@ def check_architecture(ckpt: dict, path: str | os.PathLike, model) -> None:
 
 
 # data settings that change neither the training images nor their order: free to change on resume
-RESUME_FREE_DATA = ("num_workers", "eval_batch_size", "eval_train_samples", "test_subset")
+RESUME_FREE_DATA = ("num_workers", "eval_batch_size", "eval_train_samples", "test_subset", "eval_val_samples")
 
 
 def check_resume_data(ckpt: dict, path: str | os.PathLike, data: dict) -> None:

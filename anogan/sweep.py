@@ -8,7 +8,11 @@ multirun it rebuilds, from every job directory found so far, the sweep directory
 
 * ``summary.csv``: one row per job: job number, status, error, lam, steps, its overrides (one column
   each), the AUROC of every score (``auroc/<score>``) and, with ``inversion.record_steps``, the AUROC
-  after each recorded step count (``auroc/<score>/step_<t>``);
+  after each recorded step count (``auroc/<score>/step_<t>``); per score its AUPRC (``auprc/<score>``),
+  F1-max (``f1_max/<score>``) and the sensitivity and specificity at the threshold calibrated on normal
+  validation images (``calibrated_sensitivity/<score>``, ``calibrated_specificity/<score>``); where
+  masks exist ``pixel_auroc``, ``pixel_auprc``, ``pixel_best_dice``, ``pixel_aupro`` (an empty cell and
+  ``<metric>_reason`` where undefined);
 * ``auroc_heatmap.png``: anomaly AUROC over (lam, steps); ``auroc_vs_steps.png``: one line per lam;
 * ``benchmark.csv`` / ``.md`` when the sweep has a seed or class axis (``data.normal_classes``, or
   ``data.category`` of ``data=mvtec``): AUROC (and ``pixel_auroc``) mean ± std over seeds per class.
@@ -43,6 +47,8 @@ STATUS_FILE = "job_status.json"
 SUMMARY_FILE = "summary.csv"
 FIGURES = ("auroc_heatmap.png", "auroc_vs_steps.png")
 FIRST_COLUMNS = ("job", "status", "error", "lam", "steps", "overrides")
+METRIC_PREFIXES = ("auroc/", "auprc/", "f1_max/", "calibrated_sensitivity/", "calibrated_specificity/")
+PIXEL_METRICS = ("pixel_auroc", "pixel_auprc", "pixel_best_dice", "pixel_aupro")
 
 
 def _rank() -> int:
@@ -109,10 +115,17 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         row[key.lstrip("+~")] = value
     for name, scores in metrics.get("scores", {}).items():
         row[f"auroc/{name}"] = scores["auroc"]
-    if "pixel_auroc" in metrics:  # null when undefined (no positive pixel): an empty cell and its reason
-        row["pixel_auroc"] = metrics["pixel_auroc"]
-        if metrics["pixel_auroc"] is None:
-            row["pixel_auroc_reason"] = metrics.get("pixel_auroc_reason", "undefined")
+        for key in ("auprc", "f1_max"):
+            if key in scores:
+                row[f"{key}/{name}"] = scores[key]
+        for key in ("sensitivity", "specificity"):
+            if key in scores.get("calibrated", {}):
+                row[f"calibrated_{key}/{name}"] = scores["calibrated"][key]
+    for key in PIXEL_METRICS:
+        if key in metrics:  # null when undefined (no positive pixel): an empty cell and its reason
+            row[key] = metrics[key]
+            if metrics[key] is None:
+                row[f"{key}_reason"] = metrics.get(f"{key}_reason", "undefined")
     for t, aurocs in sorted(metrics.get("recorded", {}).items(), key=lambda kv: int(kv[0])):
         for name, value in aurocs.items():
             row[f"auroc/{name}/step_{t}"] = value
@@ -122,10 +135,15 @@ def job_row(job_dir: Path) -> dict[str, Any]:
 def _column_order(rows: list[dict]) -> list[str]:
     keys = {k for r in rows for k in r}
     first = [k for k in FIRST_COLUMNS if k in keys]
-    aurocs = sorted((k for k in keys if k.startswith("auroc/") or k == "pixel_auroc"),
-                    key=lambda k: (k.count("/"), _score_rank(k), _step_of(k), k))
+    aurocs = sorted((k for k in keys if k.startswith(METRIC_PREFIXES) or k in PIXEL_METRICS),
+                    key=lambda k: (k.count("/"), _metric_rank(k), _score_rank(k), _step_of(k), k))
     rest = sorted(keys - set(first) - set(aurocs))
     return first + rest + aurocs
+
+
+def _metric_rank(key: str) -> int:
+    order = METRIC_PREFIXES + PIXEL_METRICS
+    return next((i for i, p in enumerate(order) if key.startswith(p)), len(order))
 
 
 def _score_rank(key: str) -> int:

@@ -24,7 +24,9 @@ NAMES = (*SCORE_NAMES, "fanogan", "acae_residual", "acae_discrimination", "acae_
 
 def test_results_table_fits_80_columns_with_every_score_name_in_full():
     row = {"auroc": 0.91234, "threshold": -12345.678, "precision": 0.5, "recall": 1.0, "sensitivity": 1.0,
-           "specificity": 0.25}
+           "specificity": 0.25, "auprc": 0.5, "f1_max": 0.25,
+           "calibrated": {"target_fpr": 0.05, "threshold": -12345.678, "sensitivity": 0.125, "specificity": 0.95,
+                          "precision": None}}
     result = {"lam": 0.1, "steps": 500, "n_normal": 12345, "n_anomalous": 67890,
               "scores": {name: dict(row) for name in NAMES}, "pixel_auroc": None}
     result["scores"]["residual"]["auroc"] = None  # undefined: printed as null, not as a number
@@ -35,10 +37,14 @@ def test_results_table_fits_80_columns_with_every_score_name_in_full():
     assert max(len(line) for line in lines) <= 80
     for name in NAMES:
         assert any(line.split()[:1] == [name] for line in lines), name
-    row_of = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] and line.split()[0] in NAMES}
+    row_of = {}
+    for line in lines:  # the first table's row (the second table repeats the names)
+        if line.split()[:1] and line.split()[0] in NAMES:
+            row_of.setdefault(line.split()[0], line.split()[1:])
     assert row_of["residual"] == ["null", "0.5000", "1.0000", "1.0000", "0.2500", "-1.235e+04"]
     assert row_of["fanogan"][0] == "0.9123"
     assert "pixel-level AUROC of the residual maps: null" in text
+    assert "0.500  0.250  0.05  -1.235e+04  0.125  0.950   null" in text  # the calibrated rates
 
 
 def test_data_field_overrides_are_set_or_added_and_others_pass_unchanged():

@@ -11,8 +11,8 @@ from anogan.reliability import read_checkpoint
 from anogan.pipeline import evaluate
 
 EVAL = ["inversion.steps=3", "inversion.record_steps=[1]"]
-# 31 test + 8 training images: an odd count, so the DistributedSampler repeats one image to give both
-# processes the same share
+# 31 test + 8 training + 10 normal validation images: an odd count, so the DistributedSampler repeats one
+# image to give both processes the same share
 DATA = ["data.eval_train_samples=8", "data.eval_batch_size=16", "data.num_workers=0", "data.batch_size=16"]
 
 
@@ -58,9 +58,10 @@ def test_ddp_training_and_evaluation_equal_one_process(tmp_path):
                                       *(f"+{o}" for o in DATA)], one))
     a, b = json.loads((ddp / "metrics.json").read_text()), json.loads((one / "metrics.json").read_text())
     assert (a["n_normal"], a["n_anomalous"]) == (16, 15) and isinstance(a["pixel_auroc"], float)
-    assert a == b  # every AUROC, the pixel-level one included, and the operating points
+    assert a == b  # every AUROC, the pixel-level one included, the operating points and the pixel metrics
+    assert a["pixel_aupro"] is not None and a["scores"]["anomaly"]["calibrated"]["threshold"] is not None
     rows_ddp, rows_one = _sorted_rows(ddp / "scores.h5"), _sorted_rows(one / "scores.h5")
-    assert len(rows_one["index"]) == 31 + 8
+    assert len(rows_one["index"]) == 31 + 8 + 10
     assert rows_ddp.keys() == rows_one.keys()
     for key in rows_one:
         np.testing.assert_allclose(rows_ddp[key], rows_one[key], rtol=1e-6, atol=1e-6, err_msg=key)

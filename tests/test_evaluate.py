@@ -4,7 +4,7 @@ import lightning as L
 import numpy as np
 import pytest
 from conftest import ROOT, compose_cfg, run_script
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anogan.callbacks import read_scores
 from anogan.data import SPLITS
@@ -12,7 +12,7 @@ from anogan.pipeline import evaluate
 from anogan.scores import SCORE_NAMES
 from anogan.errors import MissingInputError
 
-FIGURES = ("roc_models", "roc_scores", "score_distributions", "anomaly_grid")
+FIGURES = ("roc_models", "roc_scores", "pr_models", "pr_scores", "score_distributions", "anomaly_grid")
 
 
 def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
@@ -34,11 +34,23 @@ def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     assert set(SCORE_NAMES) <= set(metrics["scores"])
     rows = read_scores(out / "scores.h5")
     test = rows["split"] == SPLITS["test"]
+    val = rows["split"] == SPLITS["val"]  # the normal validation images the thresholds are calibrated on
+    assert val.sum() > 5 and (rows["label"][val] == 0).all()
+    y = rows["label"][test]
     for name, row in metrics["scores"].items():
-        assert set(row) == {"auroc", "threshold", "precision", "recall", "sensitivity", "specificity"}
-        # the AUROC of the raw scores of the file's test rows (scikit-learn, independent of torchmetrics)
-        assert row["auroc"] == pytest.approx(roc_auc_score(rows["label"][test], rows[f"scores/{name}"][test]),
-                                             abs=1e-6), name
+        assert set(row) == {"auroc", "threshold", "precision", "recall", "sensitivity", "specificity", "auprc",
+                            "f1_max", "f1_max_threshold", "threshold_chosen_on", "calibrated"}
+        assert "test labels" in row["threshold_chosen_on"]
+        # the AUROC and AUPRC of the raw scores of the file's test rows (scikit-learn, independent of torchmetrics)
+        s = rows[f"scores/{name}"]
+        assert row["auroc"] == pytest.approx(roc_auc_score(y, s[test]), abs=1e-6), name
+        assert row["auprc"] == pytest.approx(average_precision_score(y, s[test]), abs=1e-6), name
+        cal = row["calibrated"]
+        assert cal["threshold"] == pytest.approx(np.quantile(s[val], 0.95)) and cal["target_fpr"] == 0.05
+        called = s[test] >= cal["threshold"]
+        assert cal["sensitivity"] == pytest.approx(called[y == 1].mean())
+        assert cal["specificity"] == pytest.approx(1 - called[y == 0].mean())
+    assert metrics["pixel_calibration"]["threshold"] == pytest.approx(np.quantile(rows["residual_map"][val], 0.99))
     assert metrics["scores"]["anomaly"]["auroc"] > 0.6  # the tiny GAN separates digits, even at 4 steps
     assert set(metrics["recorded"]["2"]) == set(SCORE_NAMES)
     n_test = metrics["n_normal"] + metrics["n_anomalous"]
@@ -46,7 +58,8 @@ def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     split = rows["split"]
     assert int((split == SPLITS["test"]).sum()) == n_test and int((split == SPLITS["train"]).sum()) == 8
     assert len(np.unique(rows["index"][split == SPLITS["test"]])) == n_test
-    assert rows["z"].shape == (n_test + 8, 100) and rows["residual_map"].shape == (n_test + 8, 32, 32)
+    n = n_test + 8 + int(val.sum())
+    assert rows["z"].shape == (n, 100) and rows["residual_map"].shape == (n, 32, 32)
     test = split == SPLITS["test"]
     assert int(rows["label"][test].sum()) == metrics["n_anomalous"]
     for name in FIGURES:

@@ -56,8 +56,9 @@ def test_phantom_datamodule_makes_its_file_once_through_prepare(tmp_path):
 SMALL = [
     "experiment=oct_phantom", "logger=none", "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false", "trainer.max_epochs=7", "data.batch_size=16",
-    "model.generator.width=16", "model.discriminator.width=16", "data.phantom.healthy=4",
-    "data.phantom.scans=3", "data.phantom.fluid=2", "inversion.steps=30", "inversion.reference=false",
+    "model.generator.width=16", "model.discriminator.width=16", "data.phantom.healthy=5", "data.val_fraction=0.2",
+    "data.phantom.scans=3", "data.phantom.fluid=2", "data.phantom.healthy_test=1", "inversion.steps=30",
+    "inversion.reference=false",
     "data.test_subset=300", "data.eval_train_samples=8",
 ]
 
@@ -79,4 +80,24 @@ def test_oct_phantom_end_to_end_pixel_auroc_above_chance(tmp_path):
                          torch.from_numpy(f["masks"][()][test]).flatten())
     assert metrics["pixel_auroc"] >= 0.7 and metrics["pixel_auroc"] > darkness + 0.05
     assert metrics["scores"]["residual"]["auroc"] >= 0.65
+    # pixel AUPRC against scikit-learn on the maps of scores.h5 and the masks of the patch file
+    from sklearn.metrics import average_precision_score
+
+    from anogan.callbacks import read_scores
+
+    rows = read_scores(tmp_path / "run" / "scores.h5")
+    test_rows = rows["split"] == SPLITS["test"]
+    with h5py.File(tmp_path / "patches.h5", "r") as f:
+        masks = f["masks"][()][rows["index"][test_rows]]
+    assert metrics["pixel_auprc"] == pytest.approx(
+        average_precision_score(masks.ravel(), rows["residual_map"][test_rows].ravel()), abs=1e-4)
+    chance = masks.mean()
+    assert metrics["pixel_auprc"] > 3 * chance and metrics["pixel_best_dice"] > 3 * chance
+    assert 0.3 < metrics["pixel_aupro"] <= 1  # random maps: about 0.15
+    # one of the 5 healthy volumes held out: the pixel threshold is calibrated on its patches, and flags
+    # about pixel_target_fpr (1 %) of the test's normal pixels
+    cal = metrics["pixel_at_calibrated"]
+    assert metrics["pixel_calibration"]["calibrated_on"].startswith("the residual pixels of")
+    assert 0.95 < cal["specificity"] < 1 and cal["threshold"] == metrics["pixel_calibration"]["threshold"]
+    assert (tmp_path / "run" / "figures" / "pr_pixels.png").stat().st_size > 10000
     assert (tmp_path / "run" / "figures" / "anomaly_grid.png").stat().st_size > 20000  # with the annotation row

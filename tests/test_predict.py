@@ -18,7 +18,8 @@ from anogan.data.hdf5 import inspect_hdf5
 from anogan.data.prepare import PatchOptions, positions, prepare_folder
 from anogan.data.scans import ScanError, ScansDataModule, list_scans
 from anogan.pipeline import evaluate
-from anogan.predict import image_score, parse_reduce, pixel_auroc, stitch, threshold_from
+from anogan.localization import window_max
+from anogan.predict import calibration_from, image_score, parse_reduce, pixel_auroc, stitch, threshold_from
 from anogan.errors import InputError, MissingInputError
 
 
@@ -147,6 +148,19 @@ def test_scans_that_cannot_match_the_training_data_are_refused_with_the_fix(tmp_
         ScansDataModule(str(tmp_path / "nope"), training={"normalisation": "none"}).setup()
 
 
+def test_calibrated_thresholds_come_from_the_checkpoints_run(tiny_run, tmp_path):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    cal = calibration_from(tiny_run / "checkpoints" / "last.ckpt", "anomaly")
+    assert cal == calibration_from(tiny_run / "metrics.json", "anomaly")
+    assert cal["image_threshold"] == metrics["scores"]["anomaly"]["calibrated"]["threshold"]
+    assert cal["pixel_threshold"] == metrics["pixel_calibration"]["threshold"]
+    assert (cal["region_threshold"], cal["region_window"]) == (metrics["region_calibration"]["threshold"], 7)
+    assert "normal validation images" in cal["source"]
+    assert calibration_from(tmp_path / "run" / "checkpoints" / "last.ckpt", "anomaly") == {}  # no metrics.json
+    (tmp_path / "old.json").write_text(json.dumps({"scores": {"anomaly": {"threshold": 1.0}}}))
+    assert calibration_from(tmp_path / "old.json", "anomaly") == {}  # written before calibration existed
+
+
 def test_threshold_from_a_labelled_evaluation(tiny_run, tmp_path):
     value, where = threshold_from(tiny_run / "metrics.json", "anomaly")
     assert value == json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
@@ -189,6 +203,8 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     rows = list(csv.DictReader(open(clean / "predictions.csv")))
     assert [r["image"] for r in rows] == ["vol/0", "vol/1", "vol/2"]
     threshold = json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
+    region = json.loads((tiny_run / "metrics.json").read_text())["region_calibration"]
+    assert region["window"] == 7 and region["threshold"] is not None
     patches = read_scores(clean / "scores.h5")
     assert len(patches["index"]) == 3 * 2 * 4  # per scan rows y = 0, 8 and columns x = 0, 16, 32, 38
     for k, r in enumerate(rows):
@@ -201,6 +217,10 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
         assert int(r["flagged"]) == int(scores.max() >= threshold)
         assert int(r["n_above_threshold"]) == int((scores >= threshold).sum())
         assert len(r["top_patches"].split("; ")) == 5
+        # the scan decision: the largest 7x7 mean of the stitched map against the run's region threshold
+        assert float(r["scan_score"]) == pytest.approx(window_max(amap, 7), rel=1e-5)
+        assert float(r["scan_threshold"]) == pytest.approx(region["threshold"], rel=1e-5)
+        assert int(r["scan_flagged"]) == int(float(r["scan_score"]) >= region["threshold"])
     # killed after two batches, then the same command: the same files, the mapped patches reused
     resumed = tmp_path / "resumed"
     cfg = _predict_cfg(ckpt, tmp_path / "scans", resumed, extra)
@@ -244,13 +264,21 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
                 f"prediction_callbacks.maps.threshold_from={run}/metrics.json",
                 "logger=none", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
-    assert len(rows) == 9 and rows[0]["image"] == "fluid_005/000"  # 2 fluid + 1 healthy test volume, 3 scans
+    assert len(rows) == 9 and rows[0]["image"] == "fluid_006/000"  # 2 fluid + 1 healthy test volume, 3 scans
     assert all((out / "maps" / f"{r['image']}.npy").is_file() for r in rows)
     stitched = json.loads((out / "map_metrics.json").read_text())
     assert stitched["n_scans"] == 9 and stitched["n_anomalous_pixels"] > 100
     assert stitched["pixel_auroc"] >= patch_level >= 0.7
     threshold = json.loads((run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
     assert all(int(r["flagged"]) == int(float(r["image_score"]) >= threshold) for r in rows)
+    # scan-level: the map metrics and the scan decision, flagged at the run's region threshold
+    assert stitched["pixel_auprc"] > 3 * stitched["n_anomalous_pixels"] / stitched["n_pixels"]
+    assert 0.3 < stitched["pixel_aupro"] <= 1 and stitched["pixel_at_calibrated"]["dice"] is not None
+    scan = stitched["scan"]
+    assert (scan["n_abnormal"], scan["n_normal"]) == (6, 3) and scan["scan_score_auroc"] is not None
+    region = json.loads((run / "metrics.json").read_text())["region_calibration"]["threshold"]
+    assert all(int(r["scan_flagged"]) == int(float(r["scan_score"]) >= region) for r in rows)
+    assert scan["at_flag"]["threshold"] == region
 
 
 def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
@@ -322,4 +350,7 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
         np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
     a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
     assert a["pixel_auroc"] == pytest.approx(b["pixel_auroc"]) and a["n_pixels"] == 40 * 70 + 32 * 120 + 50 * 40
+    for key in ("pixel_auprc", "pixel_best_dice", "pixel_aupro"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert a["scan"]["n_abnormal"] == b["scan"]["n_abnormal"] == 3
     assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21))

@@ -37,6 +37,8 @@ def test_local_launcher_multirun_writes_summary_and_figures(tiny_ckpt, tmp_path)
         assert (metrics["lam"], metrics["steps"]) == (float(r["lam"]), int(r["steps"]))
         for name, row in metrics["scores"].items():
             assert float(r[f"auroc/{name}"]) == pytest.approx(row["auroc"])
+            assert float(r[f"auprc/{name}"]) == pytest.approx(row["auprc"])
+            assert float(r[f"calibrated_sensitivity/{name}"]) == pytest.approx(row["calibrated"]["sensitivity"])
     # submitit ran each job as its own process: one submission folder with a result per job
     results = list((sweep / ".submitit").glob("*/*_result.pkl"))
     assert len(results) == 4
@@ -101,6 +103,25 @@ def test_recorded_steps_fill_the_steps_axis_and_the_summary_rebuilds(tmp_path, c
         assert (sweep / name).is_file()
     with pytest.raises(SystemExit, match="usage"):
         main([str(tmp_path / "missing")])
+
+
+def test_the_summary_carries_auprc_f1_calibrated_rates_and_pixel_metrics_with_reasons(tmp_path):
+    sweep = tmp_path / "sweep"
+    row = {"auroc": 0.8, "auprc": 0.6, "f1_max": 0.55,
+           "calibrated": {"threshold": 3.0, "sensitivity": 0.4, "specificity": 0.96}}
+    metrics = {"lam": 0.1, "steps": 5, "scores": {"anomaly": row}, "pixel_auroc": 0.9, "pixel_auprc": 0.3,
+               "pixel_best_dice": 0.35, "pixel_aupro": None, "pixel_aupro_reason": "undefined: no region"}
+    _fake_job(sweep, 0, ["inversion.lam=0.1"], metrics)
+    main([str(sweep)])
+    (r,) = read_summary(sweep)
+    assert (float(r["auprc/anomaly"]), float(r["f1_max/anomaly"])) == (0.6, 0.55)
+    assert (float(r["calibrated_sensitivity/anomaly"]), float(r["calibrated_specificity/anomaly"])) == (0.4, 0.96)
+    assert (float(r["pixel_auprc"]), float(r["pixel_best_dice"])) == (0.3, 0.35)
+    assert r["pixel_aupro"] == "" and r["pixel_aupro_reason"] == "undefined: no region"
+    with open(sweep / "summary.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header.index("pixel_auroc") < header.index("pixel_aupro") < header.index("auroc/anomaly") < header.index(
+        "auprc/anomaly")
 
 
 def test_a_recorded_step_scores_like_a_job_that_stops_there(tiny_ckpt, tmp_path):

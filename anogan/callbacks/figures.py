@@ -1,5 +1,7 @@
 """The paper's figures from an evaluation: Fig. 3a, 3b (ROC curves), 3c, d (score distributions) and
-Fig. 2 (query, G(z), residual overlay and annotation for train-normal, test-normal, test-anomalous)."""
+Fig. 2 (query, G(z), residual overlay and annotation for train-normal, test-normal, test-anomalous);
+beside the ROC figures the precision-recall curves of the same scores (``pr_models.png``,
+``pr_scores.png``) and, where masks exist, of the residual pixels (``pr_pixels.png``)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.classification import BinaryROC
+from torchmetrics.classification import BinaryPrecisionRecallCurve, BinaryROC
 
-from anogan.callbacks.metrics import OutputCollector, auroc
+from anogan.callbacks.metrics import OutputCollector, auroc, padded_duplicates
+from anogan.localization import average_precision
 from anogan.data import SPLITS
 from anogan.io import atomic_path
 from anogan.viz import log_image, to_unit
@@ -63,17 +66,36 @@ def group_of(split: torch.Tensor, label: torch.Tensor) -> list[str | None]:
 
 
 class PaperFigures(OutputCollector):
-    """Writes ``roc_models.png``, ``roc_scores.png``, ``score_distributions.png`` and
-    ``anomaly_grid.png`` (``n_examples`` images per group) into ``dirpath``; sends them to the logger."""
+    """Writes ``roc_models.png``, ``roc_scores.png``, ``pr_models.png``, ``pr_scores.png``,
+    ``score_distributions.png``, ``anomaly_grid.png`` (``n_examples`` images per group) and, where masks
+    exist, ``pr_pixels.png`` into ``dirpath``; sends them to the logger. The pixel curve is drawn at
+    ``pixel_curve_points`` thresholds evenly spaced over the residual maps' range [0, 2C] (constant memory;
+    the exact pixel AUPRC is in metrics.json)."""
 
-    def __init__(self, dirpath: str | os.PathLike, n_examples: int = 6, bins: int = 30):
+    def __init__(self, dirpath: str | os.PathLike, n_examples: int = 6, bins: int = 30,
+                 pixel_curve_points: int = 201):
         self.dirpath, self.n_examples, self.bins = Path(dirpath), n_examples, bins
+        self.pixel_curve_points = int(pixel_curve_points)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         super().on_test_epoch_start(trainer, pl_module)
         self.examples: dict[str, list[dict]] = {g: [] for g in GROUPS}
+        channels = int(getattr(getattr(pl_module, "generator", None), "config", {}).get("channels", 1))
+        grid = torch.linspace(0, 2 * channels, self.pixel_curve_points, dtype=torch.float64)
+        self.pixel_curve = BinaryPrecisionRecallCurve(thresholds=grid, normalization=None).to(pl_module.device)
+        self.has_masks, self._seen = False, 0
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
+        n = len(outputs["index"])
+        duplicate = padded_duplicates(self._module.trainer, self._seen, n)  # counted once (DDP)
+        self._seen += n
+        test = (outputs["split"].cpu() == SPLITS["test"]) & ~duplicate
+        if "mask" in outputs and test.any():
+            self.has_masks = True
+            self.pixel_curve.update(outputs["residual_map"].detach()[test.to(outputs["residual_map"].device)]
+                                    .flatten().double().to(self.pixel_curve.device),
+                                    outputs["mask"].detach()[test.to(outputs["mask"].device)].flatten().long()
+                                    .to(self.pixel_curve.device))
         groups = group_of(outputs["split"], outputs["label"])
         for i, g in enumerate(groups):
             if g is not None and len(self.examples[g]) < self.n_examples:
@@ -84,9 +106,13 @@ class PaperFigures(OutputCollector):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         data = self.gathered()  # in every process: gathering is collective under DDP
+        pixel = self.pixel_curve.compute() if self.has_masks else None  # collective too
         if not trainer.is_global_zero:
             return
         paths = [self.roc(data, name, names) for name, names in ROC_FIGURES.items()]
+        paths += [self.precision_recall(data, name, names) for name, names in ROC_FIGURES.items()]
+        if pixel is not None:
+            paths.append(self.pixel_precision_recall(*pixel))
         paths.append(self.distributions(data))
         paths.append(self.anomaly_grid())
         self.paths = [p for p in paths if p is not None]
@@ -96,6 +122,15 @@ class PaperFigures(OutputCollector):
             log_image(trainer.loggers, f"test/{p.stem}", imread(p), trainer.global_step)
 
     def roc(self, data: dict, name: str, names: tuple[str, ...]) -> Path:
+        """``roc_models.png`` / ``roc_scores.png``: Fig. 3a, b, the ROC curves of the scores of ``names``."""
+        return self._curves(data, name, names, "roc")
+
+    def precision_recall(self, data: dict, name: str, names: tuple[str, ...]) -> Path:
+        """``pr_models.png`` / ``pr_scores.png``: precision against recall of the scores of ``names`` on
+        the test split, the AUPRC (average precision) in the legend, chance (the anomalous fraction) dotted."""
+        return self._curves(data, name, names, "pr")
+
+    def _curves(self, data: dict, name: str, names: tuple[str, ...], kind: str) -> Path:
         plt = _pyplot()
         test = data["split"] == SPLITS["test"]
         labels = data["label"][test]
@@ -104,13 +139,41 @@ class PaperFigures(OutputCollector):
             if s not in data["scores"]:
                 continue
             scores = data["scores"][s][test].double()
-            fpr, tpr, _ = BinaryROC(normalization=None)(scores, labels.long())
-            ax.plot(fpr, tpr, label=f"{LABELS.get(s, s)} (AUC {auroc(scores, labels):.3f})")
-        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
-        ax.set_title("Fig. 3a: models" if name == "roc_models" else "Fig. 3b: scores")
-        ax.legend(loc="lower right", fontsize=8)
-        return _save(fig, self.dirpath / f"{name}.png")
+            if kind == "roc":
+                fpr, tpr, _ = BinaryROC(normalization=None)(scores, labels.long())
+                ax.plot(fpr, tpr, label=f"{LABELS.get(s, s)} (AUC {auroc(scores, labels):.3f})")
+            else:
+                precision, recall, _ = BinaryPrecisionRecallCurve(normalization=None)(scores, labels.long())
+                ap, _ = average_precision(scores.numpy(), labels.numpy())
+                ax.step(recall, precision, where="post", label=f"{LABELS.get(s, s)} (AP {ap:.3f})")
+        models = name == "roc_models"
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+            ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+            ax.set_title("Fig. 3a: models" if models else "Fig. 3b: scores")
+        else:
+            ax.axhline(float(labels.float().mean()), ls=":", c="grey", lw=1)
+            ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
+            ax.set_title("precision-recall: models" if models else "precision-recall: scores")
+        ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+        return _save(fig, self.dirpath / f"{name.replace('roc', kind)}.png")
+
+    def pixel_precision_recall(self, precision: torch.Tensor, recall: torch.Tensor,
+                               thresholds: torch.Tensor) -> Path:
+        """``pr_pixels.png``: precision against recall of the residual pixels against the test masks, at
+        ``pixel_curve_points`` thresholds over [0, 2C], the best Dice (F1) of the curve marked."""
+        plt = _pyplot()
+        p, r = precision[:-1].double(), recall[:-1].double()
+        f1 = torch.where(p + r > 0, 2 * p * r / (p + r), torch.zeros(()))
+        best = int(torch.argmax(f1))
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(recall, precision, label="residual |x - G(z)|")
+        ax.plot(r[best], p[best], "o", c="C3",
+                label=f"best Dice {float(f1[best]):.3f} at {float(thresholds[best]):.3g}")
+        ax.set(xlabel="recall (pixels)", ylabel="precision (pixels)", xlim=(0, 1), ylim=(0, 1.01),
+               title="precision-recall: pixels")
+        ax.legend(loc="upper right", fontsize=8)
+        return _save(fig, self.dirpath / "pr_pixels.png")
 
     def distributions(self, data: dict) -> Path:
         plt = _pyplot()

@@ -1,4 +1,6 @@
-"""The paper's evaluation: AUROC per score and the table at the ROC's maximal Youden index.
+"""The paper's evaluation: AUROC per score and the table at the ROC's maximal Youden index; beside it
+AUPRC and F1-max per score, the pixel-level AUPRC, best Dice and AUPRO, and operating points calibrated
+on normal validation images, without test labels (``anogan.localization``).
 
 Scores are unbounded (a residual is a sum over pixels), and torchmetrics' binary curves squash any
 input outside [0, 1] with a sigmoid by default, which saturates to 1.0 and turns the AUROC into 0.5.
@@ -19,8 +21,11 @@ from torchmetrics.functional.classification import binary_stat_scores
 
 from anogan.data import SPLITS
 from anogan.io import atomic_path
+from anogan import localization as LZ
 from anogan.scores import SCORE_NAMES
 from anogan.errors import InputError
+
+YOUDEN = "test labels: maximal Youden index on the test set (the paper's operating point; optimistic)"
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -40,6 +45,8 @@ def operating_point(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
     best = int(torch.argmax(youden)) + 1
     threshold = float(thresholds[best])
     tp, fp, tn, fn, _ = binary_stat_scores((scores >= threshold).long(), labels).tolist()
+    auprc, _ = LZ.average_precision(scores, labels)
+    f1, f1_threshold, _ = LZ.f1_max(scores, labels)
     return {
         "auroc": auroc(scores, labels),
         "threshold": threshold,
@@ -47,7 +54,26 @@ def operating_point(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
         "recall": tp / (tp + fn) if tp + fn else 0.0,
         "sensitivity": tp / (tp + fn) if tp + fn else 0.0,
         "specificity": tn / (tn + fp) if tn + fp else 0.0,
+        "threshold_chosen_on": YOUDEN,
+        "auprc": auprc,
+        "f1_max": f1,
+        "f1_max_threshold": f1_threshold,
     }
+
+
+def calibrated_point(scores: torch.Tensor, labels: torch.Tensor, normal: torch.Tensor, target_fpr: float,
+                     what: str) -> dict:
+    """The operating point chosen without test labels: the threshold at the (1 - ``target_fpr``)
+    quantile of the scores ``normal`` of normal validation images, and the test's sensitivity,
+    specificity and precision at it (None where undefined). ``{"threshold": None, "reason": ...}`` without
+    validation images."""
+    threshold, reason = LZ.quantile_threshold(normal.double().numpy(), target_fpr, what)
+    out = {"target_fpr": target_fpr, "threshold": threshold, "calibrated_on": f"{normal.numel()} {what}"}
+    if threshold is None:
+        return {**out, "reason": reason}
+    rates = LZ.rates_at(scores.double().numpy(), labels.numpy(), threshold)
+    return {**out, "sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
+            "precision": rates["precision"]}
 
 
 def pixel_auroc_metric(channels: int, thresholds: int | None = None) -> BinaryAUROC:
@@ -123,6 +149,9 @@ class OutputCollector(L.Callback):
             t: {k: torch.cat([r["recorded"][t][k] for r in rows]) for k in rows[0]["recorded"][t]}
             for t in rows[0]["recorded"]
         }
+        # from collect_extra; sorted: every process must gather the same tensors in the same order (DDP)
+        for k in sorted(set(rows[0]) - {"split", "label", "index", "scores", "recorded"}):
+            out[k] = torch.cat([r[k] for r in rows])
         if self._module.trainer.world_size > 1:  # every process calls this: all_gather is collective
             out = gather_rows(self._module, out)
         return out
@@ -131,13 +160,33 @@ class OutputCollector(L.Callback):
 class AnomalyMetrics(OutputCollector):
     """AUROC per score (logged as ``test/auroc/<score>``), the paper's table (printed, and written to
     ``metrics.json``), pixel-level AUROC of the residual maps where masks exist, and the AUROC after
-    each recorded step count."""
+    each recorded step count; AUPRC and F1-max per score; where masks exist pixel AUPRC, best Dice and
+    AUPRO (up to FPR ``aupro_fpr_limit``); and label-free operating points: per score the threshold at the
+    (1 - ``target_fpr``) quantile of the scores of the normal validation images the DataModule adds
+    (split = val), and a pixel threshold at the (1 - ``pixel_target_fpr``) quantile of their residual
+    pixels, with the test's rates (and pixel Dice) at them; and a region threshold at the (1 - ``target_fpr``)
+    quantile of their region scores (the largest mean of the residual map over a ``region_window`` square,
+    ``anogan.localization.window_max``), which ``data=scans`` flags whole scans with.
 
-    def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None):
+    The residual maps of every mapped image are kept until the epoch ends (N x H x W float32) for the
+    pixel metrics; ``pixel_thresholds`` bins the pixel curves (see ``anogan.localization``)."""
+
+    def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None, target_fpr: float = 0.05,
+                 pixel_target_fpr: float = 0.01, aupro_fpr_limit: float = LZ.FPR_LIMIT, region_window: int = 7):
         if pixel_thresholds is not None and (int(pixel_thresholds) != pixel_thresholds or pixel_thresholds < 2):
             raise InputError(f"pixel_thresholds={pixel_thresholds} must be null (exact) or an integer >= 2")
+        for key, value in (("target_fpr", target_fpr), ("pixel_target_fpr", pixel_target_fpr)):
+            if not 0 < value < 1:
+                raise InputError(f"evaluation_callbacks.metrics.{key}={value} must lie in (0, 1), e.g. 0.05")
+        if int(region_window) != region_window or region_window < 1:
+            raise InputError(f"evaluation_callbacks.metrics.region_window={region_window} must be an integer >= 1 "
+                             "(pixels), e.g. 7")
+        if not 0 < aupro_fpr_limit <= 1:
+            raise InputError(f"evaluation_callbacks.metrics.aupro_fpr_limit={aupro_fpr_limit} must lie in (0, 1]")
         self.path = Path(path)
         self.pixel_thresholds = pixel_thresholds
+        self.target_fpr, self.pixel_target_fpr, self.aupro_fpr_limit = target_fpr, pixel_target_fpr, aupro_fpr_limit
+        self.region_window = int(region_window)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         super().on_test_epoch_start(trainer, pl_module)
@@ -149,8 +198,12 @@ class AnomalyMetrics(OutputCollector):
         self.pixel_counts = torch.zeros(2, dtype=torch.long)  # test pixels: normal, anomalous
         self.has_masks = False
         self._seen = 0
+        self.channels = channels
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
+        keep["map"] = outputs["residual_map"].detach().float().cpu()
+        if "mask" in outputs:
+            keep["mask"] = outputs["mask"].detach().cpu().bool()
         n = len(outputs["index"])
         duplicate = padded_duplicates(self._module.trainer, self._seen, n)  # counted once (DDP)
         self._seen += n
@@ -182,6 +235,10 @@ class AnomalyMetrics(OutputCollector):
             for name in SCORE_NAMES + tuple(sorted(set(data["scores"]) - set(SCORE_NAMES)))
             if name in data["scores"]
         }
+        val = (data["split"] == SPLITS["val"]) & (data["label"] == 0)
+        for name, row in table.items():
+            row["calibrated"] = calibrated_point(data["scores"][name][test], labels, data["scores"][name][val],
+                                                 self.target_fpr, "normal validation images")
         hp = pl_module.hparams
         result = {
             "lam": float(hp.lam),
@@ -192,6 +249,12 @@ class AnomalyMetrics(OutputCollector):
         }
         if self.has_masks:
             result.update(self._pixel_auroc(trainer))
+        result["pixel_calibration"] = self._pixel_calibration(data, val)
+        result["region_calibration"] = self._region_calibration(data, val, test, labels)
+        if self.has_masks:
+            result.update(LZ.pixel_metrics(
+                list(data["map"][test].numpy()), list(data["mask"][test].numpy()), self.pixel_thresholds,
+                0.0, 2.0 * self.channels, self.aupro_fpr_limit, result["pixel_calibration"]["threshold"]))
         if data["recorded"]:
             result["recorded"] = {
                 str(t): {name: auroc(v[test], labels) for name, v in d.items()}
@@ -205,6 +268,28 @@ class AnomalyMetrics(OutputCollector):
         if trainer.is_global_zero:
             write_json_atomic(result, self.path)
             print_table(result)
+
+    def _pixel_calibration(self, data: dict, val: torch.Tensor) -> dict:
+        """The pixel threshold calibrated without test labels: the (1 - pixel_target_fpr) quantile of the
+        residual pixels of the normal validation images (``data=scans`` flags scans with it)."""
+        threshold, reason = LZ.quantile_threshold(data["map"][val].numpy(), self.pixel_target_fpr,
+                                                  "residual pixels of normal validation images")
+        out = {"target_fpr": self.pixel_target_fpr, "threshold": threshold,
+               "calibrated_on": f"the residual pixels of {int(val.sum())} normal validation images"}
+        return out if threshold is not None else {**out, "reason": reason}
+
+    def _region_calibration(self, data: dict, val: torch.Tensor, test: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The region threshold calibrated without test labels: the (1 - target_fpr) quantile of the region
+        scores (``window_max``) of the normal validation images, and the test images' rates when an image
+        is called anomalous at region score >= it."""
+        def region(maps: torch.Tensor) -> torch.Tensor:
+            values = [LZ.window_max(m, self.region_window) for m in maps.numpy()]
+            return torch.tensor([np.nan if v is None else v for v in values], dtype=torch.float64)
+
+        out = calibrated_point(region(data["map"][test]), labels, region(data["map"][val]), self.target_fpr,
+                               f"normal validation images: the largest mean of each residual map over a "
+                               f"{self.region_window}x{self.region_window} square")
+        return {"window": self.region_window, **out}
 
     def _pixel_auroc(self, trainer) -> dict:
         """``{"pixel_auroc": value}``, or ``{"pixel_auroc": None, "pixel_auroc_reason": ...}`` when the
@@ -246,7 +331,33 @@ def print_table(result: dict, console=None) -> None:
         t.add_row(name, *(shown(row.get(c), ".4g" if c == "threshold" else ".4f") for c in cols))
     console = console or Console()
     console.print(t)
+    if any("auprc" in row or "calibrated" in row for row in result["scores"].values()):
+        console.print(_calibrated_table(result, shown))
     if "pixel_auroc" in result:
         reason = result.get("pixel_auroc_reason")
         console.print(f"pixel-level AUROC of the residual maps: {shown(result['pixel_auroc'])}"
                       + (f" ({reason})" if reason else ""))
+    if "pixel_auprc" in result:
+        at = result.get("pixel_at_calibrated") or {}
+        console.print(f"pixel AUPRC {shown(result['pixel_auprc'])}, best Dice {shown(result['pixel_best_dice'])}, "
+                      f"AUPRO (FPR <= {result['pixel_aupro_fpr_limit']:g}) {shown(result['pixel_aupro'])}; at the "
+                      f"calibrated pixel threshold {shown(at.get('threshold'), '.4g')}: Dice {shown(at.get('dice'))}")
+
+
+def _calibrated_table(result: dict, shown):
+    """The second table of ``print_table``: AUPRC, F1-max and the rates at the calibrated thresholds."""
+    from rich import box
+    from rich.table import Table
+
+    c = Table(title="beside it: rates at thresholds calibrated on normal validation images",
+              caption="F1max = F1-max; FPR = the target false-positive rate of the calibrated threshold thr.; "
+              "sens., spec., prec. on the test set at thr. (no test label chose it)",
+              box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
+    for col in ("score", "AUPRC", "F1max", "FPR", "thr.", "sens.", "spec.", "prec."):
+        c.add_column(col, justify="left" if col == "score" else "right", no_wrap=True)
+    for name, row in result["scores"].items():
+        cal = row.get("calibrated") or {}
+        c.add_row(name, *(shown(v, ".3f") for v in (row.get("auprc"), row.get("f1_max"))),
+                  shown(cal.get("target_fpr"), ".3g"), shown(cal.get("threshold"), ".4g"),
+                  *(shown(cal.get(k), ".3f") for k in ("sensitivity", "specificity", "precision")))
+    return c

@@ -5,8 +5,10 @@ Every item is a dict: ``image`` (C, H, W) float in [-1, 1], ``label`` (0 normal,
 where the source is annotated, ``mask`` (H, W) bool.
 
 The test dataloader serves the test split followed by a sample of ``eval_train_samples`` training
-images (split = train), which the evaluation maps too for the paper's Fig. 3c, d; metrics use the test
-split only. All splits and samples are deterministic functions of ``seed``.
+images (split = train), which the evaluation maps too for the paper's Fig. 3c, d, and a sample of
+``eval_val_samples`` normal validation images (split = val), on which the evaluation calibrates its
+label-free thresholds (``anogan.localization``); test metrics use the test split only. All splits and
+samples are deterministic functions of ``seed``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class OneClassDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         eval_train_samples: int = 64,
         test_subset: int | None = None,
+        eval_val_samples: int = 256,
     ):
         super().__init__()
         if not 0 <= val_fraction < 1:
@@ -70,6 +73,7 @@ class OneClassDataModule(L.LightningDataModule):
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                 ("image_size", image_size, 1), ("channels", channels, 1),
                                 ("num_workers", num_workers, 0), ("eval_train_samples", eval_train_samples, 0),
+                                ("eval_val_samples", eval_val_samples, 0),
                                 ("test_subset", test_subset, 1)):
             if value is not None and (int(value) != value or value < low):
                 raise InputError(f"data.{key}={value} must be an integer >= {low}")
@@ -79,6 +83,7 @@ class OneClassDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.val_fraction = val_fraction
         self.eval_train_samples, self.test_subset = eval_train_samples, test_subset
+        self.eval_val_samples = eval_val_samples
         self.train_set = self.val_set = self.test_set = None
 
     # -- subclasses --------------------------------------------------------------------------------
@@ -119,10 +124,19 @@ class OneClassDataModule(L.LightningDataModule):
         """The deterministic sample of training images that the evaluation maps for Fig. 3c, d."""
         return Subset(self.train_set, self._sample(len(self.train_set), self.eval_train_samples, 2))
 
+    def val_sample(self) -> Dataset:
+        """The deterministic sample of at most ``eval_val_samples`` normal validation images (label 0)
+        that the evaluation maps to calibrate thresholds without test labels; empty without a val split."""
+        normal = np.flatnonzero(np.asarray(self.val_set.labels) == 0) if self.val_set is not None else []
+        pick = self._sample(len(normal), self.eval_val_samples, 4) if len(normal) else []
+        return Subset(self.val_set, [int(normal[i]) for i in pick])
+
     def test_dataloader(self) -> DataLoader:
         parts = [self.test_set]
         if self.eval_train_samples > 0:
             parts.append(self.train_sample())
+        if self.eval_val_samples > 0 and len(self.val_sample()):
+            parts.append(self.val_sample())
         return self._loader(ConcatDataset(parts), False, self.eval_batch_size)
 
 
@@ -212,8 +226,11 @@ class HDF5DataModule(OneClassDataModule):
     """An HDF5 file of images with 0/1 labels and optional masks (schema in ``anogan.data.hdf5``).
 
     Uses the file's ``split`` dataset when present; otherwise draws a test split of ``test_fraction``
-    (patient-wise when a ``volume`` dataset exists) and a val split from the rest. Training keeps the
-    normal images only. Rows are read lazily in each worker."""
+    (patient-wise when a ``volume`` dataset exists) and a val split from the rest. A file whose ``split``
+    has no val rows (``prepare folder``: volumes without masks train, annotated volumes test) gets a
+    held-out normal set: ``val_fraction`` of its training volumes (rounded; 0 keeps all for training)
+    become the val split, for thresholds calibrated without test labels. Training keeps the normal
+    images only. Rows are read lazily in each worker."""
 
     def __init__(self, path: str = "???", test_fraction: float = 0.2, **kwargs):
         super().__init__(**kwargs)
@@ -231,6 +248,22 @@ class HDF5DataModule(OneClassDataModule):
         code[order[n_test : n_test + n_val]] = SPLITS["val"]
         return code[np.searchsorted(uniq, keys)]
 
+    def _hold_out_val(self, split: np.ndarray, volume: np.ndarray | None) -> np.ndarray:
+        """``split`` with ``val_fraction`` of the training volumes (rows without ``volume``) moved to val."""
+        train = split == SPLITS["train"]
+        keys = volume[train] if volume is not None else np.flatnonzero(train)
+        uniq = np.unique(keys)
+        n_val = int(round(self.val_fraction * len(uniq)))
+        if n_val == 0 or n_val == len(uniq):
+            return split
+        held = self._rng(5).choice(uniq, size=n_val, replace=False)
+        split = split.copy()
+        split[np.flatnonzero(train)[np.isin(keys, held)]] = SPLITS["val"]
+        log.info("data.path=%s has no val split: %d of its %d training %s held out as normal validation data "
+                 "(data.val_fraction=%g)", self.path, n_val, len(uniq),
+                 "volumes" if volume is not None else "rows", self.val_fraction)
+        return split
+
     def build(self):
         info = inspect_hdf5(self.path)
         if info.size != self.image_size:  # said once: silently resized data is a classic wrong result
@@ -238,6 +271,8 @@ class HDF5DataModule(OneClassDataModule):
                         info.path, info.size, info.size, self.image_size, self.image_size)
         self.recipe = patch_recipe(info.path)  # stored in checkpoints: new scans are read the same way
         split = info.split if info.split is not None else self._assign(info.n, info.volume)
+        if info.split is not None and not (split == SPLITS["val"]).any():
+            split = self._hold_out_val(split, info.volume)
         train_rows = np.flatnonzero((split == SPLITS["train"]) & (info.labels == 0))
         if len(train_rows) == 0:
             raise InputError(f"{info.path}: the training split holds no normal image (label 0)")
