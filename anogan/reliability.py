@@ -1,8 +1,10 @@
 """Resuming, stopping and refusing: what keeps a days-long sweep on a shared cluster from losing work or
 producing a silently wrong number.
 
-- ``EpochSeed``: the random draws of training epoch e (data order, z of the GAN steps) are a function
-  of (seed, e) only, so a run resumed from ``last.ckpt`` ends with the same weights as one never stopped.
+- ``EpochSeed``: the random draws of training epoch e on process (rank) r (data order, z and the
+  WGAN-GP interpolation weights of the GAN steps) are a function of (seed, e, r) only, so a run resumed
+  from ``last.ckpt`` ends with the same weights as one never stopped, and the processes of a DDP run
+  draw different z (each its own share of the global batch).
 - ``AtomicCheckpointIO``: a checkpoint is complete or absent, never truncated, wherever the run lives.
 - ``resolve_ckpt_path`` / ``read_checkpoint`` / ``check_architecture``: ``ckpt_path=auto``, and clear
   errors for a missing, truncated, foreign or mismatched checkpoint. Checkpoints are loaded with
@@ -71,23 +73,35 @@ def check_finite_loss(name: str, loss: torch.Tensor, step: int, hint: str) -> No
         )
 
 
-# -- training: per-epoch seeds ---------------------------------------------------------------------
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+# -- training: per-epoch, per-process seeds -------------------------------------------------------
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of training epoch ``epoch`` on process ``rank`` (DDP's global rank; 0 without DDP), in
+    [0, 2**63). Rank 0 keeps the seed of a single-process run; other ranks get seeds drawn by numpy's
+    SeedSequence from (seed, epoch, rank), distinct from each other and from rank 0's."""
+    if rank == 0:
+        return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+    state = np.random.SeedSequence([int(seed) % 2**32, int(epoch), int(rank)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) % 2**63
 
 
 class EpochSeed(L.Callback):
-    """Reseeds the global RNGs and the training sampler's generator at the start of every epoch, so
-    that epoch e draws the same data order and the same z whether the run started at epoch 0 or was
-    resumed from a checkpoint. (With ``data.num_workers > 0`` the workers fetch the first indices before
-    this hook runs, so the order is exact only with ``num_workers=0``, the CPU default.)"""
+    """Reseeds the global RNGs (CPU and every GPU) and the training sampler's generator at the start of
+    every epoch with ``epoch_seed(seed, epoch, rank)``, so that epoch e draws the same data order and the
+    same z whether the run started at epoch 0 or was resumed from a checkpoint, and each DDP process
+    draws its own z and WGAN-GP interpolation weights (from the generator of the device it trains on).
+
+    Under DDP the data shard of a process is Lightning's ``DistributedSampler`` (replacing the
+    loader's sampler): its order is a function of (seed, epoch) (Lightning passes ``seed_everything``'s
+    seed and calls ``set_epoch``) and the shard one of the rank, so it is exact on resume too.
+    (With ``data.num_workers > 0`` the workers fetch the first indices before this hook runs, so the
+    order is exact only with ``num_workers=0``, the CPU default.)"""
 
     def __init__(self, seed: int):
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        s = epoch_seed(self.seed, trainer.current_epoch)
-        torch.manual_seed(s)
+        s = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        torch.manual_seed(s)  # seeds the CUDA generators too
         np.random.seed(s % 2**32)
         random.seed(s)
         loaders = trainer.train_dataloader

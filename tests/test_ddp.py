@@ -1,10 +1,15 @@
 """trainer=ddp on CPU: two gloo processes train a few steps and evaluate like one process does."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
-from conftest import ROOT, TINY, compose_cfg, run_script
+import torch
+from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
 from anogan.reliability import read_checkpoint
@@ -73,8 +78,54 @@ def test_ddp_trains_wgangp_with_the_gradient_penalty(tmp_path):
     run_script(["train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model=wgangp_resnet",
                 "model.generator.width=4", "model.discriminator.width=4", "model.critic_iterations=3",
                 "trainer.max_epochs=1", "evaluate=false", "logger=none", "data.batch_size=16", "data.num_workers=0",
-                "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
+                "trainer.enable_progress_bar=false", "+callbacks.probe._target_=ddp_probe.Probe",
+                f"hydra.run.dir={out}"], cwd=ROOT, env=PROBE_ENV)
     ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
-    # ~125 normal training digits, half per process: 4 batches of 16, so 4 critic steps and 1 G step
+    # ~130 normal training digits, half per process: 4 batches of 16, so 4 critic steps and 1 G step
     assert ckpt["global_step"] == 4 + 1 and ckpt["anogan_nets"]["family"] == "resnet"
     assert (out / "train_ddp_process_1.log").exists()
+    zero, one = _probe(out)
+    assert len(zero["eps"]) == len(one["eps"]) == 4
+    for a, b in zip(zero["eps"], one["eps"]):  # each process its own interpolation weights
+        assert a.shape == b.shape == (16,) and not np.isin(a.numpy(), b.numpy()).any()
+
+
+def _probe(run):
+    return [torch.load(run / "probe" / f"rank{r}.pt") for r in (0, 1)]
+
+
+def test_ddp_processes_draw_their_own_z_and_train_on_their_own_shard_at_every_step(ddp_run):
+    """Each process draws its own z (seeded by seed, epoch and rank) at every step, and trains on its
+    own shard of the images, reshuffled every epoch."""
+    zero, one = _probe(ddp_run)
+    # one z per batch (its D and G steps share it): 4 batches of 16 per process and epoch, 3 epochs
+    assert len(zero["z"]) == len(one["z"]) == len(zero["index"]) == 3 * 4
+    for k, (a, b) in enumerate(zip(zero["z"], one["z"])):
+        assert a.shape == b.shape == (16, 100)
+        # no z of one process equals any of the other's at this step
+        assert torch.cdist(a, b).min() > 0.1, k
+    n = 4 * 16  # images per process and epoch
+    for epoch in range(3):
+        shards = [torch.cat([i for i, e in zip(p["index"], p["epoch"]) if e == epoch]) for p in (zero, one)]
+        assert len(shards[0]) == len(shards[1]) == n
+        assert len(set(shards[0].tolist()) & set(shards[1].tolist())) <= 1  # the sampler's padding at most
+    orders = [torch.cat([i for i, e in zip(zero["index"], zero["epoch"]) if e == epoch]) for epoch in range(3)]
+    assert not torch.equal(orders[0], orders[1])  # a new shuffle each epoch
+
+
+def test_killed_ddp_training_resumes_to_the_weights_of_an_uninterrupted_run(ddp_run, tmp_path):
+    """SIGKILL to both processes in the second batch of epoch 1; started again with ckpt_path=auto it
+    ends with the weights of the uninterrupted 2-process run."""
+    run = tmp_path / "killed"
+    args = ["train.py", *DDP_TRAIN, "evaluate=false", f"hydra.run.dir={run}"]
+    env = {**os.environ, **PROBE_ENV, "ANOGAN_PROBE_KILL_AT": "1:1"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
+    run_script([*args, "ckpt_path=auto"], cwd=ROOT, env=PROBE_ENV)
+    a = read_checkpoint(ddp_run / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 2 * 3 * 4
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
