@@ -343,8 +343,13 @@ def slurm_job_id() -> str | None:
 def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     """In a SLURM job, make ``signum`` (SIGUSR1: ``--signal=USR1@120`` of ``hydra/launcher=slurm``, or
     ``scancel --signal=USR1 <job>``) requeue the job with ``scontrol requeue``; returns whether it did
-    install the handler (not outside SLURM, nor in a task other than the first). Raises ``ValueError``
-    when the SLURM job id variables hold something else than a job id.
+    install the handler (not outside SLURM). Raises ``ValueError`` when the SLURM job id variables
+    hold something else than a job id.
+
+    In a job of several tasks (DDP, one task per device) SLURM signals every task; the handler is
+    installed in each, so that the signal has one owner everywhere, but only the first task
+    (``SLURM_PROCID`` 0) requeues the job; the others log the signal and go on until SLURM's SIGTERM,
+    which Lightning's loops obey on every rank at the same batch.
 
     SLURM then stops the job with SIGTERM, which Lightning's loops obey at the next batch (see
     ``stopped_by_sigterm``), and starts it again in the same run directory, where training resumes from
@@ -360,12 +365,16 @@ def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     restore into a later ``trainer.test`` in that directory (under SLURM it loads the newest
     ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
     job = slurm_job_id()
-    if job is None or int(os.environ.get("SLURM_PROCID") or 0) != 0:
+    if job is None:
         return False
     if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job):
         raise ValueError(f"SLURM_JOB_ID / SLURM_ARRAY_*={job!r} is not a SLURM job id")
+    task = int(os.environ.get("SLURM_PROCID") or 0)
 
     def requeue(signum, frame) -> None:
+        if task != 0:
+            log.warning("received %s: task 0 of SLURM job %s requeues it", signal.Signals(signum).name, job)
+            return
         log.warning("received %s: requeueing SLURM job %s (scontrol requeue)", signal.Signals(signum).name, job)
         try:
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)

@@ -6,11 +6,14 @@ Per process it writes ``<run dir>/probe/rank<r>.pt`` at the end of training: ``z
 tensor per ``sample_z`` call of a training step, in order), ``eps`` (the WGAN-GP interpolation weights of
 each gradient penalty), ``index`` (the dataset rows of each training batch) and ``epoch`` (per batch).
 With ``ANOGAN_PROBE_KILL_AT=<epoch>:<batch>`` in the environment, process 0 sends SIGKILL to its whole
-process group when that batch starts (the test starts the run in a session of its own).
+process group when that batch starts (the test starts the run in a session of its own). With
+``ANOGAN_PROBE_NAN_AT=<rank>:<epoch>:<batch>``, that process's batch becomes NaN (its loss too); with
+``ANOGAN_PROBE_SLEEP=<seconds>`` every batch starts that much later (time to signal a run mid-training).
 """
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -38,11 +41,14 @@ class Probe(L.Callback):
         losses.gradient_penalty = recorded_penalty
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        time.sleep(float(os.environ.get("ANOGAN_PROBE_SLEEP", 0)))
         self.record["index"].append(batch["index"].cpu().clone())
         self.record["epoch"].append(trainer.current_epoch)
         kill_at = os.environ.get("ANOGAN_PROBE_KILL_AT")
         if trainer.global_rank == 0 and kill_at == f"{trainer.current_epoch}:{batch_idx}":
             os.killpg(os.getpgrp(), signal.SIGKILL)
+        if os.environ.get("ANOGAN_PROBE_NAN_AT") == f"{trainer.global_rank}:{trainer.current_epoch}:{batch_idx}":
+            batch["image"].fill_(float("nan"))
 
     def on_train_end(self, trainer, pl_module) -> None:
         out = Path(trainer.default_root_dir) / "probe"
