@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anogan.cli import evaluation_overrides, print_summary, quiet_lightning
+from anogan.distributed import build_trainer
 from anogan.reliability import (
     LAST,
     CheckpointError,
@@ -99,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
     loggers = instantiate_list(cfg.get("logger"))
     plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
                             f"with ckpt_path=auto hydra.run.dir={output_dir}"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -184,7 +185,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
-    trainer: L.Trainer = instantiate(  # nothing to checkpoint in a test loop (and no litmodels tip)
+    trainer = build_trainer(  # nothing to checkpoint in a test loop (and no litmodels tip)
         cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
     )
     out = Path(cfg.paths.output_dir)

@@ -14,11 +14,15 @@ PRIORS = ("uniform", "normal")
 def sample_prior(
     prior: str, generator: torch.Generator | None, n: int, z_dim: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """n draws of z from p_z: ``uniform`` on [-1, 1]^z_dim or standard ``normal``; (n, z_dim)."""
+    """n draws of z from p_z: ``uniform`` on [-1, 1]^z_dim or standard ``normal``; (n, z_dim) on ``device``.
+
+    Drawn on ``device`` from its default generator (``torch.manual_seed``) when ``generator`` is None;
+    else from ``generator``, on its device, and moved to ``device``. Raises ValueError for another prior."""
+    where = generator.device if generator is not None else torch.device(device)
     if prior == "uniform":
-        return (torch.rand(n, z_dim, generator=generator) * 2 - 1).to(device)
+        return (torch.rand(n, z_dim, generator=generator, device=where) * 2 - 1).to(device)
     if prior == "normal":
-        return torch.randn(n, z_dim, generator=generator).to(device)
+        return torch.randn(n, z_dim, generator=generator, device=where).to(device)
     raise InputError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
 
 

@@ -1,8 +1,10 @@
 """Resuming, stopping and refusing: what keeps a days-long sweep on a shared cluster from losing work or
 producing a silently wrong number.
 
-- ``EpochSeed``: the random draws of training epoch e (data order, z of the GAN steps) are a function
-  of (seed, e) only, so a run resumed from ``last.ckpt`` ends with the same weights as one never stopped.
+- ``EpochSeed``: the random draws of training epoch e on process (rank) r (data order, z and the
+  WGAN-GP interpolation weights of the GAN steps) are a function of (seed, e, r) only, so a run resumed
+  from ``last.ckpt`` ends with the same weights as one never stopped, and the processes of a DDP run
+  draw different z (each its own share of the global batch).
 - ``AtomicCheckpointIO``: a checkpoint is complete or absent, never truncated, wherever the run lives.
 - ``resolve_ckpt_path`` / ``read_checkpoint`` / ``check_architecture``: ``ckpt_path=auto``, and clear
   errors for a missing, truncated, foreign or mismatched checkpoint. Checkpoints are loaded with
@@ -72,23 +74,35 @@ def check_finite_loss(name: str, loss: torch.Tensor, step: int, hint: str) -> No
         )
 
 
-# -- training: per-epoch seeds ---------------------------------------------------------------------
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+# -- training: per-epoch, per-process seeds -------------------------------------------------------
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of training epoch ``epoch`` on process ``rank`` (DDP's global rank; 0 without DDP), in
+    [0, 2**63). Rank 0 keeps the seed of a single-process run; other ranks get seeds drawn by numpy's
+    SeedSequence from (seed, epoch, rank), distinct from each other and from rank 0's."""
+    if rank == 0:
+        return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+    state = np.random.SeedSequence([int(seed) % 2**32, int(epoch), int(rank)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) % 2**63
 
 
 class EpochSeed(L.Callback):
-    """Reseeds the global RNGs and the training sampler's generator at the start of every epoch, so
-    that epoch e draws the same data order and the same z whether the run started at epoch 0 or was
-    resumed from a checkpoint. (With ``data.num_workers > 0`` the workers fetch the first indices before
-    this hook runs, so the order is exact only with ``num_workers=0``, the CPU default.)"""
+    """Reseeds the global RNGs (CPU and every GPU) and the training sampler's generator at the start of
+    every epoch with ``epoch_seed(seed, epoch, rank)``, so that epoch e draws the same data order and the
+    same z whether the run started at epoch 0 or was resumed from a checkpoint, and each DDP process
+    draws its own z and WGAN-GP interpolation weights (from the generator of the device it trains on).
+
+    Under DDP the data shard of a process is Lightning's ``DistributedSampler`` (replacing the
+    loader's sampler): its order is a function of (seed, epoch) (Lightning passes ``seed_everything``'s
+    seed and calls ``set_epoch``) and the shard one of the rank, so it is exact on resume too.
+    (With ``data.num_workers > 0`` the workers fetch the first indices before this hook runs, so the
+    order is exact only with ``num_workers=0``, the CPU default.)"""
 
     def __init__(self, seed: int):
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        s = epoch_seed(self.seed, trainer.current_epoch)
-        torch.manual_seed(s)
+        s = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        torch.manual_seed(s)  # seeds the CUDA generators too
         np.random.seed(s % 2**32)
         random.seed(s)
         loaders = trainer.train_dataloader
@@ -330,8 +344,13 @@ def slurm_job_id() -> str | None:
 def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     """In a SLURM job, make ``signum`` (SIGUSR1: ``--signal=USR1@120`` of ``hydra/launcher=slurm``, or
     ``scancel --signal=USR1 <job>``) requeue the job with ``scontrol requeue``; returns whether it did
-    install the handler (not outside SLURM, nor in a task other than the first). Raises ``ValueError``
-    when the SLURM job id variables hold something else than a job id.
+    install the handler (not outside SLURM). Raises ``ValueError`` when the SLURM job id variables
+    hold something else than a job id.
+
+    In a job of several tasks (DDP, one task per device) SLURM signals every task; the handler is
+    installed in each, so that the signal has one owner everywhere, but only the first task
+    (``SLURM_PROCID`` 0) requeues the job; the others log the signal and go on until SLURM's SIGTERM,
+    which Lightning's loops obey on every rank at the same batch.
 
     SLURM then stops the job with SIGTERM, which Lightning's loops obey at the next batch (see
     ``stopped_by_sigterm``), and starts it again in the same run directory, where training resumes from
@@ -347,12 +366,16 @@ def requeue_on_signal(signum: int = signal.SIGUSR1) -> bool:
     restore into a later ``trainer.test`` in that directory (under SLURM it loads the newest
     ``hpc_ckpt`` whenever ``ckpt_path`` is None)."""
     job = slurm_job_id()
-    if job is None or int(os.environ.get("SLURM_PROCID") or 0) != 0:
+    if job is None:
         return False
     if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job):
         raise InputError(f"SLURM_JOB_ID / SLURM_ARRAY_*={job!r} is not a SLURM job id")
+    task = int(os.environ.get("SLURM_PROCID") or 0)
 
     def requeue(signum, frame) -> None:
+        if task != 0:
+            log.warning("received %s: task 0 of SLURM job %s requeues it", signal.Signals(signum).name, job)
+            return
         log.warning("received %s: requeueing SLURM job %s (scontrol requeue)", signal.Signals(signum).name, job)
         try:
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)

@@ -397,20 +397,29 @@ def wandb_logger(**kwargs: Any):
 
 
 def check_ddp_launch(cfg: DictConfig) -> None:
-    """Fail a multirun job that asks Lightning to start several DDP processes: Lightning restarts the
-    command line, which would rerun the whole sweep in each new process. Under SLURM (one task per
-    GPU) the processes exist already. Called by ``anogan.pipeline`` at the start of a job."""
+    """Fail a multirun job whose trainer settings make Lightning start processes itself: ``ddp``
+    reruns the command line, which would rerun the whole sweep in each new process. Lightning resolves
+    the settings (a Trainer is built and dropped), so every way there is caught: ``trainer=ddp``,
+    ``trainer.devices=2`` (Lightning picks ``ddp``), ``ddp_spawn``, ``num_nodes``. Processes started by
+    SLURM (one task per device, ``hydra.launcher.tasks_per_node``) or torchrun are fine. Called by
+    ``anogan.pipeline`` at the start of a job, before any work; raises ValueError."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    trainer = cfg.get("trainer") or {}
-    ddp = "ddp" in str(trainer.get("strategy", "")) and str(trainer.get("devices", 1)) not in ("1", "[0]")
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if ddp and multirun and "SLURM_NTASKS" not in os.environ:
+    from anogan.distributed import build_trainer, quiet_info, starts_processes
+
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    with quiet_info():
+        trainer = build_trainer(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[])
+    if starts_processes(trainer):
+        t = cfg.trainer
         raise InputError(
-            f"trainer.strategy={trainer.get('strategy')} with trainer.devices={trainer.get('devices')} in a "
-            "multirun: Lightning would restart the whole sweep in each process. Run DDP jobs one by one "
-            "(without -m), or through hydra/launcher=slurm with hydra.launcher.gpus_per_node=<devices>"
+            f"trainer.strategy={t.get('strategy', 'auto')} with trainer.devices={t.get('devices', 1)} "
+            f"(trainer.num_nodes={t.get('num_nodes', 1)}) in a multirun: Lightning would start "
+            f"{trainer.world_size} processes itself and restart the whole sweep in each. Run DDP jobs one by one "
+            "(without -m), or through hydra/launcher=slurm with hydra.launcher.tasks_per_node=<devices> "
+            "(SLURM starts one task per device)"
         )
 
 

@@ -35,6 +35,18 @@ TINY = [
 ]
 
 
+# a 2-process DDP run (gloo) of train.py that trains 3 epochs of 3 batches per process and evaluates;
+# tests/ddp_probe.py records what each process draws (PROBE_ENV puts it on the path)
+DDP_TRAIN = [
+    "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    "model.generator.width=8", "model.discriminator.width=8", "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
+    "data.batch_size=16", "data.test_subset=40", "data.eval_train_samples=8", "inversion.steps=3",
+    "+callbacks.probe._target_=ddp_probe.Probe",
+]
+PROBE_ENV = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No network logging, no writes into the user's home."""
@@ -72,6 +84,15 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_run) -> Path:
     return tiny_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory) -> Path:
+    """The run directory of ``python train.py`` with DDP_TRAIN, started locally (Lightning starts the
+    second process)."""
+    out = tmp_path_factory.mktemp("ddp_run")
+    run_script(["train.py", *DDP_TRAIN, f"hydra.run.dir={out}"], cwd=ROOT, env=PROBE_ENV)
+    return out
 
 
 def run_script(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None, check: bool = True):

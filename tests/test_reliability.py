@@ -413,7 +413,9 @@ def test_sigusr1_in_a_slurm_job_requeues_it_with_scontrol(tmp_path, monkeypatch,
         monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
         monkeypatch.setenv("SLURM_PROCID", "1")
-        assert not requeue_on_signal()  # a DDP task other than the first: that one requeues the job
+        assert requeue_on_signal()  # a DDP task other than the first: ours too (not Lightning's), ...
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert not calls.exists() and "task 0 of SLURM job 70_3 requeues it" in caplog.text  # ... but task 0 requeues
         monkeypatch.setenv("SLURM_PROCID", "0")
         assert requeue_on_signal()
         os.kill(os.getpid(), signal.SIGUSR1)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_cfg, run_script
+from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
 from anogan.pipeline import evaluate, train
@@ -171,3 +171,72 @@ def test_evaluation_signalled_before_its_time_limit_is_requeued_and_reuses_its_m
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert json.loads((full / "metrics.json").read_text()) == json.loads((sweep / "0" / "metrics.json").read_text())
     assert not (sweep / "0" / "scores.h5.partial").exists()
+
+
+def _ddp_job(tmp_path, extra=(), env=None):
+    """Start ``train.py -m`` with DDP_TRAIN as one SLURM job of 2 tasks (gloo), one core each."""
+    sweep = tmp_path / "sweep"
+    log = open(tmp_path / "launcher.log", "w")
+    proc = subprocess.Popen([sys.executable, "train.py", "-m", "hydra/launcher=slurm_cpu",
+                             "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", *DDP_TRAIN, *extra,
+                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, env={**os.environ, **PROBE_ENV, **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT)
+    return proc, sweep
+
+
+def _same_weights(a, b):
+    a, b = read_checkpoint(a), read_checkpoint(b)
+    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+def test_a_two_task_ddp_job_trains_and_evaluates_like_two_local_processes(slurm, ddp_run, tmp_path):
+    """``hydra.launcher.tasks_per_node=2``: SLURM starts the two processes (Lightning reads the ranks
+    from SLURM); they draw different z, and the job's weights, scores and metrics equal those of the
+    same two processes started locally by Lightning."""
+    proc, sweep = _ddp_job(tmp_path)
+    try:
+        assert proc.wait(300) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    job = next((sweep / ".submitit").glob("*/*_submitted.pkl")).parent.name
+    out = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob("*_log.*"))
+    assert job_info(job)["NumTasks"] == "2" and "SLURM auto-requeueing enabled" not in out
+    run = sweep / "0"
+    assert not (run / "train_ddp_process_1.log").exists()  # no process started by Lightning
+    [row] = read_summary(sweep)
+    assert row["status"] == "COMPLETED"
+    _same_weights(ddp_run / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((ddp_run / "metrics.json").read_text())
+    a, b = read_scores(ddp_run / "scores.h5"), read_scores(run / "scores.h5")
+    for k in [k for k in a if not k.startswith("@")]:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for r in (0, 1):
+        here, local = (torch.load(d / "probe" / f"rank{r}.pt") for d in (run, ddp_run))
+        assert all(torch.equal(x, y) for x, y in zip(here["z"], local["z"])) and len(here["z"]) == 12
+    zero, one = (torch.load(run / "probe" / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.cdist(a, b).min() > 0.1 for a, b in zip(zero["z"], one["z"]))
+
+
+def test_a_two_task_ddp_job_signalled_mid_training_is_requeued_and_ends_with_the_uninterrupted_weights(
+        slurm, ddp_run, tmp_path):
+    """SIGUSR1 to both tasks (as ``--signal=USR1@120`` sends it) after the first epoch: task 0
+    requeues the job, task 1 leaves it to task 0 (no Lightning handler anywhere); SLURM's SIGTERM stops
+    both at the same batch; the job starts again and resumes from last.ckpt."""
+    proc, sweep = _ddp_job(tmp_path, ["evaluate=false"], env={"ANOGAN_PROBE_SLEEP": "0.5"})
+    try:
+        last = sweep / "0" / "checkpoints" / "last.ckpt"
+        wait_for(f"{last}", last.exists, timeout=240, proc=proc)
+        job = next((sweep / ".submitit").glob("*/*_submitted.pkl")).parent.name
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        wait_for("the requeue", lambda: job_info(job)["Restarts"] == "1", timeout=60)
+        assert read_checkpoint(last)["epoch"] < 2  # stopped before the end
+        assert proc.wait(300) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    out = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob("*_log.*"))
+    assert f"requeueing SLURM job {job}" in out and f"task 0 of SLURM job {job} requeues it" in out
+    assert out.count("training stopped by SIGTERM") == 2 and "SLURM auto-requeueing enabled" not in out
+    assert f"Restoring states from the checkpoint path at {last}" in out
+    _same_weights(ddp_run / "checkpoints" / "last.ckpt", last)

@@ -199,21 +199,30 @@ def test_the_run_directory_is_named_by_the_slurm_job_id(monkeypatch):
     assert _hydra_cfg([]).hydra.run.dir.startswith("logs/evaluate/runs/20")
 
 
-def test_ddp_in_a_multirun_outside_slurm_fails_early(monkeypatch):
+def test_every_setting_that_makes_lightning_start_processes_fails_a_multirun_early(monkeypatch):
     from hydra.core.hydra_config import HydraConfig
 
     from anogan.sweep import check_ddp_launch
 
     def check(overrides):
-        cfg = _hydra_cfg(overrides)
+        cfg = _hydra_cfg(["trainer.accelerator=cpu", *overrides])
         HydraConfig.instance().set_config(cfg)
         check_ddp_launch(cfg)
 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored afterwards
-    monkeypatch.delenv("SLURM_NTASKS", raising=False)
-    with pytest.raises(InputError, match="restart the whole sweep"):
-        check(["trainer=ddp", "trainer.devices=2", "hydra.mode=MULTIRUN"])
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC", "LOCAL_RANK"))]:
+        monkeypatch.delenv(key)
+    for overrides in (["trainer=ddp", "trainer.devices=2"], ["trainer.devices=2"],  # Lightning picks ddp
+                      ["trainer.strategy=ddp_spawn", "trainer.devices=3"], ["trainer.num_nodes=2"]):
+        with pytest.raises(InputError, match="start [0-9] processes itself and restart the whole sweep"):
+            check([*overrides, "hydra.mode=MULTIRUN"])
     check(["trainer=ddp", "trainer.devices=2", "hydra.mode=RUN"])  # a single run: Lightning relaunches it
     check(["hydra.mode=MULTIRUN"])  # one process per job
-    monkeypatch.setenv("SLURM_NTASKS", "2")
-    check(["trainer=ddp", "trainer.devices=2", "hydra.mode=MULTIRUN"])  # SLURM started one task per GPU
+    check(["trainer.strategy=ddp", "hydra.mode=MULTIRUN"])  # DDP in one process: nothing started
+    # a 2-task SLURM job (hydra.launcher.tasks_per_node=2): SLURM started the processes
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "train",
+                       "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+                       "SLURM_NODEID": "0", "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(key, value)
+    check(["trainer=ddp", "trainer.devices=2", "hydra.mode=MULTIRUN"])
+    check(["trainer.devices=2", "hydra.mode=MULTIRUN"])

@@ -66,22 +66,22 @@ class ScoreFile(L.Callback):
 
     # -- resume ------------------------------------------------------------------------------------
     def on_test_start(self, trainer, pl_module) -> None:
-        self._file = None
+        self._file, self._row, self._module = None, {}, pl_module
         self.settings = _settings(trainer, pl_module)
-        if trainer.world_size > 1:
-            self.resume = False  # resume is a single-process feature
-        if not trainer.is_global_zero:
-            return
-        if self.partial.exists() and self.resume and self._matches(self.partial):
-            self._file = h5py.File(self.partial, "a")
-            self._drop_torn_rows()
-            keys = zip(self._file["split"][()].tolist(), self._file["index"][()].tolist())
-            self._row = {k: i for i, k in enumerate(keys)}
-            log.info("resuming from %s: %d images already mapped", self.partial, len(self._row))
-            pl_module.cache = self
-        else:
-            self.partial.unlink(missing_ok=True)
-            self._row = {}
+        resumed = False
+        if trainer.is_global_zero:  # the one process that reads and writes the file (under DDP too)
+            if self.partial.exists() and self.resume and self._matches(self.partial):
+                self._file = h5py.File(self.partial, "a")
+                self._drop_torn_rows()
+                keys = zip(self._file["split"][()].tolist(), self._file["index"][()].tolist())
+                self._row = {k: i for i, k in enumerate(keys)}
+                log.info("resuming from %s: %d images already mapped", self.partial, len(self._row))
+                resumed = True
+            else:
+                self.partial.unlink(missing_ok=True)
+        if trainer.world_size > 1:  # every process asks the file for its batches (see lookup)
+            resumed = trainer.strategy.broadcast(resumed, src=0)
+        pl_module.cache = self if resumed else None
 
     def _drop_torn_rows(self) -> None:
         """Cut every dataset to the rows of the last batch that was completely written (``attrs["rows"]``,
@@ -111,8 +111,25 @@ class ScoreFile(L.Callback):
 
     def lookup(self, split: torch.Tensor, index: torch.Tensor) -> dict | None:
         """The stored outputs of a batch, in ``Inversion.map_batch``'s format, when every image of it
-        is in the partial file; else None."""
-        keys = list(zip(split.tolist(), index.tolist()))
+        is in the partial file; else None.
+
+        Under DDP every process calls this at every test batch (it is collective): the processes'
+        (split, index) pairs go to process 0, which holds the file, and each gets its stored rows back
+        when the batches of all processes are in the file; otherwise all of them map their batch, so
+        that the callbacks' gathers stay matched. The file's rows need not come from as many
+        processes: rows are found by (split, index)."""
+        trainer = self._module.trainer
+        if trainer.world_size == 1:
+            return self._read(list(zip(split.tolist(), index.tolist())))
+        keys = self._module.all_gather(torch.stack([split, index], 1).to(self._module.device)).cpu()
+        out = None
+        if trainer.is_global_zero:
+            stored = [self._read([tuple(k) for k in rank.tolist()]) for rank in keys]
+            out = stored if all(o is not None for o in stored) else None
+        out = trainer.strategy.broadcast(out, src=0)
+        return None if out is None else out[trainer.global_rank]
+
+    def _read(self, keys: list[tuple[int, int]]) -> dict | None:
         if not self._row or not self.store_maps or any(k not in self._row for k in keys):
             return None
         rows = [self._row[k] for k in keys]

@@ -114,8 +114,24 @@ class OneClassDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        drop = len(self.train_set) > self.batch_size  # a last batch of 1 breaks BatchNorm
-        return self._loader(self.train_set, True, self.batch_size, drop_last=drop)
+        """Shuffled batches of ``batch_size`` normal images per process; under DDP each process trains
+        on its share of the images (Lightning's DistributedSampler: ceil(N / processes), padded by
+        repeating a few). The last incomplete batch is dropped (a batch of 1 breaks BatchNorm) unless
+        the share is one batch or less, which then trains as one smaller batch.
+
+        Raises ValueError, before training, when a process would get fewer than 2 images."""
+        world = int(getattr(self.trainer, "world_size", 1) or 1)
+        share = -(-len(self.train_set) // world)
+        if share < 2:
+            raise InputError(
+                f"{len(self.train_set)} normal training image(s) over {world} process(es) is {share} image per "
+                f"process (data.batch_size={self.batch_size}), and a training batch needs at least 2 (BatchNorm): "
+                "train with fewer processes (trainer.devices) or on more normal images (data.normal_classes)"
+            )
+        if world > 1 and share <= self.batch_size:
+            log.info("%d normal training images over %d processes: one batch of %d per process and epoch "
+                     "(data.batch_size=%d)", len(self.train_set), world, share, self.batch_size)
+        return self._loader(self.train_set, True, self.batch_size, drop_last=share > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False, self.eval_batch_size)
