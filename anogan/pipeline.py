@@ -41,6 +41,14 @@ class StoreConfig(L.Callback):
         checkpoint["anogan_data"] = getattr(trainer.datamodule, "recipe", None)
 
 
+def cudnn_benchmark(cfg: DictConfig, fixed_shapes: bool = True) -> bool:
+    """``trainer.benchmark`` when set, else cuDNN's autotuner on wherever the batch shapes are fixed and
+    ``trainer.deterministic`` is off (the autotuner may pick other algorithms run to run; no effect on CPU)."""
+    if cfg.trainer.get("benchmark") is not None:
+        return bool(cfg.trainer.benchmark)
+    return fixed_shapes and not cfg.trainer.get("deterministic")
+
+
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` of a config group such as callbacks/ or logger/."""
     if not cfg:
@@ -98,7 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
     loggers = instantiate_list(cfg.get("logger"))
     plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                                     benchmark=cudnn_benchmark(cfg))
     with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
                             f"with ckpt_path=auto hydra.run.dir={output_dir}"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -183,8 +192,12 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
+    # the training's trainer settings, but never its precision: the mapping optimises z in float32, and
+    # its G and D follow inversion.precision (Inversion.autocast); cuDNN's autotuner only where the batch
+    # shapes are fixed (early_stop shrinks the batch as mappings stop)
     trainer: L.Trainer = instantiate(  # nothing to checkpoint in a test loop (and no litmodels tip)
-        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
+        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False,
+        precision="32-true", benchmark=cudnn_benchmark(cfg, fixed_shapes=not cfg.inversion.get("early_stop")),
     )
     out = Path(cfg.paths.output_dir)
     with stopped_by_sigterm("evaluation", f"the images mapped so far are kept in {out}/scores.h5.partial; "

@@ -26,12 +26,13 @@ FULL_STATE = {"weights_only": False}  # Trainer.save_checkpoint: write optimiser
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule, ckpt_dir: Path) -> Path:
     """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs, or ``cfg.<name>.max_steps`` optimiser steps
     (iterations) when set, with the run's trainer settings; save ``<ckpt_dir>/<name>.ckpt``."""
+    from anogan.pipeline import cudnn_benchmark
     from anogan.reliability import checkpoint_plugins
 
     max_steps = cfg[name].get("max_steps") or -1
     trainer: L.Trainer = instantiate(
         cfg.trainer, max_epochs=cfg[name].max_epochs if max_steps < 0 else -1, max_steps=max_steps,
-        callbacks=[], logger=False, enable_checkpointing=False,
+        callbacks=[], logger=False, enable_checkpointing=False, benchmark=cudnn_benchmark(cfg),
         plugins=checkpoint_plugins(instantiate(cfg.trainer.get("plugins"))),  # written atomically
     )
     trainer.fit(module, datamodule=datamodule)

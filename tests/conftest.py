@@ -22,6 +22,13 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
+# Every test runs on the CPU unless it says otherwise (the `gpu` tests, tests/test_gpu.py): with
+# trainer.accelerator=auto a machine with a GPU would run them there, where TF32 and cuDNN's algorithm
+# choice break the bit-exact equalities they assert (resume, batch size, DDP vs one process), which hold
+# on the CPU. compose_cfg and run_script (train.py, evaluate.py) add trainer.accelerator=cpu unless the
+# test names an accelerator; tests that build a lightning.Trainer pass accelerator="cpu".
+CPU = "cpu"
+
 # fast settings for CPU tests: 28/32 pixels, narrow nets, few steps
 TINY = [
     "model.generator.width=8",
@@ -64,6 +71,8 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
+        if "trainer" in cfg and not any(o.lstrip("+").startswith("trainer.accelerator=") for o in overrides):
+            cfg.trainer.accelerator = CPU  # the tests' equalities are CPU claims (see CPU below)
         cfg.paths.output_dir = str(output_dir)
         del cfg["hydra"]
     return cfg
@@ -99,6 +108,9 @@ def run_script(args: list[str], cwd: Path, timeout: int = 600, env: dict | None 
     """Run a project script in a subprocess; fail with its output when it fails (``check``)."""
     import subprocess
 
+    if (args and Path(args[0]).name in ("train.py", "evaluate.py") and "--help" not in args
+            and not any(a.lstrip("+").startswith("trainer.accelerator=") for a in args)):
+        args = [*args, f"trainer.accelerator={CPU}"]
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
