@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from anogan import scores as S
-from anogan.mapping_nets import mapping_copy
+from anogan.mapping_nets import FAST_DEVICES, mapping_copy
 from anogan.nets import Discriminator, Generator, build
 from anogan.prior import initial_z, project_to_support
 from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
@@ -94,6 +94,8 @@ class Inversion(L.LightningModule):
         scorers: modules mapping x (B, C, H, W) to more scores {name: (B,)} in one forward pass
             (``anogan.encoder.FAnoGAN``, ``anogan.acae.ACAEScores``), added to the mapping's scores.
         channels_last: run G and D in the channels_last memory format (same scores, often faster).
+        fast_nets: map with ``anogan.mapping_nets``' fast copies of G and D (same functions); None: on
+            the devices where they were measured faster (``mapping_nets.FAST_DEVICES``: the CPU).
         compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding); it
             pays a compilation per batch shape, so it is off by default; a string names the backend
             (default inductor).
@@ -127,6 +129,7 @@ class Inversion(L.LightningModule):
         tol: float = 1e-3,
         patience: int = 20,
         precision: str = "32-true",
+        fast_nets: bool | None = None,
     ):
         super().__init__()
         record = check_settings(lam, steps, record_steps, lr, init)
@@ -205,13 +208,15 @@ class Inversion(L.LightningModule):
         return torch.autocast(like.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def _mapping_nets(self) -> tuple[Generator, Discriminator]:
-        """The loop's fast copies of G and D (``anogan.mapping_nets``), channels_last if asked; rebuilt
-        when G or D move to another device or dtype or their weights change in place (tensor version
-        counters)."""
+        """The loop's copies of G and D (``anogan.mapping_nets``; the fast ones per ``fast_nets``),
+        channels_last if asked; rebuilt when G or D move to another device or dtype or their weights
+        change in place (tensor version counters)."""
         tensors = [*self.generator.state_dict().values(), *self.discriminator.state_dict().values()]
         key = (tensors[0].device, tensors[0].dtype, tuple(t._version for t in tensors))
         if self._nets is None or self._nets[0] != key:
-            nets = [mapping_copy(net, self.hparams.channels_last) for net in (self.generator, self.discriminator)]
+            fast = self.hparams.get("fast_nets")
+            fast = tensors[0].device.type in FAST_DEVICES if fast is None else fast
+            nets = [mapping_copy(net, self.hparams.channels_last, fast) for net in (self.generator, self.discriminator)]
             self._nets, self._compiled = (key, nets), None
         return self._nets[1]
 

@@ -88,10 +88,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
-        from anogan.inversion import check_settings
+        from anogan.inversion import check_precision, check_settings
 
         check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
                        cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
+        check_precision(cfg.inversion.get("precision", "32-true"))
         from anogan.baselines import check_baselines
 
         check_baselines(cfg.get("baselines"), bool(cfg.get("encoder")))
