@@ -190,7 +190,8 @@ def test_a_deferred_guard_stops_training_before_a_checkpoint_holds_the_non_finit
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
     trainer = L.Trainer(accelerator="cpu", max_epochs=5, logger=False, callbacks=[ckpt], enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0)
-    with pytest.raises(NonFiniteLossError, match=r"train/d_loss is nan at training step 3: training stopped \(checked every 100"):
+    stopped = r"train/d_loss is nan at training step 3: training stopped \(checked every 100"
+    with pytest.raises(NonFiniteLossError, match=stopped):
         trainer.fit(gan, datamodule=DigitsDataModule(image_size=28, batch_size=32))
     assert trainer.global_step == 8  # the fourth batch's two optimiser steps were taken, no fifth batch
     saved = list(tmp_path.glob("*.ckpt"))
