@@ -54,6 +54,17 @@ DDP_TRAIN = [
 PROBE_ENV = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where CUDA is present; elsewhere they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
+    skip = pytest.mark.skip(reason=f"gpu test: no CUDA device here ({build}); bash benchmarks/gpu.sh on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No network logging, no writes into the user's home."""
