@@ -130,6 +130,39 @@ def run_script(args: list[str], cwd: Path, timeout: int = 600, env: dict | None 
     return proc
 
 
+def fit_with_nan_from_batch_4(gan, ckpt_dir: Path, accelerator: str = "cpu"):
+    """Fit ``gan`` (a 28-pixel DCGAN) on the digits with D's output NaN from the fourth batch (training
+    step 3) on and a checkpoint after every optimiser step. Asserts that training stopped with
+    ``NonFiniteLossError`` and that every checkpoint written holds finite weights only; returns
+    (trainer, the error's message)."""
+    import lightning as L
+
+    from anogan.data import DigitsDataModule
+    from anogan.reliability import NonFiniteLossError, read_checkpoint
+
+    L.seed_everything(0)
+    calls = {"n": 0}
+    forward = gan.discriminator.forward
+
+    def poisoned(x):
+        calls["n"] += 1
+        out = forward(x)
+        return out * float("nan") if calls["n"] > 9 else out  # 3 D calls per batch: batch 4 breaks
+
+    gan.discriminator.forward = poisoned
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(accelerator=accelerator, max_epochs=5, logger=False, callbacks=[ckpt],
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(gan, datamodule=DigitsDataModule(image_size=28, batch_size=32))
+    saved = list(Path(ckpt_dir).glob("*.ckpt"))
+    assert saved
+    for path in saved:
+        state = read_checkpoint(path)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+    return trainer, str(error.value)
+
+
 def sample_distances(gan, real: torch.Tensor) -> tuple[float, float]:
     """How far 256 samples of ``gan``'s G (a fixed z) are from the training images ``real``: the mean
     absolute gap of the mean images, and the mean distance of a sample to its nearest training image."""
