@@ -108,6 +108,20 @@ def test_a_bf16_mapping_keeps_z_and_every_output_float32_with_aurocs_near_fp32(f
         assert got[score] == pytest.approx(auroc, abs=AUROC_TOL), score
 
 
+def test_the_mapping_ignores_a_surrounding_autocast():
+    """What a Trainer(precision="bf16-mixed") built by hand would wrap the test step in: the mapping
+    switches it off, so its scores and z equal those mapped without it, bit for bit, and are float32."""
+    torch.manual_seed(0)
+    G, D = Generator(32, 1, 16, 8).eval(), Discriminator(32, 1, 8).eval()
+    x, index = torch.rand(4, 1, 32, 32) * 2 - 1, torch.arange(4)
+    plain = Inversion(G, D, steps=3).map_batch(x, index)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        wrapped = Inversion(G, D, steps=3).map_batch(x, index)
+    assert wrapped["z"].dtype == torch.float32 and torch.equal(wrapped["z"], plain["z"])
+    for name, value in plain["scores"].items():
+        assert wrapped["scores"][name].dtype == torch.float32 and torch.equal(wrapped["scores"][name], value), name
+
+
 def test_a_16_mixed_mapping_is_refused_before_training_naming_the_key(tmp_path):
     G, D = Generator(32, 1, 16, 8), Discriminator(32, 1, 8)
     with pytest.raises(ValueError, match=r"inversion.precision='16-mixed' must be 32-true or bf16-mixed"):
