@@ -19,7 +19,7 @@ from anogan import losses
 from anogan import scores as S
 from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_state
 from anogan.nets import AdversarialAutoencoder
-from anogan.reliability import check_finite_loss, check_optimizer
+from anogan.reliability import FiniteLossGuard, check_optimizer
 
 LR_HINT = ("Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the "
            "data for NaN.")
@@ -41,8 +41,12 @@ class ACAE(L.LightningModule):
         self.optimizer_ae, self.optimizer_d = optimizer_ae, optimizer_d
         check_optimizer(optimizer_ae, "acae.module.optimizer_ae")
         check_optimizer(optimizer_d, "acae.module.optimizer_d")
+        self.finite = FiniteLossGuard(LR_HINT)
         self.gan_identity: str | None = None  # of the GAN whose run trains it, set by anogan.stages
         self.save_hyperparameters(ignore=["net", "optimizer_ae", "optimizer_d"])
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.finite]
 
     def configure_optimizers(self):
         autoencoder = list(self.net.encoder.parameters()) + list(self.net.decoder.parameters())
@@ -58,7 +62,7 @@ class ACAE(L.LightningModule):
 
         with self.toggled_optimizer(opt_d):
             d_loss = losses.dcgan_d_loss(D(x), D(recon.detach()))
-            check_finite_loss("train/acae_d_loss", d_loss, step, LR_HINT)
+            self.finite.check("train/acae_d_loss", d_loss, step)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt_d.step()
@@ -67,7 +71,7 @@ class ACAE(L.LightningModule):
             rec_loss = (x - recon).abs().mean()
             adv_loss = losses.dcgan_g_loss(D(recon))
             ae_loss = rec_loss + self.hparams.adversarial_weight * adv_loss
-            check_finite_loss("train/acae_loss", ae_loss, step, LR_HINT)
+            self.finite.check("train/acae_loss", ae_loss, step)
             opt_ae.zero_grad(set_to_none=True)
             self.manual_backward(ae_loss)
             opt_ae.step()

@@ -17,7 +17,7 @@ from torch import nn
 from anogan import scores as S
 from anogan.nets import build, encoder_like, family_of
 from anogan.prior import encoder_squash
-from anogan.reliability import check_finite_loss, check_optimizer, gan_identity, read_checkpoint
+from anogan.reliability import FiniteLossGuard, check_optimizer, gan_identity, read_checkpoint
 from anogan.errors import InputError
 
 GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
@@ -85,6 +85,7 @@ class EncoderTraining(L.LightningModule):
         if not kappa >= 0:
             raise InputError(f"encoder.module.kappa={kappa} must be >= 0 (the weight of the feature term)")
         self.optimizer, self.kappa = optimizer, kappa
+        self.finite = FiniteLossGuard("Lower encoder.module.optimizer.lr or check the data for NaN.")
         self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "optimizer"])
 
     def train(self, mode: bool = True) -> EncoderTraining:
@@ -101,13 +102,15 @@ class EncoderTraining(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["image"]
         loss = self.loss(x).mean()
-        check_finite_loss("train/izif_loss", loss, self.global_step,
-                          "Lower encoder.module.optimizer.lr or check the data for NaN.")
+        self.finite.check("train/izif_loss", loss, self.global_step)
         self.log("train/izif_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 
     def configure_optimizers(self):
         return self.optimizer(self.encoder.parameters())
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.finite]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["anogan_encoder"] = {"encoder": dict(self.encoder.config), "kappa": float(self.kappa),

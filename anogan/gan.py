@@ -12,7 +12,7 @@ from torch import nn
 from anogan import losses
 from anogan.nets import family_of
 from anogan.prior import sample_prior
-from anogan.reliability import NonFiniteLossError, check_finite_loss, check_optimizer
+from anogan.reliability import FiniteLossGuard, NonFiniteLossError, check_optimizer
 from anogan.errors import InputError
 
 __all__ = ["GAN", "NonFiniteLossError"]
@@ -72,6 +72,7 @@ class GAN(L.LightningModule):
             raise InputError(f"G is of the {family_of(generator)} family but D of the "
                              f"{family_of(discriminator)} family; configure both from one model= preset")
         self.prior, self.objective = prior, objective
+        self.finite = FiniteLossGuard(LR_HINT)
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -87,14 +88,17 @@ class GAN(L.LightningModule):
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_prior(self.prior, generator, n, self.generator.z_dim, device=self.device)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.finite]  # stops training at a non-finite loss (reliability.FiniteLossGuard)
+
     def configure_optimizers(self):
         return (
             self.optimizer_g(self.generator.parameters()),
             self.optimizer_d(self.discriminator.parameters()),
         )
 
-    def _step(self, opt, name: str, loss: torch.Tensor, step: int) -> None:
-        check_finite_loss(name, loss, step, LR_HINT)
+    def _step(self, opt, name: str, loss: torch.Tensor, step: int, guarded: torch.Tensor | None = None) -> None:
+        self.finite.check(name, loss if guarded is None else guarded, step)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
@@ -138,9 +142,15 @@ class GAN(L.LightningModule):
                 fake = self.generator(self.sample_z(n))
             wasserstein = losses.wasserstein_estimate(D(real), D(fake))
             eps = torch.rand(n, 1, 1, 1, device=real.device, dtype=real.dtype)
-            penalty = losses.gradient_penalty(D, real, fake, eps)
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed: a GradScaler
+            # PyTorch's AMP recipe: the penalty's gradient scaled before autograd.grad, unscaled after; the
+            # scale read as a device tensor (scaler.scale of 1), not get_scale(), which syncs the host
+            scale = scaler.scale(torch.ones((), device=real.device)) if scaler is not None else 1.0
+            penalty = losses.gradient_penalty(D, real, fake, eps, scale)
             d_loss = -wasserstein + hp.gp_weight * penalty
-            self._step(opt_d, "train/d_loss", d_loss, step)
+            # with a scaler an overflowed penalty gradient is the scaler's to skip (it lowers the scale);
+            # the guard then watches the Wasserstein term
+            self._step(opt_d, "train/d_loss", d_loss, step, None if scaler is None else -wasserstein)
         logs = {"train/d_loss": d_loss.detach(), "train/wasserstein": wasserstein.detach(),
                 "train/gradient_penalty": penalty.detach()}
         if (step + 1) % hp.critic_iterations == 0:

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from anogan import scores as S
-from anogan.mapping_nets import mapping_copy
+from anogan.mapping_nets import FAST_DEVICES, mapping_copy
 from anogan.nets import Discriminator, Generator, build
 from anogan.prior import initial_z, project_to_support
 from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
@@ -64,6 +64,19 @@ def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = 
     return record
 
 
+MAPPING_PRECISIONS = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16}
+
+
+def check_precision(precision) -> None:
+    """Refuse an ``inversion.precision`` other than 32-true or bf16-mixed, naming the key and the fix."""
+    if str(precision) not in MAPPING_PRECISIONS:
+        raise InputError(
+            f"inversion.precision={precision!r} must be 32-true or bf16-mixed (G and D under bfloat16 autocast; "
+            "z and the scores stay float32); 16-mixed is not offered for the mapping: float16 gradients of "
+            "z would need a loss scaler, whose skipped steps couple the images of a batch"
+        )
+
+
 class Inversion(L.LightningModule):
     """Maps each test image to z with ``steps`` (Gamma) Adam steps on ``(1 - lam) L_R + lam L_D``.
 
@@ -82,11 +95,19 @@ class Inversion(L.LightningModule):
         scorers: modules mapping x (B, C, H, W) to more scores {name: (B,)} in one forward pass
             (``anogan.encoder.FAnoGAN``, ``anogan.acae.ACAEScores``), added to the mapping's scores.
         channels_last: run G and D in the channels_last memory format (same scores, often faster).
+        fast_nets: map with ``anogan.mapping_nets``' fast copies of G and D (same functions); None: on
+            the devices where they were measured faster (``mapping_nets.FAST_DEVICES``: the CPU).
         compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding); it
             pays a compilation per batch shape, so it is off by default; a string names the backend
             (default inductor).
         early_stop: stop a mapping once its loss has not improved by a fraction ``tol`` for
             ``patience`` steps (changes the method: off by default).
+        precision: ``32-true`` (default) or ``bf16-mixed``: G and D's forward passes in the step loop run
+            under bfloat16 autocast. z, its gradient, Adam's state, the losses and every output stay
+            float32 (G(z) and f are cast back before the losses). Not inherited from the training's
+            ``trainer.precision``: the evaluation Trainer always runs in 32-true, and this is its own
+            setting (``inversion.precision``). ``16-mixed`` is refused: float16 gradients of z would need
+            a loss scaler, whose skipped steps would couple the images of a batch.
     """
 
     def __init__(
@@ -108,9 +129,12 @@ class Inversion(L.LightningModule):
         early_stop: bool = False,
         tol: float = 1e-3,
         patience: int = 20,
+        precision: str = "32-true",
+        fast_nets: bool | None = None,
     ):
         super().__init__()
         record = check_settings(lam, steps, record_steps, lr, init)
+        check_precision(precision)
         if init not in ("random", "encoder"):
             raise InputError(f"inversion.init={init!r} must be 'random' or 'encoder'")
         if init == "encoder" and encoder is None:
@@ -162,27 +186,38 @@ class Inversion(L.LightningModule):
         and its logit layer run only on the reference rows, the only ones whose loss needs D(G(z)).
         Returns the per-row loss and its terms: (loss, G(z), L_R, L_D or None, L_D^ or None)."""
         lam = self.hparams.lam
-        gz = G(z)
+        with self.autocast(z):  # G and D only: the losses below are float32
+            gz = G(z)
+            h = D.feature_map(gz)
+            logits = D.logits_from_feature_map(h[n_main:]) if h.shape[0] > n_main else None
+        gz, h = gz.float(), h.float()
         res = S.residual(xs, gz)
-        h = D.feature_map(gz)
         dis = ref_dis = None
         losses = []
         if n_main:
             dis = S.discrimination(fx, h[:n_main].flatten(1))
             losses.append(S.mapping_loss(res[:n_main], dis, lam))
-        if h.shape[0] > n_main:
-            ref_dis = S.reference_discrimination(D.logits_from_feature_map(h[n_main:]))
+        if logits is not None:
+            ref_dis = S.reference_discrimination(logits.float())
             losses.append(S.mapping_loss(res[n_main:], ref_dis, lam))
         return torch.cat(losses) if len(losses) > 1 else losses[0], gz, res, dis, ref_dis
 
+    def autocast(self, like: torch.Tensor):
+        """bfloat16 autocast on ``like``'s device for ``precision=bf16-mixed``; else autocast off, so that
+        the mapping runs in float32 even inside a mixed-precision Trainer."""
+        dtype = MAPPING_PRECISIONS[str(self.hparams.get("precision", "32-true"))]
+        return torch.autocast(like.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
     def _mapping_nets(self) -> tuple[Generator, Discriminator]:
-        """The loop's fast copies of G and D (``anogan.mapping_nets``), channels_last if asked; rebuilt
-        when G or D move to another device or dtype or their weights change in place (tensor version
-        counters)."""
+        """The loop's copies of G and D (``anogan.mapping_nets``; the fast ones per ``fast_nets``),
+        channels_last if asked; rebuilt when G or D move to another device or dtype or their weights
+        change in place (tensor version counters)."""
         tensors = [*self.generator.state_dict().values(), *self.discriminator.state_dict().values()]
         key = (tensors[0].device, tensors[0].dtype, tuple(t._version for t in tensors))
         if self._nets is None or self._nets[0] != key:
-            nets = [mapping_copy(net, self.hparams.channels_last) for net in (self.generator, self.discriminator)]
+            fast = self.hparams.get("fast_nets")
+            fast = tensors[0].device.type in FAST_DEVICES if fast is None else fast
+            nets = [mapping_copy(net, self.hparams.channels_last, fast) for net in (self.generator, self.discriminator)]
             self._nets, self._compiled = (key, nets), None
         return self._nets[1]
 
@@ -213,7 +248,14 @@ class Inversion(L.LightningModule):
         with early_stop.
 
         The AnoGAN and the reference mapping run as one batch of 2B rows of z. The step loop does
-        no host synchronisation (no ``.item()``), except once every ``patience`` steps with early_stop."""
+        no host synchronisation (no ``.item()``), except once every ``patience`` steps with early_stop.
+
+        Runs with any surrounding autocast (a mixed-precision Trainer's) switched off: z, Adam and every
+        output are float32; only G and D's forward passes follow ``precision``."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._map_batch(x.float(), index)
+
+    def _map_batch(self, x: torch.Tensor, index: torch.Tensor) -> dict:
         hp = self.hparams
         G, D = self._mapping_nets()
         steps, ref = hp.steps, hp.reference
@@ -221,11 +263,12 @@ class Inversion(L.LightningModule):
         B = x.shape[0]
         if hp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast(x):
             fx, logits_x = D.features_and_logits(x)  # f(x) once per batch, not per step
+        fx, logits_x = fx.float(), logits_x.float()
         z1 = self.initial_z(x, index)
         m = 2 if ref else 1  # rows [0, B): AnoGAN mapping; rows [B, 2B): reference mapping
-        z = z1.repeat(m, 1).requires_grad_(True)
+        z = z1.float().repeat(m, 1).requires_grad_(True)
         xs = x.repeat(m, 1, 1, 1)
         opt = torch.optim.Adam([z], lr=hp.lr)
         record, recorded = set(hp.record_steps), {}

@@ -141,11 +141,17 @@ def _fast_layer(mod: nn.Module, channels_last: bool) -> nn.Module | None:
     return None
 
 
-def mapping_copy(net: nn.Module, channels_last: bool = False) -> nn.Module:
+# devices on which the fast copies were measured faster than the plain nets (docs/performance.md); elsewhere
+# (CUDA: cuDNN, not oneDNN) the mapping uses plain copies until benchmarks/gpu.sh measures them
+FAST_DEVICES = ("cpu",)
+
+
+def mapping_copy(net: nn.Module, channels_last: bool = False, fast: bool = True) -> nn.Module:
     """A frozen, eval-mode copy of ``net`` computing the same function faster (see the module
     docstring); in the channels_last memory format if asked. The fast layers serve the DCGAN family,
-    on which they were measured; a net of another family (f-AnoGAN's ResNet) is copied as it is."""
-    if family_of(net) != "dcgan":
+    on which they were measured; a net of another family (f-AnoGAN's ResNet), or any net with
+    ``fast=False``, is copied as it is."""
+    if family_of(net) != "dcgan" or not fast:
         net = copy.deepcopy(net).eval()
         return (net.to(memory_format=torch.channels_last) if channels_last else net).requires_grad_(False)
     net = fold_batchnorm(copy.deepcopy(net).eval())

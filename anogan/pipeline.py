@@ -43,6 +43,14 @@ class StoreConfig(L.Callback):
         checkpoint["anogan_data"] = getattr(trainer.datamodule, "recipe", None)
 
 
+def cudnn_benchmark(cfg: DictConfig, fixed_shapes: bool = True) -> bool:
+    """``trainer.benchmark`` when set, else cuDNN's autotuner on wherever the batch shapes are fixed and
+    ``trainer.deterministic`` is off (the autotuner may pick other algorithms run to run; no effect on CPU)."""
+    if cfg.trainer.get("benchmark") is not None:
+        return bool(cfg.trainer.benchmark)
+    return fixed_shapes and not cfg.trainer.get("deterministic")
+
+
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` of a config group such as callbacks/ or logger/."""
     if not cfg:
@@ -82,10 +90,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
-        from anogan.inversion import check_settings
+        from anogan.inversion import check_precision, check_settings
 
         check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
                        cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
+        check_precision(cfg.inversion.get("precision", "32-true"))
         from anogan.baselines import check_baselines
 
         check_baselines(cfg.get("baselines"), bool(cfg.get("encoder")))
@@ -100,7 +109,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
     loggers = instantiate_list(cfg.get("logger"))
     plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
-    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                            benchmark=cudnn_benchmark(cfg))
     with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
                             f"with ckpt_path=auto hydra.run.dir={output_dir}"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -185,8 +195,12 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
+    # the training's trainer settings, but never its precision: the mapping optimises z in float32, and
+    # its G and D follow inversion.precision (Inversion.autocast); cuDNN's autotuner only where the batch
+    # shapes are fixed (early_stop shrinks the batch as mappings stop)
     trainer = build_trainer(  # nothing to checkpoint in a test loop (and no litmodels tip)
-        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False
+        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False,
+        precision="32-true", benchmark=cudnn_benchmark(cfg, fixed_shapes=not cfg.inversion.get("early_stop")),
     )
     out = Path(cfg.paths.output_dir)
     with stopped_by_sigterm("evaluation", f"the images mapped so far are kept in {out}/scores.h5.partial; "

@@ -15,8 +15,10 @@ producing a silently wrong number.
 - ``requeue_on_signal``: under SLURM, the signal sent before the time limit (``--signal=USR1@120``) or
   by preemption requeues the job; the requeued job resumes from ``last.ckpt`` / ``scores.h5.partial`` in
   its own run directory (``resolve_ckpt_path``).
-- ``check_finite_scores``: non-finite scores name the images they belong to; ``check_finite_loss``:
-  a training stage (GAN, encoder, aCAE) stops at a NaN or infinite loss, before its weights change.
+- ``check_finite_scores``: non-finite scores name the images they belong to; ``check_finite_loss`` /
+  ``FiniteLossGuard``: a training stage (GAN, encoder, aCAE) stops at a NaN or infinite loss, before its
+  weights change on the CPU, and before any checkpoint holds them on an accelerator (no host
+  synchronisation per step).
 - ``gan_identity`` / ``check_stage_identity``: a stage checkpoint (encoder, aCAE) records the content
   hash of the G and D weights it was trained against, and is refused with any other GAN.
 """
@@ -72,6 +74,67 @@ def check_finite_loss(name: str, loss: torch.Tensor, step: int, hint: str) -> No
             f"{name} is {loss.detach().float().mean().item()} at training step {step}: training stopped "
             f"before updating the weights, and no checkpoint holds these values. {hint}"
         )
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops a training stage (GAN, encoder, aCAE) at a NaN or infinite loss without reading the loss on
+    the host at every optimiser step where that read costs a device synchronisation.
+
+    The module calls ``check(name, loss, step)`` before each backward pass and returns this guard from
+    ``configure_callbacks``. Two forms, chosen by the loss's device (``deferred=None``) or forced:
+
+    * on the CPU (a host read costs nothing): ``check_finite_loss`` at every step, so training stops
+      before the weights change;
+    * on an accelerator (``deferred``): the first non-finite step of each loss and its value are kept on
+      the device (no synchronisation) and read every ``every`` training batches, at the end of every
+      epoch and before every checkpoint is written; training then stops with ``NonFiniteLossError``
+      naming that step. The weights in memory may have been updated from the non-finite loss for up to
+      ``every`` batches, but no checkpoint holds them (the read runs before the checkpoint is written,
+      and the error stops the write).
+    """
+
+    def __init__(self, hint: str, every: int = 100, deferred: bool | None = None):
+        self.hint, self.every, self.deferred = hint, every, deferred
+        self._first: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (first bad step, its loss)
+
+    def check(self, name: str, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach()
+        deferred = self.deferred if self.deferred is not None else loss.device.type != "cpu"
+        if not deferred:
+            check_finite_loss(name, loss, step, self.hint)
+            return
+        bad = ~torch.isfinite(loss).all()
+        never = torch.iinfo(torch.int64).max
+        first, value = self._first.get(name) or (torch.full((), never, device=loss.device),
+                                                 torch.zeros((), device=loss.device))
+        new = bad & (first == never)
+        self._first[name] = (torch.where(new, step, first), torch.where(new, loss.float().mean(), value))
+
+    def raise_if_non_finite(self) -> None:
+        """Raise ``NonFiniteLossError`` for the earliest recorded non-finite loss (one host read)."""
+        if not self._first:
+            return
+        steps = torch.stack([first for first, _ in self._first.values()]).cpu()
+        never = torch.iinfo(torch.int64).max
+        if bool((steps == never).all()):
+            return
+        name = list(self._first)[int(steps.argmin())]
+        step, value = (int(t) if t.dtype == torch.int64 else float(t) for t in self._first[name])
+        raise NonFiniteLossError(
+            f"{name} is {value} at training step {step}: training stopped (checked every {self.every} "
+            f"batches on the accelerator, and before every checkpoint), and no checkpoint holds the weights "
+            f"updated from it. {self.hint}"
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % self.every == 0:
+            self.raise_if_non_finite()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.raise_if_non_finite()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.raise_if_non_finite()
 
 
 # -- training: per-epoch, per-process seeds -------------------------------------------------------

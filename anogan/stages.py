@@ -27,12 +27,13 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
     """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs, or ``cfg.<name>.max_steps`` optimiser steps
     (iterations) when set, with the run's trainer settings; save ``<ckpt_dir>/<name>.ckpt``."""
     from anogan.distributed import build_trainer
+    from anogan.pipeline import cudnn_benchmark
     from anogan.reliability import checkpoint_plugins
 
     max_steps = cfg[name].get("max_steps") or -1
     trainer = build_trainer(
         cfg.trainer, max_epochs=cfg[name].max_epochs if max_steps < 0 else -1, max_steps=max_steps,
-        callbacks=[], logger=False, enable_checkpointing=False,
+        callbacks=[], logger=False, enable_checkpointing=False, benchmark=cudnn_benchmark(cfg),
         plugins=checkpoint_plugins(instantiate(cfg.trainer.get("plugins"))),  # written atomically
     )
     trainer.fit(module, datamodule=datamodule)

@@ -2,10 +2,12 @@
 
 Image-steps per second (one image-step = one Adam step of an image's AnoGAN and reference mappings)
 and their ratios, for each image size, at the default DCGAN (width 32, z_dim 100), batch 64. The scores
-of every variant are asserted equal. Usage::
+of every variant are asserted equal (to 2e-3), except bf16's, whose largest relative change of the
+residual score is reported. Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/mapping.py                      # 32 and 64 px, CPU
     python benchmarks/mapping.py --sizes 64 --batches 64 256 1024 --steps 50 --per-image 0   # GPU
+    ... --fast-nets --bf16     # also the fast copies vs plain nets, and bf16 vs fp32
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def measure(size: int, batch: int, G, D, args) -> dict[str, float]:
     modules = {"module": Inversion(G, D, **kw)}
     if args.channels_last:
         modules["module_cl"] = Inversion(*copy.deepcopy((G, D)), channels_last=True, **kw)
+    if args.fast_nets:  # the fast copies of anogan/mapping_nets.py against plain copies of G and D
+        modules["module_fast"] = Inversion(*copy.deepcopy((G, D)), fast_nets=True, **kw)
+        modules["module_plain"] = Inversion(*copy.deepcopy((G, D)), fast_nets=False, **kw)
+    if args.bf16:  # G and D under bfloat16 autocast (inversion.precision=bf16-mixed): other scores
+        modules["module_bf16"] = Inversion(*copy.deepcopy((G, D)), precision="bf16-mixed", **kw)
     if args.compile:
         modules["module_compile"] = Inversion(*copy.deepcopy((G, D)), channels_last=args.channels_last,
                                               compile=True, **kw)
@@ -52,9 +59,13 @@ def measure(size: int, batch: int, G, D, args) -> dict[str, float]:
         variants["per_image"] = timed("per_image", lambda: per_image_map(G, D, x[:k], z1[:k], args.steps))
     best = side_by_side(variants, args.rounds, dev)
     for name in variants:
-        if name != "module":
+        if name not in ("module", "module_bf16"):
             assert_equal(name, results[name], results["module"], k if name == "per_image" else None)
-    return {n: (k if n == "per_image" else batch) * args.steps / t for n, t in best.items()}
+    rates = {n: (k if n == "per_image" else batch) * args.steps / t for n, t in best.items()}
+    if "module_bf16" in results:  # not equal: how far bfloat16 moves the residual score
+        a, b = results["module_bf16"]["residual"].float(), results["module"]["residual"].float()
+        rates["bf16_residual_max_rel_diff"] = float(((a - b).abs() / b.abs()).max())
+    return rates
 
 
 def main() -> None:
@@ -66,6 +77,8 @@ def main() -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="also time inversion.channels_last=true")
     p.add_argument("--compile", action="store_true", help="also time inversion.compile=true")
+    p.add_argument("--fast-nets", action="store_true", help="also time fast_nets=true against fast_nets=false")
+    p.add_argument("--bf16", action="store_true", help="also time inversion.precision=bf16-mixed")
     args = p.parse_args()
     line: dict[str, object] = {}
     for size in args.sizes:
@@ -73,13 +86,18 @@ def main() -> None:
         for batch in args.batches:
             rate = measure(size, batch, G, D, args)
             tag = f"s{size}" if args.batches == [64] else f"s{size}_b{batch}"
+            diff = rate.pop("bf16_residual_max_rel_diff", None)
             for name, r in rate.items():
                 line[f"{tag}_{name}"] = r
                 print(f"{size}px batch {batch} {name:16s} {r:10.1f} image-steps/s", flush=True)
             line[f"{tag}_module_over_bare"] = rate["module"] / rate["bare"]
-            for name in ("module_cl", "module_compile"):
+            for name in ("module_cl", "module_compile", "module_bf16"):
                 if name in rate:
                     line[f"{tag}_{name[7:]}_over_module"] = rate[name] / rate["module"]
+            if "module_fast" in rate:
+                line[f"{tag}_fast_over_plain"] = rate["module_fast"] / rate["module_plain"]
+            if diff is not None:
+                line[f"{tag}_bf16_residual_max_rel_diff"] = diff
             if "per_image" in rate:
                 for name in [n for n in rate if n.startswith("module")]:
                     line[f"{tag}_{name}_over_per_image"] = rate[name] / rate["per_image"]

@@ -6,7 +6,7 @@ loss, Adam(2e-4, betas 0.5/0.999). ``--objective wgangp``: f-AnoGAN's ResNet G a
 step with the gradient penalty per batch and a G step every ``--critic-iterations`` batches,
 Adam(1e-4, betas 0/0.9). Images per second (real images through the critic) and the ratio. Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/training.py [--size 32] [--batches 20] [--objective wgangp]
+    OMP_NUM_THREADS=2 python benchmarks/training.py [--size 32] [--batches 20] [--objective wgangp] [--bf16]
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def nets(size: int, width: int, z_dim: int, objective: str):
             build(family, "discriminator", image_size=size, channels=1, width=width))
 
 
-def lightning_run(x, batch, n, warm, size, width, z_dim, device, objective, critic_iterations) -> float:
+def lightning_run(x, batch, n, warm, size, width, z_dim, device, objective, critic_iterations,
+                  precision: str = "32-true") -> float:
     prior = "normal" if objective == "wgangp" else "uniform"
     model = GAN(*nets(size, width, z_dim, objective), adam(objective), adam(objective), prior=prior,
                 objective=objective, critic_iterations=critic_iterations)
@@ -72,7 +73,8 @@ def lightning_run(x, batch, n, warm, size, width, z_dim, device, objective, crit
     trainer = L.Trainer(
         accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
         limit_train_batches=n, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0,
+        enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0, precision=precision,
+        benchmark=device.startswith("cuda"),  # fixed shapes (drop_last): cuDNN's autotuner, as train.py
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -126,11 +128,14 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20, help="batches per timed run (the first 2 are warm-up)")
     p.add_argument("--objective", choices=losses.OBJECTIVES, default="dcgan")
     p.add_argument("--critic-iterations", type=int, default=5)
+    p.add_argument("--bf16", action="store_true", help="also time Lightning with trainer.precision=bf16-mixed")
     args = p.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warm = 2
     x = torch.rand(args.batch * args.batches, 1, args.size, args.size) * 2 - 1
     runs = {"lightning": lightning_run, "bare": bare_run}
+    if args.bf16:
+        runs["lightning_bf16"] = functools.partial(lightning_run, precision="bf16-mixed")
     best = {k: float("inf") for k in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
@@ -140,8 +145,12 @@ def main() -> None:
     for k, r in rate.items():
         print(f"{args.objective} {args.size}px batch {args.batch} {k:10s} {r:8.1f} images/s", flush=True)
     key = f"{args.objective}_s{args.size}"
+    extra = {}
+    if args.bf16:
+        extra = {f"{key}_lightning_bf16": rate["lightning_bf16"],
+                 f"{key}_bf16_over_fp32": rate["lightning_bf16"] / rate["lightning"]}
     result_line({f"{key}_lightning": rate["lightning"], f"{key}_bare": rate["bare"],
-                 f"{key}_lightning_over_bare": rate["lightning"] / rate["bare"], **environment()})
+                 f"{key}_lightning_over_bare": rate["lightning"] / rate["bare"], **extra, **environment()})
 
 
 if __name__ == "__main__":

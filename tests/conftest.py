@@ -22,6 +22,13 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 
+# Every test runs on the CPU unless it says otherwise (the `gpu` tests, tests/test_gpu.py): with
+# trainer.accelerator=auto a machine with a GPU would run them there, where TF32 and cuDNN's algorithm
+# choice break the bit-exact equalities they assert (resume, batch size, DDP vs one process), which hold
+# on the CPU. compose_cfg and run_script (train.py, evaluate.py) add trainer.accelerator=cpu unless the
+# test names an accelerator; tests that build a lightning.Trainer pass accelerator="cpu".
+CPU = "cpu"
+
 # fast settings for CPU tests: 28/32 pixels, narrow nets, few steps
 TINY = [
     "model.generator.width=8",
@@ -47,6 +54,17 @@ DDP_TRAIN = [
 PROBE_ENV = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where CUDA is present; elsewhere they are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"
+    skip = pytest.mark.skip(reason=f"gpu test: no CUDA device here ({build}); bash benchmarks/gpu.sh on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """No network logging, no writes into the user's home."""
@@ -64,6 +82,8 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
+        if "trainer" in cfg and not any(o.lstrip("+").startswith("trainer.accelerator=") for o in overrides):
+            cfg.trainer.accelerator = CPU  # the tests' equalities are CPU claims (see CPU below)
         cfg.paths.output_dir = str(output_dir)
         del cfg["hydra"]
     return cfg
@@ -99,12 +119,48 @@ def run_script(args: list[str], cwd: Path, timeout: int = 600, env: dict | None 
     """Run a project script in a subprocess; fail with its output when it fails (``check``)."""
     import subprocess
 
+    if (args and Path(args[0]).name in ("train.py", "evaluate.py") and "--help" not in args
+            and not any(a.lstrip("+").startswith("trainer.accelerator=") for a in args)):
+        args = [*args, f"trainer.accelerator={CPU}"]
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def fit_with_nan_from_batch_4(gan, ckpt_dir: Path, accelerator: str = "cpu"):
+    """Fit ``gan`` (a 28-pixel DCGAN) on the digits with D's output NaN from the fourth batch (training
+    step 3) on and a checkpoint after every optimiser step. Asserts that training stopped with
+    ``NonFiniteLossError`` and that every checkpoint written holds finite weights only; returns
+    (trainer, the error's message)."""
+    import lightning as L
+
+    from anogan.data import DigitsDataModule
+    from anogan.reliability import NonFiniteLossError, read_checkpoint
+
+    L.seed_everything(0)
+    calls = {"n": 0}
+    forward = gan.discriminator.forward
+
+    def poisoned(x):
+        calls["n"] += 1
+        out = forward(x)
+        return out * float("nan") if calls["n"] > 9 else out  # 3 D calls per batch: batch 4 breaks
+
+    gan.discriminator.forward = poisoned
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(accelerator=accelerator, max_epochs=5, logger=False, callbacks=[ckpt],
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.fit(gan, datamodule=DigitsDataModule(image_size=28, batch_size=32))
+    saved = list(Path(ckpt_dir).glob("*.ckpt"))
+    assert saved
+    for path in saved:
+        state = read_checkpoint(path)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+    return trainer, str(error.value)
 
 
 def sample_distances(gan, real: torch.Tensor) -> tuple[float, float]:

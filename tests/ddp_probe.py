@@ -33,9 +33,9 @@ class Probe(L.Callback):
                 self.record["z"].append(z.detach().cpu().clone())
             return z
 
-        def recorded_penalty(D, real, fake, eps):
+        def recorded_penalty(D, real, fake, eps, *scale):
             self.record["eps"].append(eps.detach().cpu().flatten().clone())
-            return penalty(D, real, fake, eps)
+            return penalty(D, real, fake, eps, *scale)
 
         pl_module.sample_z = recorded_z
         losses.gradient_penalty = recorded_penalty

@@ -29,7 +29,8 @@ def trained(tmp_path_factory):
     net.eval()
     with torch.no_grad():
         before = float((x - net(x)).abs().mean())
-    trainer = L.Trainer(max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=15, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path_factory.mktemp("acae"))
     trainer.fit(module, datamodule=dm)
     net.eval()

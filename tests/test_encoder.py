@@ -62,7 +62,8 @@ def trained_encoder(tmp_path_factory):
     module.eval()
     with torch.no_grad():
         before = float(module.loss(train_x).mean())
-    trainer = L.Trainer(max_epochs=25, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=25, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path_factory.mktemp("enc"))
     trainer.fit(module, train_dataloaders=loader)
     module.eval()

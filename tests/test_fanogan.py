@@ -244,7 +244,7 @@ def test_wgangp_on_the_digits_improves_the_sample_statistics():
     gan.optimizer_g = gan.optimizer_d = _adam(lr=5e-4)
 
     gap0, nn0 = sample_distances(gan, real)
-    L.Trainer(max_epochs=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    L.Trainer(accelerator="cpu", max_epochs=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(gan, datamodule=dm)
     gap1, nn1 = sample_distances(gan, real)
     # measured: mean-image gap 0.54 -> 0.20, nearest-training-image distance 10.1 -> 5.7
@@ -260,7 +260,7 @@ def test_a_non_finite_critic_loss_stops_wgangp_training_naming_the_loss(tmp_path
     forward = gan.discriminator.forward
     gan.discriminator.forward = lambda x: forward(x) * float("nan")
     with pytest.raises(NonFiniteLossError, match="train/d_loss is nan at training step 0"):
-        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                   enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(
             gan, datamodule=DigitsDataModule(image_size=16, batch_size=16))
 

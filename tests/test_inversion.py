@@ -102,7 +102,7 @@ class _Batches(torch.utils.data.Dataset):
 def test_inversion_needs_a_trainer_without_inference_mode(batch):
     x, index = batch
     loader = torch.utils.data.DataLoader(_Batches(x, index), batch_size=4)
-    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(RuntimeError, match=r"Trainer\(inference_mode=False\)"):
         L.Trainer(**kw).test(make_inversion(), loader, verbose=False)
     inv = make_inversion()

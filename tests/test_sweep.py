@@ -150,7 +150,7 @@ def _sbatch_lines(tmp_path, monkeypatch, overrides) -> set[str]:
     """The lines of the sbatch script that submitit would submit for these launcher overrides (no
     cluster here: a stub srun lets submitit start, and the submission itself is intercepted)."""
     import submitit
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from hydra.utils import get_class
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -158,7 +158,8 @@ def _sbatch_lines(tmp_path, monkeypatch, overrides) -> set[str]:
     (bin_dir / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     cfg = _hydra_cfg([*overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
-    launcher = SlurmLauncher(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
+    launcher_class = get_class(cfg.hydra.launcher._target_)  # hydra_plugins.anogan_launchers.launchers
+    launcher = launcher_class(**{k: v for k, v in cfg.hydra.launcher.items() if k != "_target_"})
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
 
     class Submitted(Exception):
@@ -178,7 +179,7 @@ def _sbatch_lines(tmp_path, monkeypatch, overrides) -> set[str]:
 def test_slurm_launcher_submits_one_task_per_gpu_with_one_owner_of_the_requeue_signal(tmp_path, monkeypatch):
     lines = _sbatch_lines(tmp_path, monkeypatch, [
         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
-        "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=64"])
+        "trainer=ddp", "trainer.devices=4", "hydra.launcher.timeout_min=90", "hydra.launcher.mem_gb=64"])
     for line in ("--partition=gpu", "--account=proj42", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90",
                  "--mem=64GB", "--requeue", "--signal=USR1@120"):
         assert f"#SBATCH {line}" in lines, line

@@ -2,9 +2,10 @@
 
 Datasets (N rows): ``index``, ``label``, ``split``, one per score (``scores/<name>``), ``z``,
 ``z_reference``, ``mapping_loss`` (first, last step), ``recorded/<step>/<name>`` for
-``inversion.record_steps`` and, with ``store_maps``, ``residual_map`` and ``generated``.
+``inversion.record_steps`` and, with ``store_maps``, ``residual_map`` and ``generated``; every floating
+dataset is float32.
 Attributes: what changes a row, the key of a resume: the mapping's settings (lam, steps, lr, seed,
-reference, record_steps, prior, init, early_stop, tol, patience), the content hashes of the GAN
+reference, record_steps, prior, init, early_stop, tol, patience, precision), the content hashes of the GAN
 (``gan``, ``anogan.reliability.gan_identity``) and of the one-pass scorers and encoder (``scorers``),
 and the evaluation's data config (``data``, JSON; minus loader settings that change no row).
 
@@ -31,7 +32,7 @@ import torch
 from anogan.callbacks.metrics import gather_rows
 
 log = logging.getLogger(__name__)
-_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init", "early_stop", "tol", "patience")
+_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init", "early_stop", "tol", "patience", "precision")
 _KEY = (*_SETTINGS, "record_steps", "scorers", "gan", "data")
 # data settings that change how images are loaded, not which images or their pixels
 _LOADER_ONLY = ("batch_size", "eval_batch_size", "num_workers")
@@ -161,7 +162,8 @@ class ScoreFile(L.Callback):
             cols.update({f"recorded/{t}/{k}": v for k, v in d.items()})
         if self.store_maps:
             cols["residual_map"], cols["generated"] = outputs["residual_map"], outputs["generated"]
-        return {k: v.detach() for k, v in cols.items()}
+        # float32 whatever produced them (numpy has no bfloat16, and the file's dtypes stay one per column)
+        return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in cols.items()}
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if outputs.get("from_file"):
