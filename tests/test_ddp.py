@@ -73,7 +73,11 @@ def test_ddp_training_and_evaluation_equal_one_process(tmp_path):
     assert len(rows_one["index"]) == 31 + 8 + 10
     assert rows_ddp.keys() == rows_one.keys()
     for key in rows_one:
-        np.testing.assert_allclose(rows_ddp[key], rows_one[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        # z: the batches of 2 processes are not those of 1 (oneDNN picks kernels per batch shape), and
+        # Adam turns a rounding difference in a near-zero gradient into up to ~2e-5 of z after 3 steps
+        # (1.8e-5 seen on one of 4,900 coordinates); the scores and metrics.json agree to 1e-6
+        atol = 1e-4 if key.startswith("z") else 1e-6
+        np.testing.assert_allclose(rows_ddp[key], rows_one[key], rtol=1e-6, atol=atol, err_msg=key)
 
 
 def test_ddp_trains_wgangp_with_the_gradient_penalty(tmp_path):
@@ -155,7 +159,8 @@ def test_a_ddp_evaluation_resumes_from_the_partial_file_of_one_process_and_back(
     it was in the file: not mapped again) and ends with the uninterrupted run's metrics.json and
     scores; a 1-process evaluation resumes from rows written by the 2 processes."""
     args = [f"ckpt_path={tiny_ckpt}", "inversion.steps=3", "logger=none", "+data.eval_batch_size=8",
-            "+data.eval_train_samples=0", "+data.test_subset=40", "trainer.enable_progress_bar=false"]
+            "+data.eval_train_samples=0", "+data.eval_val_samples=0", "+data.test_subset=40",
+            "trainer.enable_progress_bar=false"]  # no validation rows: the 40 test images alone
     full = tmp_path / "full"
     evaluate(compose_cfg("evaluate", args, full))
     run = tmp_path / "ddp"
@@ -233,5 +238,7 @@ def test_a_nan_loss_on_one_process_ends_the_run_promptly_with_its_error(tmp_path
     proc = subprocess.run([sys.executable, "train.py", *DDP_TRAIN, "evaluate=false", f"hydra.run.dir={out}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and time.monotonic() - t0 < 120
-    assert "NonFiniteLossError: train/d_loss is nan at training step 1" in proc.stderr
+    # the failing process's own error, as the one line of bad input (anogan.errors), not only the
+    # other process's "Connection closed by peer"
+    assert "error: train/d_loss is nan at training step 1" in proc.stderr, proc.stderr[-3000:]
     assert not (out / "checkpoints" / "last.ckpt").exists()
