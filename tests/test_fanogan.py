@@ -19,6 +19,7 @@ from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
 from anogan.gan import GAN
 from anogan.inversion import Inversion, load_gan
 from anogan.mapping_nets import mapping_copy
+from anogan.optim import TF1RMSprop
 from anogan.nets import FAMILIES, SUPPORTED_SIZES, ResNetCritic, ResNetEncoder, ResNetGenerator, build
 from anogan.pipeline import train
 from anogan.prior import encoder_squash
@@ -56,13 +57,15 @@ def test_gradient_penalty_equals_a_hand_computation():
 
 # -- the network families ----------------------------------------------------------------------------
 @pytest.mark.parametrize("size", SUPPORTED_SIZES)
-def test_the_resnet_critic_and_encoder_have_no_batchnorm_but_layer_norm(size):
-    for net in (ResNetCritic(size, 1, 2), ResNetEncoder(size, 1, 8, 2)):
-        kinds = {type(m) for m in net.modules()}
-        assert not any(issubclass(k, torch.nn.modules.batchnorm._BatchNorm) for k in kinds)
-        norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
-        assert norms and all(m.num_groups == 1 for m in norms)  # layer norm over (C, H, W)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ResNetGenerator(size, 1, 8, 2).modules())
+def test_the_resnet_critic_has_layer_norm_and_g_and_e_batchnorm_at_every_size(size):
+    D = ResNetCritic(size, 1, 2)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
+    norms = [m for m in D.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 1 for m in norms)  # layer norm over (C, H, W)
+    for net in (ResNetGenerator(size, 1, 8, 2), ResNetEncoder(size, 1, 8, 2)):  # as released
+        assert not any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and all((m.momentum, m.eps) == (0.01, 1e-3) for m in bns)
 
 
 def test_wgangp_refuses_a_batchnorm_critic_naming_the_fix():
@@ -175,7 +178,7 @@ def test_fanogan_latent_is_the_distance_of_e_x_and_e_g_e_x():
     out = FAnoGAN(E, gan.generator, gan.discriminator)(x)
     with torch.no_grad():
         ex = E(x)
-        expected = ((ex - E(gan.generator(ex))) ** 2).sum(1)
+        expected = ((ex - E(gan.generator(ex))) ** 2).sum(1) / 8  # the mean over z_dim = 8 coordinates
     torch.testing.assert_close(out["fanogan_latent"], expected)
     torch.testing.assert_close(out["fanogan_latent"], S.fanogan_latent(ex, E(gan.generator(ex))))
 
@@ -191,14 +194,15 @@ def test_the_fanogan_paper_preset_has_the_official_settings(tmp_path):
     assert (cfg.data.image_size, cfg.data.channels, cfg.data.batch_size) == (64, 1, 64)
     e = cfg.encoder
     assert (e.module.squash, e.module.kappa, e.max_steps) == ("tanh", 1.0, 50000)
-    assert e.module.optimizer._target_ == "torch.optim.RMSprop" and e.module.optimizer.lr == 5e-5
+    assert (cfg.trainer.max_epochs, e.module.mode) == (7, "izi_f")  # the official TRAIN_EPOCHS
+    assert e.module.optimizer._target_ == "anogan.optim.TF1RMSprop" and e.module.optimizer.lr == 5e-5
     model = instantiate(m)
     assert isinstance(model.generator, ResNetGenerator) and isinstance(model.discriminator, ResNetCritic)
     opt_g, opt_d = model.configure_optimizers()
     assert opt_g.defaults["betas"] == (0.0, 0.9) and opt_d.defaults["lr"] == 1e-4
     enc = instantiate(e.module, generator=model.generator, discriminator=model.discriminator, prior=m.prior)
     assert isinstance(enc.encoder, ResNetEncoder) and enc.encoder.squash == "tanh"
-    assert isinstance(enc.configure_optimizers(), torch.optim.RMSprop)
+    assert isinstance(enc.configure_optimizers(), TF1RMSprop)
 
 
 def test_the_cpu_fanogan_preset_composes_with_the_acae_and_the_encoder(tmp_path):
