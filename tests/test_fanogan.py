@@ -247,10 +247,12 @@ def test_wgangp_on_the_digits_improves_the_sample_statistics():
     gan.optimizer_g = gan.optimizer_d = _adam(lr=5e-4)
 
     gap0, nn0 = sample_distances(gan, real)
-    L.Trainer(max_epochs=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    # 120 epochs = 97 G steps: G samples in eval mode, on running statistics that move in G steps only
+    # with the official decay 0.99 (60 epochs left them 39 % of the way: gap 0.33, distance 9.1)
+    L.Trainer(max_epochs=120, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(gan, datamodule=dm)
     gap1, nn1 = sample_distances(gan, real)
-    # measured: mean-image gap 0.54 -> 0.20, nearest-training-image distance 10.1 -> 5.7
+    # measured: mean-image gap 0.54 -> 0.17, nearest-training-image distance 10.7 -> 6.4
     assert gap1 < 0.5 * gap0, (gap0, gap1)
     assert nn1 < 0.8 * nn0, (nn0, nn1)
 
