@@ -67,7 +67,7 @@ class EncoderTraining(L.LightningModule):
     ``squash`` (``auto``: tanh for the uniform prior, none for the normal one; ``tanh``, ``none``,
     ``clip``; see ``anogan.prior.encoder_squash``). ``prior`` is the GAN's p_z. ``optimizer`` is a
     partially configured optimiser (Hydra ``_partial_: true``) completed with E's parameters (official
-    code: RMSProp 5e-5); ``kappa`` weighs the feature term.
+    code: TF1 RMSProp 5e-5, ``anogan.optim.TF1RMSprop``); ``kappa`` weighs the feature term.
 
     Raises ValueError when E's z_dim differs from G's, or for an unknown mode, squash or prior."""
 
