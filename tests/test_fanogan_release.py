@@ -18,7 +18,8 @@ from anogan.nets import ResNetCritic, ResNetEncoder, ResNetGenerator, build
 from anogan.optim import TF1RMSprop
 from anogan.reliability import CheckpointError
 
-# -- the table, transcribed from wgangp_64x64.py / z_encoding_izif.py (DIM 64, ZDIM 128, 64x64 grey) ------
+# -- the table, transcribed from wgangp_64x64.py / z_encoding_izif.py and tflib/ops at tSchlegl/f-AnoGAN
+# commit a73a92e (DIM 64, ZDIM 128, 64x64 grey)
 # (official layer, kind, c_in, c_out, kernel, bias, output shape, initial weight std)
 # kinds: linear, conv, bn (tf.layers.batch_normalization), ln (tflib Layernorm over [1, 2, 3]).
 # std: tflib's uniform init, sqrt(4 / (fan_in + fan_out)) for he_init=True (Conv2D's default: the residual
