@@ -14,7 +14,7 @@ measures two versions of the code side by side (docs/method.md, "f-AnoGAN line b
     PYTHONPATH=<checkout of the earlier code> python benchmarks/fanogan_release.py --out /tmp/before --encoders izif
 
 ``--lock FILE`` holds an exclusive lock on FILE around each job (a shared machine's queue for heavy jobs);
-the wall times start once the lock is held.
+the wall times start once the lock is held. A job whose run directory holds ``job.json`` is not run again.
 """
 
 from __future__ import annotations
@@ -43,15 +43,22 @@ def held(lock: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_job(args: list[str], lock: str | None, log: Path) -> dict:
-    """Run ``train.py`` of the imported anogan's checkout with ``args``; its wall time and load."""
+def run_job(args: list[str], lock: str | None, run: Path) -> dict:
+    """Run ``train.py`` of the imported anogan's checkout with ``args`` in ``run``; its wall time and
+    load, also kept in ``run/job.json``: a job that has one is not run again (an interrupted measurement
+    continues where it stopped)."""
+    done = run / "job.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     root = Path(anogan.__file__).resolve().parents[1]
     with held(lock) if lock else nullcontext():
         load0, t0 = os.getloadavg()[0], time.perf_counter()
-        with open(log, "w") as out:
+        with open(run / "train.log", "w") as out:
             subprocess.run([sys.executable, str(root / "train.py"), *args], check=True, stdout=out,
                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)})
-        return {"wall_s": round(time.perf_counter() - t0, 1), "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+        job = {"wall_s": round(time.perf_counter() - t0, 1), "load": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    done.write_text(json.dumps(job))
+    return job
 
 
 def validation_aurocs(run: Path) -> dict:
@@ -100,15 +107,16 @@ def main() -> None:
                   "trainer.enable_progress_bar=false", "evaluate=false", "logger=none"]
         gan_dir = a.out / f"class{c}" / "gan"
         gan_dir.mkdir(parents=True, exist_ok=True)
-        gan = run_job([*common, f"hydra.run.dir={gan_dir}"], a.lock, gan_dir / "train.log")
+        gan = run_job([*common, f"hydra.run.dir={gan_dir}"], a.lock, gan_dir)
         print(f"class {c}: GAN {gan}", flush=True)
         for enc in a.encoders:
             run = a.out / f"class{c}" / enc
             (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-            shutil.copy(gan_dir / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
+            if not (run / "job.json").is_file():
+                shutil.copy(gan_dir / "checkpoints" / "last.ckpt", run / "checkpoints" / "last.ckpt")
             job = run_job([*common, f"encoder={enc}", f"encoder.max_epochs={a.encoder_epochs}",
                            f"encoder.module.optimizer.lr={a.encoder_lr}", "ckpt_path=auto",
-                           f"hydra.run.dir={run}"], a.lock, run / "train.log")
+                           f"hydra.run.dir={run}"], a.lock, run)
             row = {"class": c, "seed": a.seed, "encoder": enc, "gan": gan, "encoder_job": job,
                    "val": validation_aurocs(run)}
             results.append(row)
