@@ -1,5 +1,7 @@
-"""f-AnoGAN's encoder (Schlegl et al., MedIA 2019): E is trained with G and D frozen on the izi_f loss
-``||x - G(E(x))||^2 / n + kappa ||f(x) - f(G(E(x)))||^2 / m``; scoring is then one forward pass.
+"""f-AnoGAN's encoder (Schlegl et al., MedIA 2019): E is trained with G and D frozen on one of the
+paper's three losses (``mode``): izi_f ``||x - G(E(x))||^2 / n + kappa ||f(x) - f(G(E(x)))||^2 / m``
+(the published choice), izi (the image term alone) or ziz (``||z - E(G(z))||^2 / d`` on sampled z);
+scoring is then one forward pass.
 
 ``EncoderTraining`` is the LightningModule that fits E on the normal training images; ``FAnoGAN``
 scores a batch (score ``fanogan``) for the evaluation; ``load_encoder`` reads a checkpoint back.
@@ -16,11 +18,13 @@ from torch import nn
 
 from anogan import scores as S
 from anogan.nets import build, encoder_like, family_of
-from anogan.prior import encoder_squash
-from anogan.reliability import FiniteLossGuard, check_optimizer, gan_identity, read_checkpoint
+from anogan.nets.resnet import resnet_hint
+from anogan.prior import encoder_squash, sample_prior
+from anogan.reliability import CheckpointError, FiniteLossGuard, check_optimizer, gan_identity, read_checkpoint
 from anogan.errors import InputError
 
 GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
+MODES = ("izi_f", "izi", "ziz")  # the paper's three encoder trainings
 
 
 def freeze(*nets: nn.Module) -> None:
@@ -50,16 +54,23 @@ def sub_state(state: dict, prefix: str) -> dict:
 
 
 class EncoderTraining(L.LightningModule):
-    """Fits E on normal images with G and D frozen (izi_f); logs ``train/izif_loss``.
+    """Fits E with G and D frozen, in train mode (BatchNorm on batch statistics); logs
+    ``train/izif_loss``, ``train/izi_loss`` or ``train/ziz_loss``.
+
+    ``mode`` is the paper's encoder training: ``izi_f`` (default; ``anogan.scores.fanogan`` on the normal
+    training images), ``izi`` (``anogan.scores.izi``, the image term alone) or ``ziz``
+    (``anogan.scores.ziz`` on a batch of z ~ ``prior`` as large as the image batch; the images are not
+    used). Whatever the mode, the evaluation scores with izi_f's expression and ``kappa``, as the paper
+    compares the three.
 
     ``encoder``: E, or None to build f-AnoGAN's E from D (``anogan.nets.encoder_like``: D's family and
     architecture, ``width`` if given, a linear output to G's z_dim) with the output squashing
     ``squash`` (``auto``: tanh for the uniform prior, none for the normal one; ``tanh``, ``none``,
     ``clip``; see ``anogan.prior.encoder_squash``). ``prior`` is the GAN's p_z. ``optimizer`` is a
     partially configured optimiser (Hydra ``_partial_: true``) completed with E's parameters (official
-    code: RMSProp 5e-5); ``kappa`` weighs the feature term.
+    code: TF1 RMSProp 5e-5, ``anogan.optim.TF1RMSprop``); ``kappa`` weighs the feature term.
 
-    Raises ValueError when E's z_dim differs from G's, or for an unknown squash or prior."""
+    Raises InputError (a ValueError) when E's z_dim differs from G's, or for an unknown mode, squash or prior."""
 
     def __init__(
         self,
@@ -71,8 +82,13 @@ class EncoderTraining(L.LightningModule):
         squash: str = "auto",
         prior: str = "uniform",
         width: int | None = None,
+        mode: str = "izi_f",
     ):
         super().__init__()
+        if mode not in MODES:
+            raise InputError(f"encoder.module.mode={mode!r} must be one of {MODES} (or use encoder=ziz, "
+                             "encoder=izi, encoder=izi_f)")
+        sample_prior(prior, torch.Generator(), 1, 1)  # fail now on an unknown prior name
         if encoder is None:
             encoder = encoder_like(discriminator, generator.z_dim, encoder_squash(squash, prior), width)
         if encoder.z_dim != generator.z_dim:
@@ -84,7 +100,7 @@ class EncoderTraining(L.LightningModule):
         check_optimizer(optimizer, "encoder.module.optimizer")
         if not kappa >= 0:
             raise InputError(f"encoder.module.kappa={kappa} must be >= 0 (the weight of the feature term)")
-        self.optimizer, self.kappa = optimizer, kappa
+        self.optimizer, self.kappa, self.mode, self.prior = optimizer, kappa, mode, prior
         self.finite = FiniteLossGuard("Lower encoder.module.optimizer.lr or check the data for NaN.")
         self.save_hyperparameters(ignore=["generator", "discriminator", "encoder", "optimizer"])
 
@@ -93,17 +109,25 @@ class EncoderTraining(L.LightningModule):
         freeze(self.generator, self.discriminator)  # frozen whatever Lightning asks
         return self
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """izi_f loss per image (B,)."""
+    def loss(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of ``mode`` per sample (B,): of the images x (B, C, H, W) for izi_f and izi, of the
+        latent vectors z (B, z_dim) for ziz (drawn from the prior when None)."""
+        if self.mode == "ziz":
+            if z is None:
+                z = sample_prior(self.prior, None, len(x), self.generator.z_dim, device=x.device)
+            return S.ziz(z, self.encoder(self.generator(z)))
         gez = self.generator(self.encoder(x))
+        if self.mode == "izi":
+            return S.izi(x, gez)
         fx = self.discriminator.features(x)
         return S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x = batch["image"]
         loss = self.loss(x).mean()
-        self.finite.check("train/izif_loss", loss, self.global_step)
-        self.log("train/izif_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        name = f"train/{self.mode.replace('_', '')}_loss"
+        self.finite.check(name, loss, self.global_step)
+        self.log(name, loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 
     def configure_optimizers(self):
@@ -114,7 +138,7 @@ class EncoderTraining(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["anogan_encoder"] = {"encoder": dict(self.encoder.config), "kappa": float(self.kappa),
-                                        "family": family_of(self.encoder)}
+                                        "family": family_of(self.encoder), "mode": self.mode}
         checkpoint[GAN_IDENTITY] = gan_identity(self.generator, self.discriminator)
 
 
@@ -123,10 +147,15 @@ def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[nn.Module, float]:
     path or the dict of ``read_stage_checkpoint``; E of the family it records (``dcgan`` for
     checkpoints written before families existed). Its entry ``GAN_IDENTITY`` holds the
     ``anogan.reliability.gan_identity`` of the G and D it was trained against."""
+    path = ckpt if not isinstance(ckpt, dict) else "<checkpoint dict>"
     ckpt = read_stage_checkpoint(ckpt, "anogan_encoder", "encoder")
     meta = ckpt["anogan_encoder"]
     encoder = build(meta.get("family", "dcgan"), "encoder", **meta["encoder"])
-    encoder.load_state_dict(sub_state(ckpt["state_dict"], "encoder"))
+    try:
+        encoder.load_state_dict(sub_state(ckpt["state_dict"], "encoder"))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the weights do not fit the encoder it describes ({meta}){resnet_hint(meta)}: "
+                              f"{e}") from None
     return encoder, meta["kappa"]
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from anogan import losses
-from anogan.nets import family_of
+from anogan.nets import family_of, running_stats_frozen
 from anogan.prior import sample_prior
 from anogan.reliability import FiniteLossGuard, NonFiniteLossError, check_optimizer
 from anogan.errors import InputError
@@ -28,6 +28,8 @@ class GAN(L.LightningModule):
       on ``-(mean D(real) - mean D(fake)) + gp_weight * gradient penalty``; after every
       ``critic_iterations``-th batch of the run (counted across epochs) also one G step on
       ``-mean D(G(z))``. So ``trainer.global_step`` grows by ``1 + 1 / critic_iterations`` per batch.
+      G's BatchNorm running statistics move in G steps only (the critic step runs G on batch
+      statistics), as the official code's ``update_ops`` tied to G's train op.
       Logs ``train/wasserstein`` and ``train/gradient_penalty``. D must have no BatchNorm.
 
     ``optimizer_g`` / ``optimizer_d`` are partially configured optimisers (Hydra ``_partial_: true``)
@@ -138,7 +140,7 @@ class GAN(L.LightningModule):
         n = real.shape[0]
         step = self.trainer.fit_loop.epoch_loop.total_batch_idx  # batches of the run, kept on resume
         with self.toggled_optimizer(opt_d):
-            with torch.no_grad():
+            with torch.no_grad(), running_stats_frozen(self.generator):  # G's statistics move in G steps only
                 fake = self.generator(self.sample_z(n))
             wasserstein = losses.wasserstein_estimate(D(real), D(fake))
             eps = torch.rand(n, 1, 1, 1, device=real.device, dtype=real.dtype)

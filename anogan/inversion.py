@@ -19,6 +19,7 @@ from torch import nn
 from anogan import scores as S
 from anogan.mapping_nets import FAST_DEVICES, mapping_copy
 from anogan.nets import Discriminator, Generator, build
+from anogan.nets.resnet import resnet_hint
 from anogan.prior import initial_z, project_to_support
 from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
 from anogan.errors import InputError
@@ -40,7 +41,8 @@ def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, 
             {k[len("discriminator."):]: v for k, v in state.items() if k.startswith("discriminator.")}
         )
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit the nets it describes ({nets}): {e}") from None
+        raise CheckpointError(f"{path}: the weights do not fit the nets it describes ({nets}){resnet_hint(nets)}: "
+                              f"{e}") from None
     return G, D, nets.get("prior", "uniform"), ckpt.get("anogan_config", {})
 
 

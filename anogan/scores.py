@@ -70,15 +70,28 @@ SCORE_NAMES = (
 )
 
 
+def izi(x: torch.Tensor, gez: torch.Tensor) -> torch.Tensor:
+    """f-AnoGAN's izi loss (Schlegl et al., MedIA 2019, the izi encoder training; the official ``MSE`` of
+    ``z_encoding_izif.py``): ||x - G(E(x))||^2 / n, n pixels per image. x, gez: (B, C, H, W) -> (B,)."""
+    return (x - gez).pow(2).flatten(1).mean(1)
+
+
+def ziz(z: torch.Tensor, egz: torch.Tensor) -> torch.Tensor:
+    """f-AnoGAN's ziz loss (MedIA 2019, the ziz encoder training): ||z - E(G(z))||^2 / d for z sampled
+    from p_z, d = z_dim. z, egz: (B, d) -> (B,)."""
+    return (z - egz).pow(2).flatten(1).mean(1)
+
+
 def fanogan(
     x: torch.Tensor, gez: torch.Tensor, fx: torch.Tensor, fgez: torch.Tensor, kappa: float = 1.0
 ) -> torch.Tensor:
     """f-AnoGAN's izi_f score (Schlegl et al., MedIA 2019, the izi_f loss): ||x - G(E(x))||^2 / n +
     kappa ||f(x) - f(G(E(x)))||^2 / m, n pixels and m features per image; also E's training loss: (B,)."""
-    return (x - gez).pow(2).flatten(1).mean(1) + kappa * (fx - fgez).pow(2).flatten(1).mean(1)
+    return izi(x, gez) + kappa * (fx - fgez).pow(2).flatten(1).mean(1)
 
 
 def fanogan_latent(ex: torch.Tensor, egex: torch.Tensor) -> torch.Tensor:
-    """f-AnoGAN's latent distance ||E(x) - E(G(E(x)))||^2 (summed over z's coordinates), reported beside
-    the izi_f score by the official code's ``anomaly_detection.py``. ex, egex: (B, z_dim) -> (B,)."""
-    return (ex - egex).pow(2).flatten(1).sum(1)
+    """f-AnoGAN's latent distance ||E(x) - E(G(E(x)))||^2 / d, the mean over z's d coordinates, as the
+    official ``anomaly_detection.py`` reports it beside the izi_f score (``z_distance``); the ziz
+    expression at z = E(x). ex, egex: (B, d) -> (B,)."""
+    return ziz(ex, egex)

@@ -19,6 +19,7 @@ from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
 from anogan.gan import GAN
 from anogan.inversion import Inversion, load_gan
 from anogan.mapping_nets import mapping_copy
+from anogan.optim import TF1RMSprop
 from anogan.nets import FAMILIES, SUPPORTED_SIZES, ResNetCritic, ResNetEncoder, ResNetGenerator, build
 from anogan.pipeline import train
 from anogan.prior import encoder_squash
@@ -57,13 +58,15 @@ def test_gradient_penalty_equals_a_hand_computation():
 
 # -- the network families ----------------------------------------------------------------------------
 @pytest.mark.parametrize("size", SUPPORTED_SIZES)
-def test_the_resnet_critic_and_encoder_have_no_batchnorm_but_layer_norm(size):
-    for net in (ResNetCritic(size, 1, 2), ResNetEncoder(size, 1, 8, 2)):
-        kinds = {type(m) for m in net.modules()}
-        assert not any(issubclass(k, torch.nn.modules.batchnorm._BatchNorm) for k in kinds)
-        norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
-        assert norms and all(m.num_groups == 1 for m in norms)  # layer norm over (C, H, W)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ResNetGenerator(size, 1, 8, 2).modules())
+def test_the_resnet_critic_has_layer_norm_and_g_and_e_batchnorm_at_every_size(size):
+    D = ResNetCritic(size, 1, 2)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
+    norms = [m for m in D.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 1 for m in norms)  # layer norm over (C, H, W)
+    for net in (ResNetGenerator(size, 1, 8, 2), ResNetEncoder(size, 1, 8, 2)):  # as released
+        assert not any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert bns and all((m.momentum, m.eps) == (0.01, 1e-3) for m in bns)
 
 
 def test_wgangp_refuses_a_batchnorm_critic_naming_the_fix():
@@ -176,7 +179,7 @@ def test_fanogan_latent_is_the_distance_of_e_x_and_e_g_e_x():
     out = FAnoGAN(E, gan.generator, gan.discriminator)(x)
     with torch.no_grad():
         ex = E(x)
-        expected = ((ex - E(gan.generator(ex))) ** 2).sum(1)
+        expected = ((ex - E(gan.generator(ex))) ** 2).sum(1) / 8  # the mean over z_dim = 8 coordinates
     torch.testing.assert_close(out["fanogan_latent"], expected)
     torch.testing.assert_close(out["fanogan_latent"], S.fanogan_latent(ex, E(gan.generator(ex))))
 
@@ -192,14 +195,15 @@ def test_the_fanogan_paper_preset_has_the_official_settings(tmp_path):
     assert (cfg.data.image_size, cfg.data.channels, cfg.data.batch_size) == (64, 1, 64)
     e = cfg.encoder
     assert (e.module.squash, e.module.kappa, e.max_steps) == ("tanh", 1.0, 50000)
-    assert e.module.optimizer._target_ == "torch.optim.RMSprop" and e.module.optimizer.lr == 5e-5
+    assert (cfg.trainer.max_epochs, e.module.mode) == (7, "izi_f")  # the official TRAIN_EPOCHS
+    assert e.module.optimizer._target_ == "anogan.optim.TF1RMSprop" and e.module.optimizer.lr == 5e-5
     model = instantiate(m)
     assert isinstance(model.generator, ResNetGenerator) and isinstance(model.discriminator, ResNetCritic)
     opt_g, opt_d = model.configure_optimizers()
     assert opt_g.defaults["betas"] == (0.0, 0.9) and opt_d.defaults["lr"] == 1e-4
     enc = instantiate(e.module, generator=model.generator, discriminator=model.discriminator, prior=m.prior)
     assert isinstance(enc.encoder, ResNetEncoder) and enc.encoder.squash == "tanh"
-    assert isinstance(enc.configure_optimizers(), torch.optim.RMSprop)
+    assert isinstance(enc.configure_optimizers(), TF1RMSprop)
 
 
 def test_the_cpu_fanogan_preset_composes_with_the_acae_and_the_encoder(tmp_path):
@@ -244,10 +248,12 @@ def test_wgangp_on_the_digits_improves_the_sample_statistics():
     gan.optimizer_g = gan.optimizer_d = _adam(lr=5e-4)
 
     gap0, nn0 = sample_distances(gan, real)
-    L.Trainer(accelerator="cpu", max_epochs=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    # 120 epochs = 97 G steps: G samples in eval mode, on running statistics that move in G steps only
+    # with the official decay 0.99 (60 epochs left them 39 % of the way: gap 0.33, distance 9.1)
+    L.Trainer(accelerator="cpu", max_epochs=120, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(gan, datamodule=dm)
     gap1, nn1 = sample_distances(gan, real)
-    # measured: mean-image gap 0.54 -> 0.20, nearest-training-image distance 10.1 -> 5.7
+    # measured: mean-image gap 0.54 -> 0.17, nearest-training-image distance 10.7 -> 6.4
     assert gap1 < 0.5 * gap0, (gap0, gap1)
     assert nn1 < 0.8 * nn0, (nn0, nn1)
 

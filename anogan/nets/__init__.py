@@ -3,21 +3,22 @@
 * ``dcgan``: AnoGAN's DCGAN (Schlegl et al., IPMI 2017): ``Generator``, ``Discriminator``, ``Encoder``
   and the aCAE's ``AdversarialAutoencoder``;
 * ``resnet``: f-AnoGAN's released ResNet (tSchlegl/f-AnoGAN): ``ResNetGenerator``, ``ResNetCritic``
-  (LayerNorm, for WGAN-GP), ``ResNetEncoder``.
+  (LayerNorm, for WGAN-GP), ``ResNetEncoder`` (BatchNorm), initialised as the released code does.
 
 Every family supports 1 or 3 channels and the sizes of ``SUPPORTED_SIZES``. Each net has ``config``
 (its constructor's arguments) and the class attribute ``family``; ``build(family, role, **config)``
 rebuilds a net from a checkpoint's record, and ``encoder_like(D, z_dim, squash)`` makes the encoder of
-D's family and architecture (f-AnoGAN: E is the critic's architecture with a linear output to z).
+D's family and architecture (f-AnoGAN: E is the critic's layout with a linear output to z; in the
+ResNet family with BatchNorm where the critic has layer normalisation, as released).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from anogan.nets.common import SQUASHES, SUPPORTED_SIZES, Critic, layout, squash_latent
+from anogan.nets.common import SQUASHES, SUPPORTED_SIZES, Critic, layout, running_stats_frozen, squash_latent
 from anogan.nets.dcgan import AdversarialAutoencoder, Discriminator, Encoder, Generator, dcgan_init
-from anogan.nets.resnet import ResNetCritic, ResNetEncoder, ResNetGenerator
+from anogan.nets.resnet import ResNetCritic, ResNetEncoder, ResNetGenerator, tflib_init
 from anogan.errors import InputError
 
 FAMILIES = {
@@ -28,7 +29,7 @@ FAMILIES = {
 __all__ = [
     "FAMILIES", "SQUASHES", "SUPPORTED_SIZES", "AdversarialAutoencoder", "Critic", "Discriminator", "Encoder",
     "Generator", "ResNetCritic", "ResNetEncoder", "ResNetGenerator", "build", "dcgan_init", "encoder_like",
-    "family_of", "layout", "squash_latent",
+    "family_of", "layout", "running_stats_frozen", "squash_latent", "tflib_init",
 ]
 
 

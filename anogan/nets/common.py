@@ -4,6 +4,8 @@ the output squashing of an encoder, and the critic interface the mapping and the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -58,6 +60,23 @@ def squash_latent(z: torch.Tensor, squash: str) -> torch.Tensor:
     if squash == "clip":
         return z.clamp(-1.0, 1.0)
     return z
+
+
+@contextmanager
+def running_stats_frozen(net: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``net``'s BatchNorm layers in train mode normalise with the batch's statistics
+    but leave their running averages (and counters) as they are; restored on exit. The official WGAN-GP
+    (tSchlegl/f-AnoGAN ``wgangp_64x64.py``) ties G's moving-average updates to G's train op, so a critic
+    step, which runs G on batch statistics, does not move them."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracked = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False  # in train mode: batch statistics, no update (nn.BatchNorm2d.forward)
+    try:
+        yield net
+    finally:
+        for m, t in zip(norms, tracked):
+            m.track_running_stats = t
 
 
 class Critic(nn.Module):
