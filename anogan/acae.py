@@ -19,7 +19,7 @@ from anogan import losses
 from anogan import scores as S
 from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_state
 from anogan.nets import AdversarialAutoencoder
-from anogan.reliability import FiniteLossGuard, check_optimizer
+from anogan.checks import FiniteLossGuard, check_optimizer
 
 LR_HINT = ("Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the "
            "data for NaN.")
@@ -90,7 +90,7 @@ class ACAE(L.LightningModule):
 def load_acae(ckpt: str | os.PathLike | dict) -> AdversarialAutoencoder:
     """The aCAE nets from a checkpoint written by ``ACAE`` (``checkpoints/acae.ckpt``), a path or the
     dict of ``read_stage_checkpoint``. Its entry ``GAN_IDENTITY`` holds the
-    ``anogan.reliability.gan_identity`` of the GAN of the run that trained it (None outside a run)."""
+    ``anogan.checkpoints.gan_identity`` of the GAN of the run that trained it (None outside a run)."""
     ckpt = read_stage_checkpoint(ckpt, "anogan_acae", "acae")
     net = AdversarialAutoencoder(**ckpt["anogan_acae"])
     net.load_state_dict(sub_state(ckpt["state_dict"], "net"))

@@ -6,11 +6,11 @@ and the check that a Hydra multirun does not make Lightning start processes.
   settings (``trainer=ddp``, or ``trainer.devices=4`` that makes Lightning pick plain ``ddp``), a DDP
   strategy finds unused parameters (the GAN's D step leaves G without gradients and its G step D;
   the aCAE alternates too), and under SLURM Lightning's own SIGUSR1 requeue is off (``SLURMEnvironment
-  (auto_requeue=False)``: ``anogan.reliability.requeue_on_signal`` owns the signal on every rank).
+  (auto_requeue=False)``: ``anogan.preemption.requeue_on_signal`` owns the signal on every rank).
 - ``starts_processes`` / ``anogan.sweep.check_ddp_launch``: whether Lightning itself would start
   the processes (not SLURM tasks, not torchrun), which reruns the command line in a multirun.
 
-Per-process randomness (z, WGAN-GP weights, data shard) is ``anogan.reliability.EpochSeed``'s; the
+Per-process randomness (z, WGAN-GP weights, data shard) is ``anogan.seeding.EpochSeed``'s; the
 per-process share of the training images is decided in ``anogan.data.datamodule``.
 """
 
@@ -36,7 +36,7 @@ def build_trainer(trainer_cfg, **kwargs) -> L.Trainer:
       its ``*_find_unused_parameters_true`` variant: the alternating D and G steps each leave one net
       without gradients, which plain DDP refuses in the first batch;
     * a SLURM cluster environment gets ``auto_requeue=False`` (one owner of SIGUSR1, see
-      ``anogan.reliability.requeue_on_signal``).
+      ``anogan.preemption.requeue_on_signal``).
 
     A strategy or cluster environment configured as an object (``_target_``) is left as it is."""
     trainer: L.Trainer = instantiate(trainer_cfg, **kwargs)

@@ -20,7 +20,8 @@ from anogan import scores as S
 from anogan.nets import build, encoder_like, family_of
 from anogan.nets.resnet import resnet_hint
 from anogan.prior import encoder_squash, sample_prior
-from anogan.reliability import CheckpointError, FiniteLossGuard, check_optimizer, gan_identity, read_checkpoint
+from anogan.checkpoints import CheckpointError, gan_identity, read_checkpoint
+from anogan.checks import FiniteLossGuard, check_optimizer
 from anogan.errors import InputError
 
 GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
@@ -36,7 +37,7 @@ def freeze(*nets: nn.Module) -> None:
 
 def read_stage_checkpoint(ckpt: str | os.PathLike | dict, key: str, stage: str) -> dict:
     """A stage checkpoint (``stage``: encoder or acae) as a dict that holds ``key`` (the nets' configs
-    written by its module), read by ``anogan.reliability.read_checkpoint`` (``weights_only=True``).
+    written by its module), read by ``anogan.checkpoints.read_checkpoint`` (``weights_only=True``).
     Raises FileNotFoundError, CheckpointError, or ValueError when ``key`` is missing."""
     hint = f"pass {stage}_ckpt_path=<run dir>/checkpoints/{stage}.ckpt"
     if not isinstance(ckpt, dict):
@@ -146,7 +147,7 @@ def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[nn.Module, float]:
     """(E, kappa) from a checkpoint written by ``EncoderTraining`` (``checkpoints/encoder.ckpt``), a
     path or the dict of ``read_stage_checkpoint``; E of the family it records (``dcgan`` for
     checkpoints written before families existed). Its entry ``GAN_IDENTITY`` holds the
-    ``anogan.reliability.gan_identity`` of the G and D it was trained against."""
+    ``anogan.checkpoints.gan_identity`` of the G and D it was trained against."""
     path = ckpt if not isinstance(ckpt, dict) else "<checkpoint dict>"
     ckpt = read_stage_checkpoint(ckpt, "anogan_encoder", "encoder")
     meta = ckpt["anogan_encoder"]

@@ -12,7 +12,7 @@ from torch import nn
 from anogan import losses
 from anogan.nets import family_of, running_stats_frozen
 from anogan.prior import sample_prior
-from anogan.reliability import FiniteLossGuard, NonFiniteLossError, check_optimizer
+from anogan.checks import FiniteLossGuard, NonFiniteLossError, check_optimizer
 from anogan.errors import InputError
 
 __all__ = ["GAN", "NonFiniteLossError"]
@@ -91,7 +91,7 @@ class GAN(L.LightningModule):
         return sample_prior(self.prior, generator, n, self.generator.z_dim, device=self.device)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [self.finite]  # stops training at a non-finite loss (reliability.FiniteLossGuard)
+        return [self.finite]  # stops training at a non-finite loss (anogan.checks.FiniteLossGuard)
 
     def configure_optimizers(self):
         return (

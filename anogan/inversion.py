@@ -21,7 +21,8 @@ from anogan.mapping_nets import FAST_DEVICES, mapping_copy
 from anogan.nets import Discriminator, Generator, build
 from anogan.nets.resnet import resnet_hint
 from anogan.prior import initial_z, project_to_support
-from anogan.reliability import CheckpointError, check_finite_scores, gan_nets, read_checkpoint
+from anogan.checkpoints import CheckpointError, gan_nets, read_checkpoint
+from anogan.checks import check_finite_scores
 from anogan.errors import InputError
 
 

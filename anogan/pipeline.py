@@ -12,20 +12,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from anogan.cli import evaluation_overrides, print_summary, quiet_lightning
 from anogan.distributed import build_trainer
-from anogan.reliability import (
+from anogan.checkpoints import (
     LAST,
     CheckpointError,
-    EpochSeed,
     check_architecture,
     check_resume_data,
-    check_data_size,
-    check_image_shape,
     checkpoint_plugins,
     read_checkpoint,
-    requeue_on_signal,
     resolve_ckpt_path,
-    stopped_by_sigterm,
 )
+from anogan.checks import check_data_size, check_image_shape
+from anogan.preemption import requeue_on_signal, stopped_by_sigterm
+from anogan.seeding import EpochSeed
 from anogan.errors import InputError
 
 log = logging.getLogger(__name__)

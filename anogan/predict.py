@@ -213,7 +213,7 @@ def scans_datamodule(data_cfg: DictConfig, ckpt_path: str | os.PathLike):
     """The ``ScansDataModule`` of ``data_cfg`` (sized for the GAN), reading as the GAN's training data."""
     from hydra.utils import instantiate
 
-    from anogan.reliability import read_checkpoint
+    from anogan.checkpoints import read_checkpoint
 
     return instantiate(data_cfg, training=training_recipe(read_checkpoint(ckpt_path)), _convert_="all")
 

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from anogan.reliability import check_stage_identity, gan_identity
+from anogan.checkpoints import check_stage_identity, gan_identity
 
 log = logging.getLogger(__name__)
 STAGES = ("encoder", "acae")  # config group = checkpoint name
@@ -28,7 +28,7 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
     (iterations) when set, with the run's trainer settings; save ``<ckpt_dir>/<name>.ckpt``."""
     from anogan.distributed import build_trainer
     from anogan.pipeline import cudnn_benchmark
-    from anogan.reliability import checkpoint_plugins
+    from anogan.checkpoints import checkpoint_plugins
 
     max_steps = cfg[name].get("max_steps") or -1
     trainer = build_trainer(
@@ -39,7 +39,7 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
     trainer.fit(module, datamodule=datamodule)
     path = ckpt_dir / f"{name}.ckpt"
     # what to save (the full state, not the weights alone), stated so that Lightning logs no default;
-    # reading is always weights_only=True (anogan.reliability.read_checkpoint)
+    # reading is always weights_only=True (anogan.checkpoints.read_checkpoint)
     trainer.save_checkpoint(path, **FULL_STATE)
     log.info("%s trained: %s (%s)", name, path,
              {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if v.numel() == 1})

@@ -138,7 +138,8 @@ def fit_with_nan_from_batch_4(gan, ckpt_dir: Path, accelerator: str = "cpu"):
     import lightning as L
 
     from anogan.data import DigitsDataModule
-    from anogan.reliability import NonFiniteLossError, read_checkpoint
+    from anogan.checkpoints import read_checkpoint
+    from anogan.checks import NonFiniteLossError
 
     L.seed_everything(0)
     calls = {"n": 0}

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from anogan.callbacks.metrics import print_table
 from anogan.cli import data_field_overrides, quiet_lightning
-from anogan.reliability import read_checkpoint
+from anogan.checkpoints import read_checkpoint
 from anogan.scores import SCORE_NAMES
 
 NAMES = (*SCORE_NAMES, "fanogan", "acae_residual", "acae_discrimination", "acae_anomaly", "feature_knn10",

@@ -16,7 +16,7 @@ from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
 from anogan.callbacks import read_scores
 from anogan.data import DigitsDataModule
 from anogan.errors import InputError
-from anogan.reliability import read_checkpoint
+from anogan.checkpoints import read_checkpoint
 from anogan.pipeline import evaluate
 
 EVAL = ["inversion.steps=3", "inversion.record_steps=[1]"]

@@ -122,7 +122,7 @@ def test_a_checkpoint_without_a_family_is_a_dcgan(tiny_ckpt):
 
 
 def test_resuming_a_dcgan_checkpoint_as_resnet_names_the_family(tiny_ckpt, tmp_path):
-    from anogan.reliability import CheckpointError, check_architecture
+    from anogan.checkpoints import CheckpointError, check_architecture
 
     model = instantiate(compose_cfg("train", [*TINY, *WGANGP, "model.generator.z_dim=100"], tmp_path).model)
     with pytest.raises(CheckpointError, match="family: checkpoint 'dcgan', configured 'resnet'"):

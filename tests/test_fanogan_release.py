@@ -16,7 +16,7 @@ from anogan.gan import GAN
 from anogan.inversion import load_gan
 from anogan.nets import ResNetCritic, ResNetEncoder, ResNetGenerator, build
 from anogan.optim import TF1RMSprop
-from anogan.reliability import CheckpointError
+from anogan.checkpoints import CheckpointError
 
 # -- the table, transcribed from wgangp_64x64.py / z_encoding_izif.py and tflib/ops at tSchlegl/f-AnoGAN
 # commit a73a92e (DIM 64, ZDIM 128, 64x64 grey)

@@ -18,7 +18,8 @@ from anogan.gan import GAN, NonFiniteLossError
 from anogan.inversion import Inversion
 from anogan.nets import Discriminator, Generator, ResNetCritic
 from anogan.pipeline import evaluate, train
-from anogan.reliability import FiniteLossGuard, read_checkpoint
+from anogan.checkpoints import read_checkpoint
+from anogan.checks import FiniteLossGuard
 
 MODELS = {
     "wgangp": ["model=wgangp_resnet", "model.generator.width=4", "model.discriminator.width=4",

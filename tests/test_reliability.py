@@ -18,13 +18,8 @@ from anogan.inversion import Inversion, load_gan
 from anogan.io import atomic_path
 from anogan.nets import Discriminator, Generator
 from anogan.pipeline import evaluate, train
-from anogan.reliability import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    NonFiniteScoreError,
-    read_checkpoint,
-    resolve_ckpt_path,
-)
+from anogan.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint, resolve_ckpt_path
+from anogan.checks import NonFiniteScoreError
 from anogan.scores import SCORE_NAMES
 from anogan.errors import InputError, MissingInputError
 
@@ -347,7 +342,7 @@ def test_configured_trainer_plugins_are_kept_and_a_checkpoint_writer_of_their_ow
     from lightning.pytorch.plugins.environments import LightningEnvironment
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from anogan.reliability import checkpoint_plugins
+    from anogan.checkpoints import checkpoint_plugins
 
     env = LightningEnvironment()
     assert [type(p) for p in checkpoint_plugins(None)] == [AtomicCheckpointIO]
@@ -380,7 +375,7 @@ def test_a_partial_score_file_of_other_settings_or_scorers_is_not_reused(tmp_pat
 
 # -- SLURM: requeue on the time-limit signal, resume in the requeued job -------------------------------
 def test_a_requeued_slurm_job_resumes_from_its_last_ckpt_without_ckpt_path(tmp_path, monkeypatch):
-    from anogan.reliability import LAST, resolve_ckpt_path
+    from anogan.checkpoints import LAST, resolve_ckpt_path
 
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     (tmp_path / LAST).parent.mkdir()
@@ -397,7 +392,7 @@ def test_a_requeued_slurm_job_resumes_from_its_last_ckpt_without_ckpt_path(tmp_p
 def test_sigusr1_in_a_slurm_job_requeues_it_with_scontrol(tmp_path, monkeypatch, caplog):
     import signal
 
-    from anogan.reliability import requeue_on_signal
+    from anogan.preemption import requeue_on_signal
 
     calls = tmp_path / "calls"
     (tmp_path / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n[ "$2" != 99 ]\n')

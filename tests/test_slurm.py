@@ -18,7 +18,7 @@ from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
 from anogan.pipeline import evaluate, train
-from anogan.reliability import read_checkpoint
+from anogan.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from anogan.data import DigitsDataModule
 from anogan.gan import GAN
 from anogan.nets import Discriminator, Generator
-from anogan.reliability import read_checkpoint
+from anogan.checkpoints import read_checkpoint
 from anogan.pipeline import instantiate_list
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))

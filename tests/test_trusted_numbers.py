@@ -23,14 +23,8 @@ from anogan.encoder import EncoderTraining
 from anogan.inversion import Inversion, load_gan
 from anogan.nets import Encoder
 from anogan.pipeline import evaluate_checkpoint, train
-from anogan.reliability import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    NonFiniteLossError,
-    check_resume_data,
-    gan_identity,
-    read_checkpoint,
-)
+from anogan.checkpoints import AtomicCheckpointIO, CheckpointError, check_resume_data, gan_identity, read_checkpoint
+from anogan.checks import NonFiniteLossError
 from anogan.stages import stage_scorers
 from anogan.errors import InputError
 
@@ -95,7 +89,7 @@ def test_every_checkpoint_entry_point_refuses_a_code_running_pickle(tiny_ckpt, t
         cfg.ckpt_path = "hpc"  # what Lightning picks on SLURM when a hpc_ckpt exists
     from hydra.utils import instantiate
 
-    from anogan.reliability import checkpoint_plugins
+    from anogan.checkpoints import checkpoint_plugins
 
     trainer = instantiate(cfg.trainer, plugins=checkpoint_plugins(None), logger=False, callbacks=[])
     with pytest.raises(CheckpointError, match=refused):

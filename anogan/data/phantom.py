@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     recipe = {}
     if args.ckpt is not None:
-        from anogan.reliability import read_checkpoint
+        from anogan.checkpoints import read_checkpoint
 
         recipe = dict(((read_checkpoint(args.ckpt).get("anogan_config") or {}).get("data") or {}).get("phantom") or {})
         if not recipe:
