@@ -174,16 +174,18 @@ def run_summary(output_dir: str | os.PathLike, ckpt_path: str | os.PathLike, tas
 
     out = Path(output_dir)
     lines = [f"Run directory: {_shown(out)}"]
+    shown = []
     for name, what in RUN_FILES.items():
         path = out / name
         if path.is_dir():
             names = sorted(p.name for p in path.iterdir())
             listed = ", ".join(names) if len(names) <= 6 else f"{len(names)} files: {names[0]}, ..., {names[-1]}"
-            what = f"{what} {listed}".strip()
-            name += "/"
-        elif not path.is_file():
-            continue
-        lines += textwrap.wrap(what, width, initial_indent=f"  {name:<14}", subsequent_indent=" " * 16)
+            shown.append((name + "/", f"{what} {listed}".strip()))
+        elif path.is_file():
+            shown.append((name, what))
+    pad = max([14, *(len(name) + 1 for name, _ in shown)])  # a space after the longest name shown
+    for name, what in shown:
+        lines += textwrap.wrap(what, width, initial_indent=f"  {name:<{pad}}", subsequent_indent=" " * (pad + 2))
     ckpt = _shown(ckpt_path)
     again = ["python", "evaluate.py", f"ckpt_path={ckpt}"]
     if task == "evaluate":  # this job's overrides (inversion, data, ...): the same evaluation

@@ -28,6 +28,14 @@ GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GA
 MODES = ("izi_f", "izi", "ziz")  # the paper's three encoder trainings
 
 
+def check_mode(mode: str) -> None:
+    """Refuse an encoder training mode other than the paper's three (``MODES``), naming the key and the
+    presets. Raises InputError."""
+    if mode not in MODES:
+        raise InputError(f"encoder.module.mode={mode!r} must be one of {MODES} (or use encoder=ziz, "
+                         "encoder=izi, encoder=izi_f)")
+
+
 def freeze(*nets: nn.Module) -> None:
     """Eval mode (BatchNorm on running statistics) and no weight gradients."""
     for net in nets:
@@ -86,9 +94,7 @@ class EncoderTraining(L.LightningModule):
         mode: str = "izi_f",
     ):
         super().__init__()
-        if mode not in MODES:
-            raise InputError(f"encoder.module.mode={mode!r} must be one of {MODES} (or use encoder=ziz, "
-                             "encoder=izi, encoder=izi_f)")
+        check_mode(mode)
         sample_prior(prior, torch.Generator(), 1, 1)  # fail now on an unknown prior name
         if encoder is None:
             encoder = encoder_like(discriminator, generator.z_dim, encoder_squash(squash, prior), width)

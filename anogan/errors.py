@@ -45,11 +45,17 @@ def message_line(error: BaseException) -> str:
 
 def input_error(error: BaseException | None) -> InputError | None:
     """The ``InputError`` behind ``error``: itself, or the cause of Hydra's ``InstantiationException``
-    (which wraps what a constructor raised, e.g. ``data.val_fraction=2`` refused by a DataModule)."""
+    (which wraps what a constructor raised, e.g. ``data.val_fraction=2`` refused by a DataModule); an
+    omegaconf ``MissingMandatoryValue`` (a setting left at ``???``) as an InputError naming the key."""
     from hydra.errors import InstantiationException
+
+    from omegaconf.errors import MissingMandatoryValue
 
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    if isinstance(error, MissingMandatoryValue):  # a required setting left at ??? (e.g. data=folder's dirs)
+        key = error.full_key or "a required setting"
+        return InputError(f"{key} is required and was not given: set it on the command line, e.g. {key}=<value>")
     return error if isinstance(error, InputError) else None
 
 

@@ -99,21 +99,32 @@ def f1_max(scores, labels, thresholds: int | None = None, low: float = 0.0, high
     return float(f1[best]), float(called.min()) if called.numel() else float(thr[best]), None
 
 
-def rates_at(scores, labels, threshold: float) -> dict[str, float | None]:
+def rates_at(scores, labels, threshold: float) -> dict[str, float | str | None]:
     """Sensitivity, specificity, precision and F1 (Dice on pixels) when ``scores >= threshold`` is called
-    anomalous; each None where its denominator is 0 (no positive, no negative, nothing called)."""
+    anomalous; each None where its denominator is 0, with ``<key>_reason`` saying why (no positive, no
+    negative, nothing called)."""
     s, y = _as_arrays(scores, labels)
     pred = s >= threshold
     tp = int((pred & (y == 1)).sum())
     fp = int((pred & (y == 0)).sum())
     fn = int((~pred & (y == 1)).sum())
     tn = int((~pred & (y == 0)).sum())
+    out, why = {}, {
+        "sensitivity": (tp, tp + fn, "undefined: no anomalous sample"),
+        "specificity": (tn, tn + fp, "undefined: no normal sample"),
+        "precision": (tp, tp + fp, f"undefined: no sample scores at or above the threshold {threshold:.6g}"),
+        "f1": (2 * tp, 2 * tp + fp + fn, "undefined: no anomalous sample and none called anomalous"),
+    }
+    for key, (a, b, reason) in why.items():
+        out[key] = a / b if b else None
+        if not b:
+            out[f"{key}_reason"] = reason
+    return out
 
-    def ratio(a: int, b: int) -> float | None:
-        return a / b if b else None
 
-    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
-            "precision": ratio(tp, tp + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+def pick_rates(rates: dict, keys: Sequence[str]) -> dict:
+    """``keys`` of a ``rates_at`` result, each with its ``<key>_reason`` where it has one."""
+    return {k: v for k, v in rates.items() if k in keys or k.removesuffix("_reason") in keys}
 
 
 def aupro(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: float = FPR_LIMIT,
@@ -239,5 +250,7 @@ def pixel_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], thres
                            f"{(high - low) / (int(thresholds) - 1):.3g}); best Dice is a lower bound of the exact one")
     if threshold is not None and flat_maps.size:
         rates = rates_at(flat_maps, flat_masks, threshold)
+        if "f1_reason" in rates:
+            rates["dice_reason"] = rates.pop("f1_reason")
         out["pixel_at_calibrated"] = {"threshold": threshold, "dice": rates.pop("f1"), **rates}
     return out

@@ -87,6 +87,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns the metrics (training losses, and the evaluation's AUROCs when it ran)."""
     seed(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if str(cfg.data.get("_target_", "")).endswith("ScansDataModule"):
+        raise InputError("data=scans scores new, unlabelled scans with a trained GAN: python evaluate.py "
+                         "ckpt_path=<run>/checkpoints/last.ckpt data=scans data.path=<folder>; train on "
+                         "data=hdf5 (patches of python -m anogan.data.prepare), data=folder or data=mvtec")
+    if cfg.get("encoder"):  # refuse a bad stage setting before the GAN trains, not after
+        from anogan.encoder import check_mode
+
+        check_mode(cfg.encoder.get("module", {}).get("mode", "izi_f"))
     if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
         from anogan.inversion import check_precision, check_settings
 
@@ -196,6 +204,9 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     # the training's trainer settings, but never its precision: the mapping optimises z in float32, and
     # its G and D follow inversion.precision (Inversion.autocast); cuDNN's autotuner only where the batch
     # shapes are fixed (early_stop shrinks the batch as mappings stop)
+    if str(cfg.trainer.get("precision", "32-true")) not in ("32-true", "32"):
+        log.warning("trainer.precision=%s applies to training only: the mapping runs in float32; set "
+                    "inversion.precision=bf16-mixed to run G and D under bf16 autocast", cfg.trainer.precision)
     trainer = build_trainer(  # nothing to checkpoint in a test loop (and no litmodels tip)
         cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False,
         precision="32-true", benchmark=cudnn_benchmark(cfg, fixed_shapes=not cfg.inversion.get("early_stop")),

@@ -151,3 +151,17 @@ def test_train_script_ends_with_its_run_directory_and_a_train_on_command_that_re
     run_script(again[1:], cwd=ROOT)  # exactly as printed: one more epoch in the same directory
     state = read_checkpoint(out / "checkpoints" / "last.ckpt")
     assert state["epoch"] == 1 and json.loads((out / "job_status.json").read_text())["status"] == "COMPLETED"
+
+
+def test_the_closing_file_list_keeps_a_space_after_the_longest_file_name(tmp_path):
+    """data=scans' run files (predictions.csv, map_metrics.json) are longer than the training ones: each
+    name is still followed by a space before what it holds."""
+    from anogan.cli import run_summary
+
+    for name in ("metrics.json", "predictions.csv", "map_metrics.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "checkpoints").mkdir()
+    lines = run_summary(tmp_path, tmp_path / "checkpoints" / "last.ckpt", "evaluate").splitlines()
+    for name in ("metrics.json", "predictions.csv", "map_metrics.json"):
+        line = next(line for line in lines if line.strip().startswith(name))
+        assert line.startswith(f"  {name} ") and line[len(name) + 3:].strip(), line

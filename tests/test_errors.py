@@ -48,7 +48,23 @@ def _prepare(tmp_path):
             r"none: no such folder; expected one sub-folder of B-scans per volume")
 
 
-@pytest.mark.parametrize("make_bad", [_labels_3, _missing_ckpt, _lam, _model_setting, _bad_tree, _prepare])
+def _required_setting(tmp_path):  # a setting left at ??? by its preset
+    return (["train.py", *TINY, "data=folder", f"data.abnormal_dir={tmp_path}"],
+            r"data\.normal_dir is required and was not given: set it on the command line, e\.g\. data\.normal_dir=")
+
+
+def _scans_in_train(tmp_path):  # data=scans is for evaluate.py
+    return (["train.py", "logger=none", "data=scans", f"data.path={tmp_path}"],
+            r"data=scans scores new, unlabelled scans with a trained GAN: python evaluate\.py")
+
+
+def _encoder_mode(tmp_path):  # refused before the GAN trains (no checkpoint written)
+    return (["train.py", *TINY, "encoder=izif", "encoder.module.mode=zz"],
+            r"encoder\.module\.mode='zz' must be one of")
+
+
+@pytest.mark.parametrize("make_bad", [_labels_3, _missing_ckpt, _lam, _model_setting, _bad_tree, _prepare,
+                                      _required_setting, _scans_in_train, _encoder_mode])
 def test_bad_input_ends_each_entry_point_with_one_line_and_exit_status_2(tmp_path, make_bad):
     args, message = make_bad(tmp_path)
     run = tmp_path / "run"

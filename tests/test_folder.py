@@ -14,6 +14,7 @@ from trees import image, make_folders, make_mvtec, save, save_mask
 
 from anogan.data import SPLITS
 from anogan.data.folder import FolderDataModule, MVTecDataModule
+from anogan.data.scans import ScanError, resolve_recipe
 from anogan.data.transforms import mask_to_size
 from anogan.errors import InputError
 
@@ -53,6 +54,11 @@ def test_grey_16_bit_folders_of_a_size_not_a_training_size_resized_or_cut_into_p
     assert raw.dtype == np.uint16 and raw.max() > 255  # 16 bit kept: its range reaches the model's [-1, 1]
     assert all(float(it["image"].max()) <= 1 and float(it["image"].min()) >= -1 for it in test)
     assert "patch_size" not in dm.recipe  # non-square images: data=scans cannot cut them the same way
+    # and so data=scans refuses such a checkpoint, naming the fix, instead of scoring square crops
+    assert dm.recipe["whole_image"] == [37, 45]
+    with pytest.raises(ScanError, match=r"whole 37x45 images resized to 32x32.*evaluate.py data=folder.*"
+                                        r"data.patch_size=<pixels>"):
+        resolve_recipe(dm.recipe, {}, 32)
     # patches as prepare cuts them: a 37x45 image with 16-pixel patches, stride 8 -> 4 x 5 positions
     cut = FolderDataModule(**dirs, mask_suffix="_mask", image_size=32, channels=1, patch_size=16,
                            min_anomalous_pixels=5)

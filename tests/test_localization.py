@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from anogan.localization import aupro, average_precision, f1_max, pixel_metrics, quantile_threshold, rates_at
+from anogan.localization import (
+    aupro,
+    average_precision,
+    f1_max,
+    pick_rates,
+    pixel_metrics,
+    quantile_threshold,
+    rates_at,
+)
 
 
 def _maps(seed: int = 0, n: int = 6, size: int = 16):
@@ -118,7 +126,12 @@ def test_undefined_metrics_are_null_with_their_reason():
 def test_rates_at_a_threshold_count_scores_at_or_above_it():
     r = rates_at([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.5)
     assert r == {"sensitivity": 1.0, "specificity": 0.5, "precision": 2 / 3, "f1": 0.8}
-    assert rates_at([0.1, 0.2], [0, 0], 0.5)["sensitivity"] is None
+    none = rates_at([0.1, 0.2], [0, 0], 0.5)  # no anomalous sample, nothing called anomalous
+    assert none["sensitivity"] is None and none["sensitivity_reason"] == "undefined: no anomalous sample"
+    assert none["precision"] is None and "no sample scores at or above the threshold 0.5" in none["precision_reason"]
+    assert none["specificity"] == 1.0 and "specificity_reason" not in none
+    assert pick_rates(none, ("precision", "specificity")) == {
+        "specificity": 1.0, "precision": None, "precision_reason": none["precision_reason"]}
     t, _ = quantile_threshold(np.arange(101.0), 0.05, "normal scores")
     assert t == pytest.approx(95.0)
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from anogan.callbacks.metrics import auroc, gather_rows, write_json_atomic
-from anogan.localization import average_precision, pixel_metrics, rates_at, window_max
+from anogan.localization import average_precision, pick_rates, pixel_metrics, rates_at, window_max
 from anogan.io import atomic_path
 from anogan import predict as P
 from anogan.errors import InputError
@@ -232,8 +232,8 @@ class ScanMaps(L.Callback):
                 out[f"{name}_reason"] = reason
         if self.scan_threshold is not None:
             rates = rates_at(np.array([self.scan_scores[s] for s in ids]), labels, self.scan_threshold)
-            out["at_flag"] = {"threshold": self.scan_threshold, "sensitivity": rates["sensitivity"],
-                              "specificity": rates["specificity"], "precision": rates["precision"]}
+            out["at_flag"] = {"threshold": self.scan_threshold,
+                              **pick_rates(rates, ("sensitivity", "specificity", "precision"))}
         return out
 
     def on_exception(self, trainer, pl_module, exception) -> None:

@@ -72,8 +72,7 @@ def calibrated_point(scores: torch.Tensor, labels: torch.Tensor, normal: torch.T
     if threshold is None:
         return {**out, "reason": reason}
     rates = LZ.rates_at(scores.double().numpy(), labels.numpy(), threshold)
-    return {**out, "sensitivity": rates["sensitivity"], "specificity": rates["specificity"],
-            "precision": rates["precision"]}
+    return {**out, **LZ.pick_rates(rates, ("sensitivity", "specificity", "precision"))}
 
 
 def pixel_auroc_metric(channels: int, thresholds: int | None = None) -> BinaryAUROC:

@@ -330,6 +330,8 @@ class FolderDataModule(OneClassDataModule):
             "percentiles": list(self.opts.percentiles) if self.opts.normalise == "image" else None,
             "min_foreground": self.opts.min_foreground, "foreground_threshold": self.opts.foreground_threshold,
             **({"patch_size": side, "stride": self.opts.stride or (max(1, p // 2) if p else side)} if side else {}),
+            # whole images of another shape than a square: data=scans, which cuts square patches, refuses them
+            **({"whole_image": [h, w]} if p is None and h != w else {}),
         }
 
     def items(self) -> np.ndarray:

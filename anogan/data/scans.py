@@ -320,6 +320,13 @@ def resolve_recipe(training: dict, asked: dict, image_size: int) -> dict:
     for the settings that decide the intensities the GAN sees (normalisation, percentiles, scale,
     patch_size). Stride and the foreground test may differ from training."""
     names = {"normalisation": "normalise"}
+    if training.get("whole_image"):
+        h, w = training["whole_image"]
+        raise ScanError(
+            f"the GAN was trained on whole {h}x{w} images resized to {image_size}x{image_size} "
+            f"({training.get('source', 'data=folder / data=mvtec without data.patch_size')}), but data=scans cuts "
+            "scans into square patches, which the GAN never saw: score new images with evaluate.py data=folder "
+            "(data.normal_dir, data.abnormal_dir), or train on patches with data.patch_size=<pixels>")
     out = {k: training.get(k) for k in _RECIPE_KEYS}
     for key, value in asked.items():
         if value is None:
