@@ -414,11 +414,14 @@ def check_ddp_launch(cfg: DictConfig) -> None:
         trainer = build_trainer(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[])
     if starts_processes(trainer):
         t = cfg.trainer
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        launcher = "slurm_cpu" if isinstance(trainer.accelerator, CPUAccelerator) else "slurm"
         raise InputError(
             f"trainer.strategy={t.get('strategy', 'auto')} with trainer.devices={t.get('devices', 1)} "
             f"(trainer.num_nodes={t.get('num_nodes', 1)}) in a multirun: Lightning would start "
             f"{trainer.world_size} processes itself and restart the whole sweep in each. Run DDP jobs one by one "
-            "(without -m), or through hydra/launcher=slurm with hydra.launcher.tasks_per_node=<devices> "
+            f"(without -m), or through hydra/launcher={launcher} with hydra.launcher.tasks_per_node=<devices> "
             "(SLURM starts one task per device)"
         )
 

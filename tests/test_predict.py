@@ -101,6 +101,13 @@ def test_inputs_folder_multipage_tiff_hdf5_and_single_image(tmp_path):
     h5 = list_scans(tmp_path / "new.h5")
     assert [(s.name, s.shape) for s in h5] == [("new_00000", (20, 90)), ("new_00001", (20, 90))]
     assert [s.name for s in list_scans(tmp_path / "scans" / "vol" / "1.png")] == ["1"]
+    # masks named with a suffix (MVTec AD's <name>_mask.png): found with data.mask_suffix, refused without
+    (tmp_path / "masks" / "vol").mkdir(parents=True)
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "masks" / "vol" / "1_mask.png")
+    with pytest.raises(ScanError, match=r"data.masks=.*vol: no mask matches a scan .*data.mask_suffix=<suffix>"):
+        list_scans(tmp_path / "scans" / "vol", tmp_path / "masks" / "vol")
+    found = list_scans(tmp_path / "scans" / "vol", tmp_path / "masks" / "vol", mask_suffix="_mask")
+    assert [(s.name, s.mask) for s in found] == [("0", None), ("1", tmp_path / "masks" / "vol" / "1_mask.png")]
     # a scan smaller than a patch is padded for the patches, its map cropped back: one patch
     dm = ScansDataModule(str(tmp_path / "new.h5"), training={"normalisation": "none"}, image_size=32)
     dm.setup()

@@ -215,7 +215,8 @@ def test_every_setting_that_makes_lightning_start_processes_fails_a_multirun_ear
         monkeypatch.delenv(key)
     for overrides in (["trainer=ddp", "trainer.devices=2"], ["trainer.devices=2"],  # Lightning picks ddp
                       ["trainer.strategy=ddp_spawn", "trainer.devices=3"], ["trainer.num_nodes=2"]):
-        with pytest.raises(InputError, match="start [0-9] processes itself and restart the whole sweep"):
+        with pytest.raises(InputError, match="start [0-9] processes itself and restart the whole sweep.*"
+                                             "hydra/launcher=slurm_cpu "):  # the CPU preset, on a CPU
             check([*overrides, "hydra.mode=MULTIRUN"])
     check(["trainer=ddp", "trainer.devices=2", "hydra.mode=RUN"])  # a single run: Lightning relaunches it
     check(["hydra.mode=MULTIRUN"])  # one process per job

@@ -77,7 +77,8 @@ def _hdf5_images(path: Path) -> h5py.Dataset:
     return f["images"]
 
 
-def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, colour: bool = False) -> list[Scan]:
+def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, colour: bool = False,
+               mask_suffix: str = "") -> list[Scan]:
     """Every scan of ``path`` (folder, image file or HDF5 file) in a fixed order, with its mask file;
     ``colour``: colour images keep their 3 channels (for a GAN trained on colour), else read as grey."""
     path = Path(path)
@@ -117,7 +118,8 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, 
             if masks.is_file():
                 mask = masks
             else:
-                found = [m for m in (masks / f.relative_to(root), *(masks / rel.parent).glob(rel.name + ".*"))
+                stem = rel.name + (mask_suffix or "")
+                found = [m for m in (masks / f.relative_to(root), *(masks / rel.parent).glob(stem + ".*"))
                          if m.is_file()]
                 mask = found[0] if found else None  # scans without a mask are mapped, not measured
         try:
@@ -129,6 +131,11 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, 
         for k, page in enumerate(pages):
             name = str(rel) if len(pages) == 1 else f"{rel}_p{k:03d}"
             out.append(Scan(name, f, k, page.shape[-2:], 1 if page.ndim == 2 else page.shape[0], page.dtype, mask))
+    if masks is not None and masks.is_dir() and not any(scan.mask for scan in out):
+        rel = files[0].relative_to(root).with_suffix("")
+        raise ScanError(f"data.masks={masks}: no mask matches a scan (for {files[0].name} it looks for "
+                        f"{rel.parent / (rel.name + (mask_suffix or ''))}.<png|tif> there); name the masks as "
+                        "the scans, set data.mask_suffix=<suffix> (e.g. _mask), or drop data.masks")
     return out
 
 
@@ -208,7 +215,8 @@ class ScansDataModule(L.LightningDataModule):
     """Unlabelled scans as patches for ``Trainer.test`` (see the module docstring).
 
     Args:
-        path, masks: the inputs (module docstring).
+        path, masks: the inputs (module docstring); mask_suffix: a mask's name is the scan's plus this
+            (e.g. ``_mask``: ``a.png`` -> ``a_mask.png``). Raises ScanError when no mask matches a scan.
         training: the training data's recipe (``anogan.predict.training_recipe``): normalisation,
             percentiles, scale, patch_size, stride, min_foreground, foreground_threshold, dtype.
         stride: grid stride in scan pixels; None: the training data's (``patch_size // 2`` without one).
@@ -217,13 +225,13 @@ class ScansDataModule(L.LightningDataModule):
         image_size, channels: the GAN's (set by the evaluation from the checkpoint).
     """
 
-    def __init__(self, path: str = "???", masks: str | None = None, training: dict | None = None,
+    def __init__(self, path: str = "???", masks: str | None = None, mask_suffix: str = "", training: dict | None = None,
                  stride: int | None = None, patch_size: int | None = None, normalise: str | None = None,
                  percentiles: list[float] | None = None, scale: list[float] | None = None,
                  min_foreground: float | None = None, foreground_threshold: float | None = None,
                  image_size: int = 32, channels: int = 1, eval_batch_size: int = 256, num_workers: int = 0):
         super().__init__()
-        self.path, self.masks = path, masks
+        self.path, self.masks, self.mask_suffix = path, masks, mask_suffix or ""
         self.image_size, self.channels = int(image_size), int(channels)
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.recipe = resolve_recipe(training or {}, dict(
@@ -243,7 +251,7 @@ class ScansDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.test_set is not None:
             return
-        scans = list_scans(self.path, self.masks, colour=self.channels == 3)
+        scans = list_scans(self.path, self.masks, colour=self.channels == 3, mask_suffix=self.mask_suffix)
         self.check_scans(scans)
         rng = np.random.default_rng(0)  # unused by the grid; positions() takes one for random patches
         rows = []
