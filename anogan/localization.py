@@ -195,6 +195,14 @@ def window_max(amap: np.ndarray, window: int) -> float | None:
     values (NaN: pixels no patch covers): a region-level score, high only where a lesion-sized area is
     anomalous, not where a thin line of pixels is (layer boundaries that G draws slightly off). None
     when no such square fits."""
+    found = window_max_at(amap, window)
+    return None if found is None else found[0]
+
+
+def window_max_at(amap: np.ndarray, window: int) -> tuple[float, tuple[int, int]] | None:
+    """``window_max`` and where it is: (value, (y, x)), (y, x) the pixel at the square's centre (for
+    an even ``window`` the one below and right of it); the first such square in row-major order on ties.
+    None when no square fits. Raises ValueError for a window that is not an integer >= 1."""
     from scipy import ndimage
 
     if int(window) != window or window < 1:
@@ -205,7 +213,11 @@ def window_max(amap: np.ndarray, window: int) -> float | None:
         return None
     mean = ndimage.uniform_filter(np.where(covered, m, 0.0), int(window), mode="constant", cval=0.0)
     full = ndimage.uniform_filter(covered.astype(np.float64), int(window), mode="constant", cval=0.0) > 1 - 1e-9
-    return float(mean[full].max()) if full.any() else None
+    if not full.any():
+        return None
+    best = np.where(full, mean, -np.inf)
+    y, x = np.unravel_index(int(np.argmax(best)), best.shape)
+    return float(best[y, x]), (int(y), int(x))
 
 
 def quantile_threshold(normal_values, target_fpr: float, what: str) -> tuple[float | None, str | None]:

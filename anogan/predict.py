@@ -32,12 +32,14 @@ SCANS_TARGET = "anogan.data.scans.ScansDataModule"
 # -- stitching -------------------------------------------------------------------------------------
 class Stitcher:
     """Accumulates patch maps into one map of ``shape`` (H, W): every pixel is the mean of the patch
-    maps that cover it (overlaps averaged); a pixel no patch covers is NaN (undefined, not 0)."""
+    maps that cover it (overlaps averaged); a pixel no patch covers is NaN (undefined, not 0). It also
+    keeps, per pixel, the smallest value of the covering patch maps and their number (``consensus``)."""
 
     def __init__(self, shape: tuple[int, int]):
         self.shape = tuple(int(s) for s in shape)
         self.total = np.zeros(self.shape, np.float64)
         self.count = np.zeros(self.shape, np.int32)
+        self.low = np.full(self.shape, np.inf, np.float64)
 
     def add(self, maps: np.ndarray, positions: Sequence[tuple[int, int]]) -> Stitcher:
         """maps (K, P, P) (or (K, Ph, Pw)) with top-left corners ``positions`` (K pairs (y, x)); a
@@ -52,6 +54,7 @@ class Stitcher:
                 raise ValueError(f"a {ph}x{pw} patch at (y={y}, x={x}) leaves the {self.shape[0]}x{self.shape[1]} map")
             self.total[y : y + ph, x : x + pw] += m
             self.count[y : y + ph, x : x + pw] += 1
+            np.minimum(self.low[y : y + ph, x : x + pw], m, out=self.low[y : y + ph, x : x + pw])
         return self
 
     def result(self, crop: tuple[int, int] | None = None) -> np.ndarray:
@@ -59,6 +62,15 @@ class Stitcher:
         up to one patch)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan).astype(np.float32)
+        return out if crop is None else out[: crop[0], : crop[1]]
+
+    def consensus(self, min_votes: int, crop: tuple[int, int] | None = None) -> np.ndarray:
+        """The consensus map, float32 (H, W): at each pixel the smallest value of the patch maps covering
+        it, where at least ``min_votes`` patches cover it, else NaN. A pixel is high here only when no
+        covering patch's reconstruction explains it: a lesion G cannot draw is high in every patch that
+        holds it, while a mapping caught in a poor local minimum (a wrong layer boundary over a whole
+        patch) raises one patch's map only (``scan_score``)."""
+        out = np.where(self.count >= max(int(min_votes), 1), self.low, np.nan).astype(np.float32)
         return out if crop is None else out[: crop[0], : crop[1]]
 
 
@@ -155,7 +167,7 @@ def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
     return {"pixel_threshold": pixel.get("threshold"), "pixel_target_fpr": pixel.get("target_fpr"),
             "image_threshold": image.get("threshold"), "target_fpr": image.get("target_fpr"),
             "region_threshold": region.get("threshold"), "region_window": region.get("window"),
-            "source": f"{path} (calibrated on {region.get('calibrated_on') or pixel.get('calibrated_on')})"}
+            "source": f"{path} (calibrated on {image.get('calibrated_on') or pixel.get('calibrated_on')})"}
 
 
 def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:

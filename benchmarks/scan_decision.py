@@ -1,20 +1,22 @@
 """How the scan-level score of ``data=scans`` was chosen: candidate scan scores compared on the phantom's
-whole test B-scans, on a development seed, then reported with the chosen rule on other seeds.
+whole test B-scans of development seeds, then the chosen rule reported on other seeds.
 
-Each run is a pair of directories: a training run of ``experiment=oct_phantom`` (its ``metrics.json``
-and ``scores.h5`` hold the residual maps of the normal validation patches, on which pixel thresholds are
-calibrated) and a ``data=scans`` evaluation of its test volumes (``maps/<scan>.npy``), with the mask
-folder (used here only to know which scans hold fluid). Candidates, per scan, from the stitched map
-over the pixels a scored patch covers:
+Each argument is the run directory of ``python evaluate.py ... data=scans data.masks=... data.normal_path=...``
+(its ``scores.h5`` holds every patch's residual map; its ``.hydra/config.yaml`` names the checkpoint, the
+scans, the masks, used here only to know which scans hold fluid, and the normal scans). The patch maps
+are stitched again here (``anogan.predict.Stitcher``) and each candidate scores every scan:
 
-* ``max patch``: the image score of predictions.csv (the scan's most anomalous patch, before this issue);
-* ``map q<q>``: the q-quantile of the map's pixels;
-* ``area@<a>``: the fraction of pixels at or above the pixel threshold calibrated at target FPR a (the
-  (1 - a) quantile of the normal validation patches' residual pixels).
+* ``max patch``: the image score of predictions.csv (the scan's most anomalous patch);
+* ``mean w<k>``: the largest mean over a k x k square of the averaged map (``maps/<scan>.npy``);
+* ``min v<n> w<k>``: the largest mean over a k x k square of the consensus map (per pixel the smallest
+  residual of the patches covering it, where at least n patches cover it): the rule of ``ScanMaps`` is
+  ``min v3 w7``;
+* ``map q<q>``: the q-quantile of the averaged map's pixels.
 
-Prints the scan AUROC of every candidate (scikit-learn; label = the scan's mask holds fluid)::
+Prints the scan AUROC of every candidate per run (scikit-learn; label = the scan's mask holds fluid), and
+for the rule of ``ScanMaps`` the rates of its flag at the threshold calibrated on the run's normal scans::
 
-    python benchmarks/scan_decision.py TRAIN_RUN SCANS_RUN MASKS [TRAIN_RUN SCANS_RUN MASKS ...]
+    python benchmarks/scan_decision.py SCANS_RUN [SCANS_RUN ...]
 """
 
 from __future__ import annotations
@@ -24,46 +26,73 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from anogan.callbacks import read_scores
-from anogan.data import SPLITS
-from anogan.data.scans import list_scans, read_scan_mask
+from anogan.data.scans import read_scan_mask
+from anogan.localization import quantile_threshold, rates_at, window_max
+from anogan.predict import Stitcher, scans_datamodule
 
-QUANTILES = (0.99, 0.999, 0.9999, 1.0)
-AREA_FPRS = (0.01, 0.001, 0.0001)
+WINDOWS = (5, 7, 9)
+VOTES = (1, 2, 3, 4)
+QUANTILES = (0.99, 0.999, 1.0)
+RULE = "min v3 w7"  # the rule of anogan.callbacks.ScanMaps (scan_min_votes=3, scan_window=7)
 
 
-def candidates(train_run: Path, scans_run: Path, masks: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    rows = read_scores(train_run / "scores.h5")
-    val = rows["split"] == SPLITS["val"]
-    normal_pixels = rows["residual_map"][val].ravel()
-    thresholds = {a: float(np.quantile(normal_pixels, 1 - a)) for a in AREA_FPRS}
-    with open(scans_run / "predictions.csv") as f:
+def candidates(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(labels of the test scans, {candidate: test scans' scores}, {candidate: normal scans' scores})."""
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    dm = scans_datamodule(cfg.data, cfg.ckpt_path)
+    dm.setup()
+    ds = dm.test_set
+    rows = read_scores(run / "scores.h5")
+    maps = np.empty((len(ds), *rows["residual_map"].shape[1:]), np.float32)
+    maps[rows["index"]] = rows["residual_map"]
+    with open(run / "predictions.csv") as f:
         max_patch = {r["image"]: float(r["image_score"]) for r in csv.DictReader(f)}
-    labels, scores = [], {"max patch": []}
-    for scan in list_scans(masks.parent / "scans", masks):
-        amap = np.load(scans_run / "maps" / f"{scan.name}.npy")
-        covered = amap[np.isfinite(amap)]
-        labels.append(int(read_scan_mask(scan).any()))
-        scores["max patch"].append(max_patch[scan.name])
-        for q in QUANTILES:
-            scores.setdefault(f"map q{q:g}", []).append(float(np.quantile(covered, q)))
-        for a, t in thresholds.items():
-            scores.setdefault(f"area@{a:g}", []).append(float(np.mean(covered >= t)))
-    return np.array(labels), {k: np.array(v) for k, v in scores.items()}
+    labels, test, normal = [], {}, {}
+    for s, scan in enumerate(dm.scans):
+        here = np.flatnonzero(ds.scan == s)
+        st = Stitcher(scan.shape).add(maps[here], list(zip(ds.y[here], ds.x[here])))
+        mean = st.result(crop=scan.shape)
+        score = {f"mean w{w}": window_max(mean, w) for w in WINDOWS}
+        score |= {f"min v{v} w{w}": window_max(st.consensus(v, crop=scan.shape), w) for v in VOTES for w in WINDOWS}
+        score |= {f"map q{q:g}": float(np.quantile(mean[np.isfinite(mean)], q)) for q in QUANTILES}
+        if scan.normal:
+            target = normal
+        else:
+            target = test
+            score["max patch"] = max_patch[scan.name]
+            labels.append(int(read_scan_mask(scan).any()))
+        for k, v in score.items():
+            target.setdefault(k, []).append(np.nan if v is None else v)
+    as_arrays = lambda d: {k: np.array(v, np.float64) for k, v in d.items()}  # noqa: E731
+    return np.array(labels), as_arrays(test), as_arrays(normal)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or len(argv) % 3:
+    if not argv:
         print(__doc__.split("Prints")[1], file=sys.stderr)
         return 2
-    for i in range(0, len(argv), 3):
-        train_run, scans_run, masks = (Path(a) for a in argv[i : i + 3])
-        labels, scores = candidates(train_run, scans_run, masks)
-        print(f"{train_run}: {int(labels.sum())} fluid / {int((1 - labels).sum())} healthy scans")
-        for name, s in scores.items():
-            print(f"  {name:12s} scan AUROC {roc_auc_score(labels, s):.3f}")
+    table: dict[str, list[float]] = {}
+    for run in (Path(a) for a in argv):
+        labels, scores, normal = candidates(run)
+        print(f"{run}: {int(labels.sum())} fluid / {int((1 - labels).sum())} healthy test scans, "
+              f"{len(normal.get(RULE, []))} normal scans")
+        for name, s in sorted(scores.items()):
+            value = roc_auc_score(labels, np.nan_to_num(s, nan=-1.0))
+            table.setdefault(name, []).append(value)
+            print(f"  {name:14s} scan AUROC {value:.3f}" + ("   <- ScanMaps' rule" if name == RULE else ""))
+        if RULE in normal:
+            threshold, _ = quantile_threshold(normal[RULE], 0.05, "normal scans")
+            rates = rates_at(scores[RULE], labels, threshold)
+            print(f"  flag at the normal scans' 0.95 quantile {threshold:.4g}: sensitivity "
+                  f"{rates['sensitivity']:.3f}, specificity {rates['specificity']:.3f}")
+    if len(argv) > 1:
+        print(f"mean (min) over the {len(argv)} runs:")
+        for name, values in sorted(table.items(), key=lambda kv: -np.mean(kv[1])):
+            print(f"  {name:14s} {np.mean(values):.3f} ({np.min(values):.3f})")
     return 0
 
 

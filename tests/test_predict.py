@@ -14,11 +14,11 @@ from conftest import ROOT, compose_cfg, run_script
 from PIL import Image
 
 from anogan.callbacks import read_scores
+from anogan.data import SPLITS
 from anogan.data.hdf5 import inspect_hdf5
 from anogan.data.prepare import PatchOptions, positions, prepare_folder
 from anogan.data.scans import ScanError, ScansDataModule, list_scans
 from anogan.pipeline import evaluate
-from anogan.localization import window_max
 from anogan.predict import calibration_from, image_score, parse_reduce, pixel_auroc, stitch, threshold_from
 from anogan.errors import InputError, MissingInputError
 
@@ -40,6 +40,38 @@ def test_stitching_averages_overlaps_and_leaves_uncovered_pixels_undefined():
     assert np.isnan(out[5]).all() and np.isnan(out[:, 7]).all()  # no patch: NaN, not 0
     with pytest.raises(ValueError, match="leaves the 6x8 map"):
         stitch(maps, [(0, 0), (3, 2)], (6, 8))
+
+
+def test_the_consensus_map_takes_the_smallest_covering_patch_where_enough_patches_cover_a_pixel():
+    from anogan.predict import Stitcher
+
+    # three 4x4 patches: a mapping failure (9) over the first, a lesion (5) at pixel (1, 3) in all of them
+    maps = np.ones((3, 4, 4))
+    maps[0] = 9.0
+    maps[0, 1, 3] = maps[1, 1, 1] = maps[2, 1, 0] = 5.0
+    st = Stitcher((6, 8)).add(maps, [(0, 0), (0, 2), (0, 3)])
+    low = st.consensus(1)
+    assert low[1, 3] == 5.0 and low[0, 0] == 9.0 and low[0, 2] == 1.0  # min of 9 and 1 where both cover
+    assert np.isnan(low[5]).all()  # uncovered: NaN, not 0
+    three = st.consensus(3)
+    assert np.isfinite(three).sum() == 4 * 1 and three[1, 3] == 5.0  # only x = 3 is under all three patches
+    assert np.isnan(three[:, :3]).all() and np.isnan(three[:, 4:]).all()
+    assert st.consensus(2, crop=(2, 3)).shape == (2, 3)
+    assert st.result()[1, 3] == pytest.approx((5 + 5 + 5) / 3) and st.result()[0, 2] == pytest.approx(5.0)
+
+
+def test_window_max_at_names_the_centre_of_the_best_square():
+    from anogan.localization import window_max_at
+
+    m = np.zeros((20, 30))
+    m[5:8, 10:13] = 2.0
+    assert window_max_at(m, 3) == (pytest.approx(2.0), (6, 11))
+    m[6, 11] = np.nan  # the best square is no longer wholly covered
+    value, (y, x) = window_max_at(m, 3)
+    assert value == pytest.approx(np.nanmax([m[i - 1:i + 2, j - 1:j + 2].mean() for i in range(1, 19)
+                                             for j in range(1, 29)]))
+    assert np.isfinite(m[y - 1:y + 2, x - 1:x + 2]).all() and m[y - 1:y + 2, x - 1:x + 2].mean() == pytest.approx(value)
+    assert window_max_at(np.full((5, 5), np.nan), 3) is None
 
 
 def test_image_score_is_the_max_or_a_quantile_and_undefined_without_patches():
@@ -153,6 +185,17 @@ def test_scans_that_cannot_match_the_training_data_are_refused_with_the_fix(tmp_
         ScansDataModule(str(tmp_path / "rgb.h5"), training={"normalisation": "none"}, channels=1).setup()
     with pytest.raises(ScanError, match="does not exist"):
         ScansDataModule(str(tmp_path / "nope"), training={"normalisation": "none"}).setup()
+    _scans(tmp_path / "grey", np.random.default_rng(0), n=1)
+    with pytest.raises(ScanError, match="data.normal_path=.*nope does not exist"):
+        ScansDataModule(str(tmp_path / "grey"), normal_path=str(tmp_path / "nope"),
+                        training={"normalisation": "none"}).setup()
+    with pytest.raises(ScanError, match="data.normal_path=.* is data.path itself"):
+        ScansDataModule(str(tmp_path / "grey"), normal_path=str(tmp_path / "grey" / "."),
+                        training={"normalisation": "none"}).setup()
+    _save(tmp_path / "dark" / "0.png", np.zeros((40, 40), np.uint8))  # no tissue: no patch passes
+    with pytest.raises(ScanError, match="data.normal_path=.*dark: no patch of its scans passes the foreground"):
+        ScansDataModule(str(tmp_path / "grey"), normal_path=str(tmp_path / "dark"), min_foreground=0.5,
+                        foreground_threshold=0.1, training={"normalisation": "none"}).setup()
 
 
 def test_calibrated_thresholds_come_from_the_checkpoints_run(tiny_run, tmp_path):
@@ -195,13 +238,27 @@ class _Crash(L.Callback):
             raise RuntimeError("killed")
 
 
+def _consensus_score(maps, pos, shape, min_votes=3, window=7):
+    """The scan score computed here from the patch maps: per pixel the minimum over the >= min_votes
+    covering patches (a stack with NaN), then the best window mean by brute force."""
+    stack = np.full((len(maps), *shape), np.nan)
+    for k, (y, x) in enumerate(pos):
+        stack[k, y : y + maps.shape[1], x : x + maps.shape[2]] = maps[k]
+    votes = np.isfinite(stack).sum(0)
+    low = np.where(votes >= min_votes, np.nanmin(np.where(np.isfinite(stack), stack, np.inf), 0), np.nan)
+    means = [low[i : i + window, j : j + window].mean() for i in range(shape[0] - window + 1)
+             for j in range(shape[1] - window + 1)]
+    return np.nanmax(means)
+
+
 def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch, capsys):
     from anogan import pipeline
 
     rng = np.random.default_rng(3)
     _scans(tmp_path / "scans", rng, n=3, shape=(40, 70))
+    _scans(tmp_path / "normal", rng, n=2, shape=(40, 70))  # known-normal scans: they calibrate the scan flag
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
-    extra = [f"prediction_callbacks.maps.threshold_from={tiny_run}/metrics.json"]
+    extra = [f"prediction_callbacks.maps.threshold_from={tiny_run}/metrics.json", f"data.normal_path={tmp_path}/normal"]
     clean = tmp_path / "clean"
     result = evaluate(_predict_cfg(ckpt, tmp_path / "scans", clean, extra))
     assert "test/auroc/anomaly" not in result  # no labels, no AUROC
@@ -210,10 +267,20 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     rows = list(csv.DictReader(open(clean / "predictions.csv")))
     assert [r["image"] for r in rows] == ["vol/0", "vol/1", "vol/2"]
     threshold = json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
-    region = json.loads((tiny_run / "metrics.json").read_text())["region_calibration"]
-    assert region["window"] == 7 and region["threshold"] is not None
     patches = read_scores(clean / "scores.h5")
-    assert len(patches["index"]) == 3 * 2 * 4  # per scan rows y = 0, 8 and columns x = 0, 16, 32, 38
+    assert len(patches["index"]) == 5 * 2 * 4  # per scan rows y = 0, 8 and columns x = 0, 16, 32, 38
+    # the normal scans' patches come after the test scans' (whose indices, hence initial z, are unchanged)
+    split_of = dict(zip(patches["index"].tolist(), patches["split"].tolist()))
+    assert [split_of[i] for i in range(40)] == [SPLITS["test"]] * 24 + [SPLITS["val"]] * 16
+    pos = positions((40, 70), PatchOptions(patch_size=32, stride=16), np.random.default_rng(0), "test")
+    order = np.argsort(patches["index"])
+    patch_maps = patches["residual_map"][order].astype(np.float64)
+    normal = list(csv.DictReader(open(clean / "normal_scans.csv")))
+    assert [r["image"] for r in normal] == ["vol/0", "vol/1"] and not (clean / "maps" / "vol" / "3.npy").exists()
+    for k, r in enumerate(normal):
+        assert float(r["scan_score"]) == pytest.approx(_consensus_score(patch_maps[24 + 8 * k : 32 + 8 * k], pos,
+                                                                         (40, 70)), rel=1e-5)
+    scan_threshold = np.quantile([float(r["scan_score"]) for r in normal], 0.95)
     for k, r in enumerate(rows):
         amap = np.load(clean / "maps" / "vol" / f"{k}.npy")
         assert amap.shape == (40, 70) and amap.dtype == np.float32 and np.isfinite(amap).all()
@@ -224,10 +291,12 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
         assert int(r["flagged"]) == int(scores.max() >= threshold)
         assert int(r["n_above_threshold"]) == int((scores >= threshold).sum())
         assert len(r["top_patches"].split("; ")) == 5
-        # the scan decision: the largest 7x7 mean of the stitched map against the run's region threshold
-        assert float(r["scan_score"]) == pytest.approx(window_max(amap, 7), rel=1e-5)
-        assert float(r["scan_threshold"]) == pytest.approx(region["threshold"], rel=1e-5)
-        assert int(r["scan_flagged"]) == int(float(r["scan_score"]) >= region["threshold"])
+        # the scan decision: the best 7x7 mean of the consensus map, against the normal scans' 0.95 quantile
+        assert float(r["scan_score"]) == pytest.approx(_consensus_score(patch_maps[own], pos, (40, 70)), rel=1e-5)
+        y, x = (int(v) for v in r["scan_score_at"].split())
+        assert 3 <= y < 40 - 3 and 3 <= x < 70 - 3
+        assert float(r["scan_threshold"]) == pytest.approx(scan_threshold, rel=1e-5)
+        assert int(r["scan_flagged"]) == int(float(r["scan_score"]) >= float(r["scan_threshold"]))
     # killed after two batches, then the same command: the same files, the mapped patches reused
     resumed = tmp_path / "resumed"
     cfg = _predict_cfg(ckpt, tmp_path / "scans", resumed, extra)
@@ -244,8 +313,9 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     mapped, original = [], Inversion.map_batch
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
     evaluate(_predict_cfg(ckpt, tmp_path / "scans", resumed, extra))
-    assert sum(mapped) == 24 - 16  # the first two batches came from scores.h5.partial
+    assert sum(mapped) == 40 - 16  # the first two batches came from scores.h5.partial
     assert list(csv.DictReader(open(resumed / "predictions.csv"))) == rows
+    assert list(csv.DictReader(open(resumed / "normal_scans.csv"))) == normal
     for k in range(3):
         np.testing.assert_allclose(np.load(resumed / "maps" / "vol" / f"{k}.npy"),
                                    np.load(clean / "maps" / "vol" / f"{k}.npy"), rtol=1e-6)
@@ -264,10 +334,11 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
     train(compose_cfg("train", [*SMALL, f"data.path={tmp_path}/patches.h5"], run))
     patch_level = json.loads((run / "metrics.json").read_text())["pixel_auroc"]
     ckpt = run / "checkpoints" / "last.ckpt"
-    assert write_phantom_cli([str(tmp_path / "phantom"), "--ckpt", str(ckpt), "--test-only"]) == 0
+    assert write_phantom_cli([str(tmp_path / "phantom"), "--ckpt", str(ckpt), "--test-only", "--normal", "1"]) == 0
     out = tmp_path / "pred"
     run_script(["evaluate.py", f"ckpt_path={ckpt}", "data=scans", f"data.path={tmp_path}/phantom/scans",
-                f"data.masks={tmp_path}/phantom/masks", "inversion.steps=30", "inversion.reference=false",
+                f"data.masks={tmp_path}/phantom/masks", f"data.normal_path={tmp_path}/phantom/normal",
+                "inversion.steps=30", "inversion.reference=false",
                 f"prediction_callbacks.maps.threshold_from={run}/metrics.json",
                 "logger=none", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
@@ -278,14 +349,19 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
     assert stitched["pixel_auroc"] >= patch_level >= 0.7
     threshold = json.loads((run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
     assert all(int(r["flagged"]) == int(float(r["image_score"]) >= threshold) for r in rows)
-    # scan-level: the map metrics and the scan decision, flagged at the run's region threshold
+    # scan-level: the map metrics and the scan decision, flagged at the normal scans' 0.95 quantile
     assert stitched["pixel_auprc"] > 3 * stitched["n_anomalous_pixels"] / stitched["n_pixels"]
     assert 0.3 < stitched["pixel_aupro"] <= 1 and stitched["pixel_at_calibrated"]["dice"] is not None
     scan = stitched["scan"]
     assert (scan["n_abnormal"], scan["n_normal"]) == (6, 3) and scan["scan_score_auroc"] is not None
-    region = json.loads((run / "metrics.json").read_text())["region_calibration"]["threshold"]
-    assert all(int(r["scan_flagged"]) == int(float(r["scan_score"]) >= region) for r in rows)
-    assert scan["at_flag"]["threshold"] == region
+    normal = [float(r["scan_score"]) for r in csv.DictReader(open(out / "normal_scans.csv"))]
+    assert len(normal) == 3  # one normal volume of 3 scans, never seen by the GAN and not among the scored
+    cal = stitched["calibration"]
+    assert cal["scan_threshold"] == pytest.approx(np.quantile(normal, 0.95)) and cal["n_normal_scans"] == 3
+    assert all(int(r["scan_flagged"]) == int(float(r["scan_score"]) >= cal["scan_threshold"]) for r in rows)
+    assert scan["at_flag"]["threshold"] == cal["scan_threshold"]
+    assert cal["pixel_threshold"] == stitched["pixel_at_calibrated"]["threshold"]
+    assert "normal scans" in cal["pixel_source"]
 
 
 def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
@@ -327,6 +403,31 @@ def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, m
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
     evaluate(_predict_cfg(ckpt, tmp_path / "scans", out))
     assert sum(mapped) == 24  # every patch mapped again: the partial file held other scans' rows
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    # without data.normal_path nothing calibrates the scan flag: a scan score, but no threshold and no flag
+    assert all(r["scan_score"] and r["scan_threshold"] == "" and r["scan_flagged"] == "" for r in rows)
+    assert not (out / "normal_scans.csv").exists()
+
+
+def test_scan_decision_settings_out_of_range_are_refused_before_mapping(tiny_run, tmp_path, monkeypatch):
+    from anogan.inversion import Inversion
+
+    _scans(tmp_path / "scans", np.random.default_rng(6), n=1, shape=(40, 70))
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    mapped = []
+    monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)))
+    with pytest.raises(InputError, match=r"scan_min_votes=3, but patches of 32 pixels at stride 32 cover a pixel 1 "
+                                         r"time\(s\) at most; pass prediction_callbacks.maps.scan_min_votes=1"):
+        evaluate(_predict_cfg(ckpt, tmp_path / "scans", tmp_path / "a", ["data.stride=32"]))
+    from anogan.errors import input_error
+
+    for k, (setting, message) in enumerate([("scan_target_fpr=1.5", "scan_target_fpr=1.5 must lie in (0, 1)"),
+                                            ("scan_window=0", "scan_window=0 must be an integer >= 1")]):
+        with pytest.raises(Exception) as refused:  # Hydra wraps what the callback's constructor raised
+            out = tmp_path / f"b{k}"
+            evaluate(_predict_cfg(ckpt, tmp_path / "scans", out, [f"prediction_callbacks.maps.{setting}"]))
+        assert message in str(input_error(refused.value))
+    assert mapped == [] and not list(tmp_path.glob("*/predictions.csv"))
 
 
 def test_float_scans_outside_the_unit_range_are_refused(tmp_path):

@@ -4,16 +4,18 @@ its image score and flag.
 Per scan, written as soon as its last patch is mapped: ``maps/<scan>.npy`` (float32, the scan's size;
 NaN where no scored patch covers a pixel) and ``maps/<scan>.png`` (the scan with the map overlaid, a
 colour bar in map units). When the test epoch ends: ``predictions.csv`` (one row per scan, with its
-scan-level score and flag) and, where ``data.masks`` gave masks, ``map_metrics.json`` (pixel AUROC,
-AUPRC, best Dice, AUPRO of the stitched maps over whole scans, and the scan-level AUROC, AUPRC and rates
-at the flag, a scan counting as abnormal when its mask holds a pixel).
+scan-level score and flag), ``normal_scans.csv`` (with ``data.normal_path``: the scan scores the flag
+is calibrated on) and, where ``data.masks`` gave masks, ``map_metrics.json`` (pixel AUROC, AUPRC, best
+Dice, AUPRO of the stitched maps over whole scans, and the scan-level AUROC, AUPRC and rates at the
+flag, a scan counting as abnormal when its mask holds a pixel).
 
-The scan decision: ``scan_score`` is the largest mean of the stitched map over a lesion-sized square
-(``anogan.localization.window_max``, the window recorded by the training run's evaluation), and
-``scan_flagged`` calls a scan abnormal when it reaches the region threshold calibrated on normal
-validation images (``metrics.json`` ``region_calibration``), without test labels. On the phantom it
-ranks scans better than the most anomalous patch on three seeds, but reaches a scan AUROC of 0.9 on the
-development seed only (docs/oct.md).
+The scan decision: ``scan_score`` is the largest mean over a lesion-sized ``scan_window`` square of the
+scan's consensus map (``anogan.predict.Stitcher.consensus``: per pixel the smallest residual of the
+patches covering it, where at least ``scan_min_votes`` patches cover it), so that a patch whose mapping
+ended in a poor local minimum does not flag a healthy scan. ``scan_flagged`` calls a scan abnormal when
+its score reaches the (1 - ``scan_target_fpr``) quantile of the scan scores of the normal scans of
+``data.normal_path``, mapped and stitched in the same run: no test label is used. The rule was chosen on
+phantom seeds 0-2 and is reported on seeds 3-5 (docs/oct.md, ``benchmarks/scan_decision.py``).
 Every file is written atomically; with ``ScoreFile`` a resumed run rebuilds the maps of the patches
 already in ``scores.h5.partial`` without mapping them again.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -31,7 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from anogan.callbacks.metrics import auroc, gather_rows, write_json_atomic
-from anogan.localization import average_precision, pick_rates, pixel_metrics, rates_at, window_max
+from anogan.localization import (
+    average_precision,
+    pick_rates,
+    pixel_metrics,
+    quantile_threshold,
+    rates_at,
+    window_max_at,
+)
 from anogan.io import atomic_path
 from anogan import predict as P
 from anogan.errors import InputError
@@ -39,7 +49,8 @@ from anogan.errors import InputError
 log = logging.getLogger(__name__)
 
 COLUMNS = ("image", "height", "width", "patches", "score", "image_score", "top_patches", "n_above_threshold",
-           "threshold", "flagged", "scan_score", "scan_threshold", "scan_flagged", "note")
+           "threshold", "flagged", "scan_score", "scan_score_at", "scan_threshold", "scan_flagged", "note")
+NORMAL_COLUMNS = ("image", "height", "width", "patches", "scan_score", "scan_score_at")
 
 
 class ScanMaps(L.Callback):
@@ -59,15 +70,26 @@ class ScanMaps(L.Callback):
             patches at or above it.
         calibration_from: the training run's ``metrics.json`` or a checkpoint of that run (the config passes
             ``ckpt_path``: ``<run>/metrics.json``): its label-free thresholds (``anogan.localization``) for
-            ``scan_flagged`` (and for ``flagged`` without ``threshold_from``). A run without them (older
-            runs, no normal validation images) leaves ``scan_threshold`` and ``scan_flagged`` empty.
+            ``flagged`` without ``threshold_from``, and the pixel threshold of ``map_metrics.json`` when no
+            normal scans are given.
+        scan_window: the side of the square of ``scan_score`` in scan pixels (lesion-sized; 7 on the phantom).
+        scan_min_votes: the patches that must cover a pixel for it to count in ``scan_score`` (1 up to
+            ceil(patch / stride)^2: 4 at the default stride of half a patch).
+        scan_target_fpr: the share of normal scans the flag may call abnormal: ``scan_threshold`` is the
+            (1 - scan_target_fpr) quantile (linear interpolation) of the normal scans' ``scan_score``.
+            Without ``data.normal_path`` no scan is flagged (``scan_threshold``, ``scan_flagged`` empty).
+        pixel_target_fpr: the pixel threshold of ``map_metrics.json`` is the (1 - pixel_target_fpr) quantile
+            of the normal scans' stitched map pixels.
         overlay: write the PNGs (the ``.npy`` maps are always written).
+
+    Raises InputError for a setting out of range (naming it) before any patch is mapped.
     """
 
     def __init__(self, dirpath: str | os.PathLike, predictions: str | os.PathLike, metrics: str | os.PathLike,
                  score: str = "anomaly", reduce: str | float = "max", top_k: int = 5,
                  threshold_from: str | None = None, threshold_quantile: float = 0.99,
-                 calibration_from: str | None = None, overlay: bool = True):
+                 calibration_from: str | None = None, scan_window: int = 7, scan_min_votes: int = 3,
+                 scan_target_fpr: float = 0.05, pixel_target_fpr: float = 0.01, overlay: bool = True):
         self.dirpath, self.predictions, self.metrics = Path(dirpath), Path(predictions), Path(metrics)
         self.score, self.q, self.top_k, self.overlay = score, P.parse_reduce(reduce), int(top_k), overlay
         self.reduce = str(reduce)
@@ -78,8 +100,15 @@ class ScanMaps(L.Callback):
             self.threshold = float(self.calibration["image_threshold"])
             self.threshold_source = (f"{score} threshold at target FPR {self.calibration['target_fpr']} of "
                                      f"{self.calibration['source']}")
-        self.window = int(self.calibration.get("region_window") or 7)
-        self.scan_threshold = self.calibration.get("region_threshold")
+        for key, value in (("scan_window", scan_window), ("scan_min_votes", scan_min_votes)):
+            if int(value) != value or value < 1:
+                raise InputError(f"prediction_callbacks.maps.{key}={value} must be an integer >= 1")
+        for key, value in (("scan_target_fpr", scan_target_fpr), ("pixel_target_fpr", pixel_target_fpr)):
+            if not 0 < value < 1:
+                raise InputError(f"prediction_callbacks.maps.{key}={value} must lie in (0, 1), e.g. 0.05")
+        self.window, self.min_votes = int(scan_window), int(scan_min_votes)
+        self.scan_target_fpr, self.pixel_target_fpr = float(scan_target_fpr), float(pixel_target_fpr)
+        self.scan_threshold: float | None = None
 
     def on_test_start(self, trainer, pl_module) -> None:
         from anogan.data.scans import ScansDataModule
@@ -89,6 +118,12 @@ class ScanMaps(L.Callback):
             raise TypeError("ScanMaps scores the scans of data=scans (anogan.data.scans.ScansDataModule)")
         ds = dm.test_set
         self.scans, self.ds, self.p = dm.scans, ds, dm.opts.patch_size
+        stride = dm.opts.stride or self.p // 2
+        votes = math.ceil(self.p / stride) ** 2
+        if self.min_votes > votes:
+            raise InputError(f"prediction_callbacks.maps.scan_min_votes={self.min_votes}, but patches of {self.p} "
+                             f"pixels at stride {stride} cover a pixel {votes} time(s) at most; pass "
+                             f"prediction_callbacks.maps.scan_min_votes={votes} or a smaller data.stride")
         self.seen = np.zeros(len(ds), bool)
         self.remaining = np.bincount(ds.scan, minlength=len(self.scans))
         self.stitchers: dict[int, P.Stitcher] = {}
@@ -96,6 +131,8 @@ class ScanMaps(L.Callback):
         self.rows: dict[int, dict] = {}
         self.measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.scan_scores: dict[int, float | None] = {}
+        self.normal_rows: dict[int, dict] = {}
+        self.normal_pixels: list[np.ndarray] = []
         self.progress = None
         if trainer.is_global_zero:
             from tqdm.auto import tqdm
@@ -140,34 +177,60 @@ class ScanMaps(L.Callback):
                 self._finish(s)
 
     def _finish(self, s: int) -> None:
-        """Write scan s's map and PNG; keep its row of predictions.csv."""
+        """Scan s is mapped: its scan score; for a test scan its map, PNG and row of predictions.csv, for
+        a normal scan (``data.normal_path``) its row of normal_scans.csv and its map's pixels."""
         from anogan.data.scans import read_scan_mask
 
         scan = self.scans[s]
         stitcher = self.stitchers.pop(s, None)
         amap = stitcher.result(crop=scan.shape) if stitcher is not None else np.full(scan.shape, np.nan, np.float32)
-        out = self.dirpath / f"{scan.name}.npy"
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.save(f, amap)
-        if self.overlay:
-            from anogan.viz import scan_map_figure
+        found = (window_max_at(stitcher.consensus(self.min_votes, crop=scan.shape), self.window)
+                 if stitcher is not None else None)
+        self.scan_scores[s] = None if found is None else found[0]
+        score = {"scan_score": "" if found is None else f"{found[0]:.6g}",
+                 "scan_score_at": "" if found is None else "{} {}".format(*found[1])}
+        if scan.normal:
+            self.normal_rows[s] = {"image": scan.name, "height": scan.shape[0], "width": scan.shape[1],
+                                   "patches": len(self.patch_scores.pop(s, [])), **score}
+            self.normal_pixels.append(amap[np.isfinite(amap)])
+        else:
+            out = self.dirpath / f"{scan.name}.npy"
+            with atomic_path(out) as tmp, open(tmp, "wb") as f:
+                np.save(f, amap)
+            if self.overlay:
+                from anogan.viz import scan_map_figure
 
-            unit = self.ds.unit_scan(s)
-            grey = unit if unit.ndim == 2 else unit.mean(0)
-            scan_map_figure(grey[: scan.shape[0], : scan.shape[1]], amap, self.dirpath / f"{scan.name}.png",
-                            title=scan.name)
-        mask = read_scan_mask(scan)
-        if mask is not None:
-            self.measured[s] = (amap, mask)
-        self.rows[s] = self._row(scan, self.patch_scores.pop(s, []))
-        region = window_max(amap, self.window)
-        self.rows[s]["scan_score"] = "" if region is None else f"{region:.6g}"
-        self.scan_scores[s] = region
-        if region is not None and self.scan_threshold is not None:
-            self.rows[s].update(scan_threshold=f"{self.scan_threshold:.6g}",
-                                scan_flagged=int(region >= self.scan_threshold))
+                unit = self.ds.unit_scan(s)
+                grey = unit if unit.ndim == 2 else unit.mean(0)
+                scan_map_figure(grey[: scan.shape[0], : scan.shape[1]], amap, self.dirpath / f"{scan.name}.png",
+                                title=scan.name)
+            mask = read_scan_mask(scan)
+            if mask is not None:
+                self.measured[s] = (amap, mask)
+            self.rows[s] = {**self._row(scan, self.patch_scores.pop(s, [])), **score}
         if self.progress is not None:
             self.progress.update(1)
+
+    def _calibrate(self) -> dict:
+        """The label-free thresholds from the normal scans (``data.normal_path``): the scan threshold at the
+        (1 - scan_target_fpr) quantile of their scan scores, the pixel threshold at the (1 - pixel_target_fpr)
+        quantile of their stitched maps' pixels; ``{}`` without normal scans."""
+        if not self.normal_rows:
+            return {}
+        values = [self.scan_scores[s] for s in self.normal_rows]
+        scored = [v for v in values if v is not None]
+        self.scan_threshold, reason = quantile_threshold(scored, self.scan_target_fpr, "scan scores of normal scans")
+        pixel, pixel_reason = quantile_threshold(np.concatenate(self.normal_pixels), self.pixel_target_fpr,
+                                                 "map pixels of normal scans")
+        out = {"scan_threshold": self.scan_threshold, "scan_target_fpr": self.scan_target_fpr,
+               "n_normal_scans": len(values), "n_normal_scans_scored": len(scored),
+               "pixel_threshold": pixel, "pixel_target_fpr": self.pixel_target_fpr,
+               "scan_source": f"{len(scored)} normal scans of data.normal_path, stitched and scored as the test scans"}
+        if reason:
+            out["scan_threshold_reason"] = reason
+        if pixel_reason:
+            out["pixel_threshold_reason"] = pixel_reason
+        return out
 
     def _row(self, scan, patches: list[tuple[float, int, int]]) -> dict:
         values = np.array([v for v, _, _ in patches])
@@ -177,8 +240,8 @@ class ScanMaps(L.Callback):
                "score": self.score if self.q == 1 else f"{self.score} q{self.q:g}",
                "image_score": "" if score is None else f"{score:.6g}",
                "top_patches": "; ".join(f"{y} {x} {v:.5g}" for v, y, x in top),
-               "n_above_threshold": "", "threshold": "", "flagged": "", "scan_score": "", "scan_threshold": "",
-               "scan_flagged": "", "note": ""}
+               "n_above_threshold": "", "threshold": "", "flagged": "", "scan_score": "", "scan_score_at": "",
+               "scan_threshold": "", "scan_flagged": "", "note": ""}
         if score is None:
             row["note"] = "no patch passed the foreground test: no score"
         elif self.threshold is not None:
@@ -191,28 +254,62 @@ class ScanMaps(L.Callback):
             return
         if self.progress is not None:
             self.progress.close()
-        missing = [self.scans[s].name for s in range(len(self.scans)) if s not in self.rows]
+        missing = [scan.name for s, scan in enumerate(self.scans) if s not in self.rows and s not in self.normal_rows]
         if missing:
             raise RuntimeError(f"{len(missing)} scan(s) were not completely mapped: {missing[:5]}")
+        scan_calibration = self._calibrate()
+        test = [s for s in range(len(self.scans)) if s in self.rows]
+        if self.scan_threshold is not None:
+            for s in test:
+                if self.scan_scores[s] is not None:
+                    self.rows[s].update(scan_threshold=f"{self.scan_threshold:.6g}",
+                                        scan_flagged=int(self.scan_scores[s] >= self.scan_threshold))
         with atomic_path(self.predictions) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(self.rows[s] for s in range(len(self.scans)))
-        log.info("wrote %s (%d scans; %s) and %s/", self.predictions, len(self.scans),
-                 self.threshold_source, self.dirpath)
+            writer.writerows(self.rows[s] for s in test)
+        log.info("wrote %s (%d scans; %s) and %s/", self.predictions, len(test), self.threshold_source, self.dirpath)
+        if self.normal_rows:
+            normal_csv = self.predictions.with_name("normal_scans.csv")
+            with atomic_path(normal_csv) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=NORMAL_COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.normal_rows[s] for s in sorted(self.normal_rows))
+            log.info("scan flag calibrated on %d normal scans (%s): scan_threshold %s at target FPR %g",
+                     len(self.normal_rows), normal_csv, scan_calibration.get("scan_threshold"), self.scan_target_fpr)
+        else:
+            log.info("no data.normal_path: scan_flagged left empty; pass data.normal_path=<folder of normal scans "
+                     "not used in training> to flag scans at a calibrated threshold")
         if self.measured:
             maps, masks = zip(*self.measured.values())
+            calibration = self._calibration_record(scan_calibration)
+            pixel_threshold = (calibration or {}).get("pixel_threshold")
             result = {"n_scans": len(self.measured), "score_map": "residual |x - G(z)|, overlaps averaged",
                       **P.pixel_auroc(maps, masks),
-                      **pixel_metrics(maps, masks, threshold=self.calibration.get("pixel_threshold")),
+                      **pixel_metrics(maps, masks, threshold=pixel_threshold),
                       "scan": self._scan_metrics(),
-                      "calibration": self.calibration or None}
+                      "calibration": calibration}
             write_json_atomic(result, self.metrics)
             self.result = result
             if result["pixel_auroc"] is not None:
                 pl_module.log("test/pixel_auroc_stitched", result["pixel_auroc"])
                 log.info("pixel AUROC of the stitched maps over %d whole scans: %.4f", len(maps),
                          result["pixel_auroc"])
+
+    def _calibration_record(self, scan_calibration: dict) -> dict | None:
+        """What ``map_metrics.json`` says the thresholds are and what each was calibrated on: the image
+        threshold from the training run, the scan and pixel thresholds from the normal scans (the pixel one
+        from the training run's normal validation patches without them); None when there is neither."""
+        run = self.calibration
+        if not run and not scan_calibration:
+            return None
+        out = {"image_threshold": run.get("image_threshold"), "target_fpr": run.get("target_fpr"),
+               "source": run.get("source")}
+        if scan_calibration:
+            return {**out, **scan_calibration, "pixel_source": scan_calibration["scan_source"]}
+        return {**out, "pixel_threshold": run.get("pixel_threshold"), "pixel_target_fpr": run.get("pixel_target_fpr"),
+                "pixel_source": run.get("source"), "scan_threshold": None,
+                "scan_threshold_reason": "no data.normal_path: no normal scans to calibrate the scan flag on"}
 
     def _scan_metrics(self) -> dict:
         """Scan-level AUROC and AUPRC of ``scan_score`` and of the image score, against the scans' labels
@@ -221,7 +318,9 @@ class ScanMaps(L.Callback):
         ids = [s for s in self.measured if self.scan_scores.get(s) is not None]
         labels = np.array([int(self.measured[s][1].any()) for s in ids])
         out: dict = {"n_abnormal": int(labels.sum()), "n_normal": int(len(labels) - labels.sum()),
-                     "scan_score": f"largest mean of the stitched map over a {self.window}x{self.window} square"}
+                     "scan_score": (f"largest mean over a {self.window}x{self.window} square of the consensus "
+                                    f"map (per pixel the smallest residual of the >= {self.min_votes} patches "
+                                    "covering it)")}
         image = np.array([float(self.rows[s]["image_score"] or "nan") for s in ids])
         for name, values in (("scan_score", np.array([self.scan_scores[s] for s in ids])), ("image_score", image)):
             reason = None if 0 < labels.sum() < len(labels) else (

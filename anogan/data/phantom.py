@@ -79,26 +79,29 @@ def bscan(rng: np.random.Generator, height: int = 128, width: int = 256, n_fluid
 
 def write_phantom(root: str | os.PathLike, healthy: int = 8, fluid: int = 4, healthy_test: int = 1,
                   scans: int = 4, height: int = 128, width: int = 256, blobs: tuple[int, int] = (1, 3),
-                  speckle: float = 0.12, bits: int = 8, seed: int = 0) -> Path:
+                  speckle: float = 0.12, bits: int = 8, seed: int = 0, normal: int = 0) -> Path:
     """Write ``root/scans/<volume>/<k>.png`` and ``root/masks/<volume>/<k>.png``.
 
     ``healthy`` volumes without annotation (training), ``healthy_test`` healthy volumes with empty
-    masks and ``fluid`` volumes with ``blobs`` (min, max) fluid blobs per scan (test). 8- or 16-bit
-    PNG. Returns ``root``."""
+    masks and ``fluid`` volumes with ``blobs`` (min, max) fluid blobs per scan (test). ``normal`` more
+    healthy volumes, drawn after all of those (which stay the same), into ``root/normal/<volume>/``:
+    normal scans no model trained on, to calibrate ``data=scans``'s scan flag (``data.normal_path``).
+    8- or 16-bit PNG. Returns ``root``."""
     from PIL import Image
 
     root = Path(root)
     rng = np.random.default_rng(seed)
     dtype, top = (np.uint8, 255) if bits == 8 else (np.uint16, 65535)
-    kinds = ["healthy"] * healthy + ["healthy_test"] * healthy_test + ["fluid"] * fluid
+    kinds = ["healthy"] * healthy + ["healthy_test"] * healthy_test + ["fluid"] * fluid + ["normal"] * normal
     for v, kind in enumerate(kinds):
         name = f"{kind}_{v:03d}"
+        folder = root / ("normal" if kind == "normal" else "scans") / name
         for k in range(scans):
             n = int(rng.integers(blobs[0], blobs[1] + 1)) if kind == "fluid" else 0
             image, mask = bscan(rng, height, width, n, speckle)
-            (root / "scans" / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.round(image * top).astype(dtype)).save(root / "scans" / name / f"{k:03d}.png")
-            if kind != "healthy":
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.round(image * top).astype(dtype)).save(folder / f"{k:03d}.png")
+            if kind not in ("healthy", "normal"):
                 (root / "masks" / name).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / name / f"{k:03d}.png")
     return root
@@ -143,9 +146,10 @@ class PhantomDataModule(HDF5DataModule):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m anogan.data.phantom OUT [--ckpt CKPT] [--test-only]``: write the phantom's scans and
-    masks; with ``--ckpt`` exactly those of that training run (its recorded ``data.phantom``), with
-    ``--test-only`` only its annotated test volumes (which the GAN never saw)."""
+    """``python -m anogan.data.phantom OUT [--ckpt CKPT] [--test-only] [--normal N]``: write the phantom's
+    scans and masks; with ``--ckpt`` exactly those of that training run (its recorded ``data.phantom``),
+    with ``--test-only`` only its annotated test volumes (which the GAN never saw), with ``--normal N``
+    also N more healthy volumes into ``OUT/normal`` (``data.normal_path`` of ``data=scans``)."""
     import argparse
     import shutil
 
@@ -153,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="folder to write scans/ and masks/ into")
     ap.add_argument("--ckpt", type=Path, default=None, help="a checkpoint of experiment=oct_phantom: its recipe")
     ap.add_argument("--test-only", action="store_true", help="keep only the annotated (test) volumes")
+    ap.add_argument("--normal", type=int, default=0, metavar="N",
+                    help="also write N healthy volumes no model trained on into OUT/normal (data.normal_path)")
     args = ap.parse_args(argv)
+    if args.normal < 0:
+        ap.error(f"--normal {args.normal}: pass a number of volumes >= 0")
     recipe = {}
     if args.ckpt is not None:
         from anogan.checkpoints import read_checkpoint
@@ -164,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if "blobs" in recipe:
         recipe["blobs"] = tuple(recipe["blobs"])
-    root = write_phantom(args.out, **recipe)
+    root = write_phantom(args.out, **recipe, normal=args.normal)
     if args.test_only:
         for vol in (root / "scans").iterdir():
             if not (root / "masks" / vol.name).is_dir():
                 shutil.rmtree(vol)
     n = len(list((root / "scans").rglob("*.png")))
-    print(f"wrote {n} scans to {root / 'scans'} and their masks to {root / 'masks'}")
+    print(f"wrote {n} scans to {root / 'scans'} and their masks to {root / 'masks'}"
+          + (f"; {args.normal * recipe.get('scans', 4)} normal scans to {root / 'normal'}" if args.normal else ""))
     return 0
 
 

@@ -17,6 +17,11 @@ differs from it, or scans of another channel count or bit depth, is refused with
 Every item is a patch: ``image`` (C, S, S) in [-1, 1] (S = the GAN's image size; patches of another
 ``patch_size`` are resized like the training patches were), ``label`` -1 (unknown), ``index`` (the
 patch's row in ``patches``: the key of its initial z), ``split`` (test).
+
+Optional ``data.normal_path``: scans known to be normal and not used in training (same forms as
+``data.path``, read the same way). Their patches follow the test scans' (so the test patches keep their
+indices and initial z) with ``split`` val; ``anogan.callbacks.ScanMaps`` maps them like the test scans
+and calibrates the scan flag and the pixel threshold on their stitched maps, without labels.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class ScanError(InputError):
 class Scan:
     """One scan: ``name`` (relative path without suffix, ``_p<page>`` for a page of a multi-page
     TIFF, ``<file>_<row>`` for an HDF5 row; also the name of its outputs), where it is stored
-    (``source``, ``page``: TIFF page or HDF5 row), ``shape`` (H, W) and ``mask`` (a file, or None)."""
+    (``source``, ``page``: TIFF page or HDF5 row), ``shape`` (H, W), ``mask`` (a file, or None) and
+    ``normal``: a scan of ``data.normal_path``, known to be normal, that calibrates the scan flag."""
 
     name: str
     source: Path
@@ -66,31 +72,34 @@ class Scan:
     channels: int
     dtype: np.dtype
     mask: Path | None = None
+    normal: bool = False
 
 
-def _hdf5_images(path: Path) -> h5py.Dataset:
+def _hdf5_images(path: Path, key: str = "data.path") -> h5py.Dataset:
     f = h5py.File(path, "r")
     if "images" not in f:
         f.close()
-        raise ScanError(f"data.path={path}: no dataset 'images' (it has {sorted(f.keys())}); store the scans "
+        raise ScanError(f"{key}={path}: no dataset 'images' (it has {sorted(f.keys())}); store the scans "
                         "as images (N, H, W) or (N, C, H, W)")
     return f["images"]
 
 
 def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, colour: bool = False,
-               mask_suffix: str = "") -> list[Scan]:
+               mask_suffix: str = "", key: str = "data.path") -> list[Scan]:
     """Every scan of ``path`` (folder, image file or HDF5 file) in a fixed order, with its mask file;
-    ``colour``: colour images keep their 3 channels (for a GAN trained on colour), else read as grey."""
+    ``colour``: colour images keep their 3 channels (for a GAN trained on colour), else read as grey.
+    ``key``: the setting that gave ``path``, named in errors. Raises ScanError for a missing or unreadable
+    input."""
     path = Path(path)
     if not path.exists():
-        raise ScanError(f"data.path={path} does not exist; pass a folder of PNG / TIFF scans, an image or an HDF5 file")
+        raise ScanError(f"{key}={path} does not exist; pass a folder of PNG / TIFF scans, an image or an HDF5 file")
     masks = Path(masks) if masks else None
     if masks is not None and not masks.exists():
         raise ScanError(f"data.masks={masks} does not exist; pass the mask folder (or file), or drop data.masks")
     if path.is_file() and path.suffix.lower() in (".h5", ".hdf5"):
         if masks is not None:
             raise ScanError("data.masks is for image folders; an HDF5 input is scored without masks (drop data.masks)")
-        images = _hdf5_images(path)
+        images = _hdf5_images(path, key)
         with images.file:
             if images.ndim not in (3, 4) or images.dtype.kind not in "uf":
                 raise ScanError(f"{path}: 'images' of shape {images.shape} and dtype {images.dtype}; expected "
@@ -107,7 +116,7 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, 
         root = path
         if not files:
             others = sorted({f.suffix.lower() or f.name for f in path.rglob("*") if f.is_file()})
-            raise ScanError(f"data.path={path}: no PNG or TIFF image in it or its sub-folders"
+            raise ScanError(f"{key}={path}: no PNG or TIFF image in it or its sub-folders"
                             + (f" (found only {', '.join(others[:5])} files: convert them to PNG or TIFF)"
                                if others else ""))
     out = []
@@ -197,7 +206,7 @@ class PatchDataset(Dataset):
             "image": to_model_range(patch[None], self.image_size)[0],
             "label": torch.tensor(-1),
             "index": torch.tensor(i),
-            "split": torch.tensor(SPLITS["test"]),
+            "split": torch.tensor(SPLITS["val" if self.scans[int(self.scan[i])].normal else "test"]),
         }
 
 
@@ -217,6 +226,8 @@ class ScansDataModule(L.LightningDataModule):
     Args:
         path, masks: the inputs (module docstring); mask_suffix: a mask's name is the scan's plus this
             (e.g. ``_mask``: ``a.png`` -> ``a_mask.png``). Raises ScanError when no mask matches a scan.
+        normal_path: scans known to be normal, for the label-free calibration of the scan flag (module
+            docstring); None: no scan flag.
         training: the training data's recipe (``anogan.predict.training_recipe``): normalisation,
             percentiles, scale, patch_size, stride, min_foreground, foreground_threshold, dtype.
         stride: grid stride in scan pixels; None: the training data's (``patch_size // 2`` without one).
@@ -225,13 +236,15 @@ class ScansDataModule(L.LightningDataModule):
         image_size, channels: the GAN's (set by the evaluation from the checkpoint).
     """
 
-    def __init__(self, path: str = "???", masks: str | None = None, mask_suffix: str = "", training: dict | None = None,
+    def __init__(self, path: str = "???", masks: str | None = None, mask_suffix: str = "",
+                 normal_path: str | None = None, training: dict | None = None,
                  stride: int | None = None, patch_size: int | None = None, normalise: str | None = None,
                  percentiles: list[float] | None = None, scale: list[float] | None = None,
                  min_foreground: float | None = None, foreground_threshold: float | None = None,
                  image_size: int = 32, channels: int = 1, eval_batch_size: int = 256, num_workers: int = 0):
         super().__init__()
         self.path, self.masks, self.mask_suffix = path, masks, mask_suffix or ""
+        self.normal_path = normal_path or None
         self.image_size, self.channels = int(image_size), int(channels)
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.recipe = resolve_recipe(training or {}, dict(
@@ -252,6 +265,14 @@ class ScansDataModule(L.LightningDataModule):
         if self.test_set is not None:
             return
         scans = list_scans(self.path, self.masks, colour=self.channels == 3, mask_suffix=self.mask_suffix)
+        if self.normal_path is not None:
+            if Path(self.normal_path).resolve() == Path(self.path).resolve():
+                raise ScanError(f"data.normal_path={self.normal_path} is data.path itself; pass a folder of scans "
+                                "known to be normal and not among those scored, or drop data.normal_path")
+            normal = list_scans(self.normal_path, colour=self.channels == 3, key="data.normal_path")
+            for scan in normal:
+                scan.normal = True
+            scans += normal
         self.check_scans(scans)
         rng = np.random.default_rng(0)  # unused by the grid; positions() takes one for random patches
         rows = []
@@ -264,9 +285,14 @@ class ScansDataModule(L.LightningDataModule):
             scaled = pad_to_patch(unit(raw, self.opts), self.opts.patch_size)
             grey = scaled if scaled.ndim == 2 else scaled.mean(0)
             rows += [(s, y, x) for y, x in kept_positions(grey, self.opts, rng, scan.source)]
-        if not rows:
-            raise ScanError(f"data.path={self.path}: no patch of its {len(scans)} scan(s) passes the foreground "
+        if not any(not scans[s].normal for s, _, _ in rows):
+            n = sum(not scan.normal for scan in scans)
+            raise ScanError(f"data.path={self.path}: no patch of its {n} scan(s) passes the foreground "
                             f"test (data.min_foreground={self.opts.min_foreground}); pass data.min_foreground=0")
+        if self.normal_path is not None and not any(scans[s].normal for s, _, _ in rows):
+            raise ScanError(f"data.normal_path={self.normal_path}: no patch of its scans passes the foreground test "
+                            f"(data.min_foreground={self.opts.min_foreground}), so nothing calibrates the scan flag; "
+                            "pass other normal scans, data.min_foreground=0, or drop data.normal_path")
         table = np.array(rows, dtype=np.int64)
         self.scans = scans
         self.fingerprint = fingerprint(scans, table, self.recipe)
@@ -307,7 +333,8 @@ def fingerprint(scans: list[Scan], table: np.ndarray, recipe: dict) -> str:
     h = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
     for s in scans:
         st = s.source.stat()
-        h.update(f"{s.name}|{s.page}|{s.shape}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        normal = "|normal" if s.normal else ""  # scans without data.normal_path keep their old digest
+        h.update(f"{s.name}|{s.page}|{s.shape}|{st.st_size}|{st.st_mtime_ns}{normal}\n".encode())
     h.update(np.ascontiguousarray(table).tobytes())
     return h.hexdigest()
 
