@@ -157,6 +157,7 @@ RUN_FILES = {
     "samples": "G(z) during training:",
     "summary.csv": "one row per job of the multirun",
     "predictions.csv": "data=scans: per scan, its image score, scan score and flags",
+    "normal_scans.csv": "data=scans with data.normal_path: the scan scores the scan flag is calibrated on",
     "map_metrics.json": "data=scans with data.masks: pixel and scan-level metrics of the stitched maps",
     "maps": "data=scans: per scan, the stitched map (.npy) and its overlay (.png):",
 }

@@ -263,7 +263,8 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     result = evaluate(_predict_cfg(ckpt, tmp_path / "scans", clean, extra))
     assert "test/auroc/anomaly" not in result  # no labels, no AUROC
     closing = capsys.readouterr().out.split("Run directory:")[-1]  # the closing lines name the outputs
-    assert all(f"  {name}" in closing for name in ("predictions.csv", "maps/", "scores.h5")), closing
+    outputs = ("predictions.csv", "normal_scans.csv", "maps/", "scores.h5")
+    assert all(f"  {name}" in closing for name in outputs), closing
     rows = list(csv.DictReader(open(clean / "predictions.csv")))
     assert [r["image"] for r in rows] == ["vol/0", "vol/1", "vol/2"]
     threshold = json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]

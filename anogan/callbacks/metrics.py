@@ -165,7 +165,8 @@ class AnomalyMetrics(OutputCollector):
     (split = val), and a pixel threshold at the (1 - ``pixel_target_fpr``) quantile of their residual
     pixels, with the test's rates (and pixel Dice) at them; and a region threshold at the (1 - ``target_fpr``)
     quantile of their region scores (the largest mean of the residual map over a ``region_window`` square,
-    ``anogan.localization.window_max``), which ``data=scans`` flags whole scans with.
+    ``anogan.localization.window_max``): a patch-level region score. (``data=scans`` calibrates its scan
+    flag on whole normal scans instead, ``anogan.callbacks.ScanMaps``.)
 
     The residual maps of every mapped image are kept until the epoch ends (N x H x W float32) for the
     pixel metrics; ``pixel_thresholds`` bins the pixel curves (see ``anogan.localization``)."""
