@@ -440,21 +440,28 @@ def test_float_scans_outside_the_unit_range_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
-    """trainer=ddp on CPU (two gloo processes): the same maps, predictions and pixel AUROC as one process;
-    21 patches, an odd count, so the DistributedSampler repeats one (it is counted once)."""
+    """trainer=ddp on CPU (two gloo processes): the same maps, predictions, scan flags and pixel AUROC as one
+    process; 21 + 10 patches, an odd count, so the DistributedSampler repeats one (it is counted once)."""
     rng = np.random.default_rng(5)
     for k, shape in enumerate([(40, 70), (32, 120), (50, 40)]):  # 8 + 7 + 6 patches
         _save(tmp_path / "scans" / f"{k}.png", rng.integers(0, 255, shape, dtype=np.uint8))
         _save(tmp_path / "masks" / f"{k}.png", (rng.random(shape) < 0.05).astype(np.uint8) * 255)
+    _save(tmp_path / "normal" / "n.png", rng.integers(0, 255, (40, 70), dtype=np.uint8))  # 8 patches
+    _save(tmp_path / "normal" / "small.png", rng.integers(0, 255, (32, 48), dtype=np.uint8))  # 2, overlapping once
     args = [f"ckpt_path={tiny_run}/checkpoints/last.ckpt", "data=scans", f"data.path={tmp_path}/scans",
-            f"data.masks={tmp_path}/masks", "inversion.steps=3", "logger=none", "trainer.enable_progress_bar=false",
-            "data.eval_batch_size=4"]
+            f"data.masks={tmp_path}/masks", f"data.normal_path={tmp_path}/normal", "inversion.steps=3", "logger=none",
+            "trainer.enable_progress_bar=false", "data.eval_batch_size=4"]
     run_script(["evaluate.py", *args, f"hydra.run.dir={tmp_path}/one"], cwd=ROOT)
     run_script(["evaluate.py", *args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                 f"hydra.run.dir={tmp_path}/ddp"], cwd=ROOT)
     one, ddp = tmp_path / "one", tmp_path / "ddp"
     assert (ddp / "train_ddp_process_1.log").exists()  # Lightning started the second process
-    assert list(csv.DictReader(open(ddp / "predictions.csv"))) == list(csv.DictReader(open(one / "predictions.csv")))
+    for name in ("predictions.csv", "normal_scans.csv"):
+        assert list(csv.DictReader(open(ddp / name))) == list(csv.DictReader(open(one / name))), name
+    assert all(r["scan_flagged"] in ("0", "1") for r in csv.DictReader(open(one / "predictions.csv")))
+    # 32 x 48: two patches, at most 2 cover a pixel: no scan score (empty, with the reason), not calibrated on
+    normal = {r["image"]: r for r in csv.DictReader(open(one / "normal_scans.csv"))}
+    assert normal["small"]["scan_score"] == "" and "covered by >= 3 patches" in normal["small"]["note"]
     for k in range(3):
         np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
     a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
@@ -462,4 +469,7 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
     for key in ("pixel_auprc", "pixel_best_dice", "pixel_aupro"):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert a["scan"]["n_abnormal"] == b["scan"]["n_abnormal"] == 3
-    assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21))
+    assert a["calibration"]["scan_threshold"] == pytest.approx(b["calibration"]["scan_threshold"], rel=1e-6)
+    assert a["calibration"]["scan_threshold"] == pytest.approx(float(normal["n"]["scan_score"]), rel=1e-5)
+    assert (a["calibration"]["n_normal_scans"], a["calibration"]["n_normal_scans_scored"]) == (2, 1)
+    assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21 + 10))

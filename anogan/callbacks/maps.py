@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("image", "height", "width", "patches", "score", "image_score", "top_patches", "n_above_threshold",
            "threshold", "flagged", "scan_score", "scan_score_at", "scan_threshold", "scan_flagged", "note")
-NORMAL_COLUMNS = ("image", "height", "width", "patches", "scan_score", "scan_score_at")
+NORMAL_COLUMNS = ("image", "height", "width", "patches", "scan_score", "scan_score_at", "note")
 
 
 class ScanMaps(L.Callback):
@@ -189,9 +189,12 @@ class ScanMaps(L.Callback):
         self.scan_scores[s] = None if found is None else found[0]
         score = {"scan_score": "" if found is None else f"{found[0]:.6g}",
                  "scan_score_at": "" if found is None else "{} {}".format(*found[1])}
+        why = "" if found is not None or stitcher is None else (
+            f"no scan_score: no {self.window}x{self.window} square of pixels covered by >= {self.min_votes} "
+            "patches (scan too small for the stride; lower prediction_callbacks.maps.scan_min_votes or data.stride)")
         if scan.normal:
             self.normal_rows[s] = {"image": scan.name, "height": scan.shape[0], "width": scan.shape[1],
-                                   "patches": len(self.patch_scores.pop(s, [])), **score}
+                                   "patches": len(self.patch_scores.pop(s, [])), **score, "note": why}
             self.normal_pixels.append(amap[np.isfinite(amap)])
         else:
             out = self.dirpath / f"{scan.name}.npy"
@@ -208,6 +211,8 @@ class ScanMaps(L.Callback):
             if mask is not None:
                 self.measured[s] = (amap, mask)
             self.rows[s] = {**self._row(scan, self.patch_scores.pop(s, [])), **score}
+            if why:
+                self.rows[s]["note"] = "; ".join(filter(None, (self.rows[s]["note"], why)))
         if self.progress is not None:
             self.progress.update(1)
 
