@@ -225,7 +225,23 @@ def test_each_process_drops_its_last_incomplete_batch_and_a_share_below_two_imag
         assert (loader.drop_last, loader.batch_size) == (drop, batch)
     dm.trainer = _Trainer(n)  # one image per process
     with pytest.raises(InputError, match=rf"{n} normal training image\(s\) over {n} process\(es\) is 1 image per "
-                                         r"process \(data.batch_size=.*fewer processes \(trainer.devices\)"):
+                                         r"process \(data.batch_size=.*fewer processes \(trainer.devices\) or on "
+                                         r"more normal classes \(data.normal_classes\)$"):
+        dm.train_dataloader()
+
+
+def test_too_few_images_per_process_names_the_setting_of_the_data_source_at_hand(tmp_path):
+    """The fix in the message is one that works for the source: image folders have no normal_classes."""
+    from trees import make_folders
+
+    from anogan.data.folder import FolderDataModule
+
+    dirs = {k: str(v) for k, v in make_folders(tmp_path, size=(16, 16), n_normal=6, mask_suffix=None).items()}
+    dm = FolderDataModule(**dirs, image_size=16, channels=1, val_fraction=0.2, test_fraction=0.2)
+    dm.setup("fit")
+    dm.trainer = _Trainer(len(dm.train_set))
+    with pytest.raises(InputError, match=r"fewer processes \(trainer.devices\) or on more normal images in "
+                                         r"data.normal_dir$"):
         dm.train_dataloader()
 
 

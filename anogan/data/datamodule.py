@@ -54,6 +54,8 @@ class ArrayDataset(Dataset):
 class OneClassDataModule(L.LightningDataModule):
     """Shared splitting and loading; subclasses implement ``build`` for their source."""
 
+    more_normal = "more normal training images"  # how to give this source more: named in errors
+
     def __init__(
         self,
         image_size: int = 32,
@@ -96,7 +98,8 @@ class OneClassDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.build()
             if len(self.train_set) == 0:
-                raise InputError(f"{type(self).__name__}: no normal image in the training split")
+                raise InputError(f"{type(self).__name__}: no normal image in the training split; train on "
+                                 f"{self.more_normal}")
             if self.test_subset is not None and self.test_subset < len(self.test_set):
                 self.test_set = Subset(self.test_set, self._sample(len(self.test_set), self.test_subset, 1))
 
@@ -119,14 +122,14 @@ class OneClassDataModule(L.LightningDataModule):
         repeating a few). The last incomplete batch is dropped (a batch of 1 breaks BatchNorm) unless
         the share is one batch or less, which then trains as one smaller batch.
 
-        Raises ValueError, before training, when a process would get fewer than 2 images."""
+        Raises InputError, before training, when a process would get fewer than 2 images."""
         world = int(getattr(self.trainer, "world_size", 1) or 1)
         share = -(-len(self.train_set) // world)
         if share < 2:
             raise InputError(
                 f"{len(self.train_set)} normal training image(s) over {world} process(es) is {share} image per "
                 f"process (data.batch_size={self.batch_size}), and a training batch needs at least 2 (BatchNorm): "
-                "train with fewer processes (trainer.devices) or on more normal images (data.normal_classes)"
+                f"train with fewer processes (trainer.devices) or on {self.more_normal}"
             )
         if world > 1 and share <= self.batch_size:
             log.info("%d normal training images over %d processes: one batch of %d per process and epoch "
@@ -158,6 +161,8 @@ class OneClassDataModule(L.LightningDataModule):
 
 class ClassDataModule(OneClassDataModule):
     """A labelled-by-class source: the images of ``normal_classes`` are normal, all others anomalous."""
+
+    more_normal = "more normal classes (data.normal_classes)"
 
     def __init__(self, normal_classes: Sequence[int] = (0,), **kwargs):
         super().__init__(**kwargs)
@@ -247,6 +252,8 @@ class HDF5DataModule(OneClassDataModule):
     held-out normal set: ``val_fraction`` of its training volumes (rounded; 0 keeps all for training)
     become the val split, for thresholds calibrated without test labels. Training keeps the normal
     images only. Rows are read lazily in each worker."""
+
+    more_normal = "a file with more normal images (data.path), or a smaller data.val_fraction"
 
     def __init__(self, path: str = "???", test_fraction: float = 0.2, **kwargs):
         super().__init__(**kwargs)

@@ -206,6 +206,8 @@ class FolderDataModule(OneClassDataModule):
         test_fraction: of the normal images, held out for test when ``normal_test_dir`` is not given.
     """
 
+    more_normal = "more normal images in data.normal_dir"
+
     def __init__(self, normal_dir: str = "???", abnormal_dir: str = "???", normal_test_dir: str | None = None,
                  mask_dir: str | None = None, mask_suffix: str = "", recursive: bool = True,
                  patch_size: int | None = None, stride: int | None = None, per_image: int | None = None,
