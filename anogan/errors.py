@@ -78,7 +78,8 @@ def run_main(main: Callable[[], Any]) -> Any:
     Hydra prints every exception of a job with a traceback; ``HYDRA_FULL_ERROR=1`` makes it re-raise
     the exception instead, which is set here for the run, so that this function decides what is shown.
     Hydra's own compact errors (a bad override, an unknown config option) are printed as Hydra prints
-    them, exit status 1. With ``HYDRA_FULL_ERROR=1`` set by the user, everything is raised as it is."""
+    them, exit status 1. With ``HYDRA_FULL_ERROR=1`` set by the user, everything is raised as it is. A
+    multirun that ended with a failed job prints its sweep directory's closing lines first."""
     if full_error_asked():
         return main()
     os.environ[FULL_ERROR] = os.environ[_SET_BY_US] = "1"
@@ -88,6 +89,11 @@ def run_main(main: Callable[[], Any]) -> Any:
         from hydra.errors import CompactHydraException
         from omegaconf.errors import OmegaConfBaseException
 
+        from anogan.sweep import failed_multirun_report
+
+        closing = failed_multirun_report()  # a multirun that ended with a failed job: its files first
+        if closing:
+            print(closing, flush=True)
         if input_error(e) is not None:
             sys.exit(report(input_error(e)))
         if not isinstance(e, CompactHydraException):

@@ -434,9 +434,27 @@ def job_error(job_return) -> BaseException | None:
     return job_return._return_value if job_return.status == JobStatus.FAILED else None
 
 
+_MULTIRUN_DIR: Path | None = None  # the sweep directory of this process's multirun (on_multirun_start)
+
+
+def failed_multirun_report() -> str | None:
+    """The closing lines of this process's multirun when it ended with a failed job, which Hydra's
+    sweepers end before ``on_multirun_end``: the summary rebuilt from every job directory, then
+    ``sweep_report``; None outside a multirun or before its directory exists."""
+    if _MULTIRUN_DIR is None or not _MULTIRUN_DIR.is_dir():
+        return None
+    _locked_summary(_MULTIRUN_DIR)
+    return sweep_report(_MULTIRUN_DIR)
+
+
 class SweepSummary(Callback):
     """Hydra callback: finish the job's wandb run, write ``job_status.json``, and in a multirun the
-    sweep's ``summary.csv`` and figures (after every job, and when the multirun ends)."""
+    sweep's ``summary.csv`` and figures (after every job, and when the multirun ends; when a job fails,
+    ``anogan.errors.run_main`` prints the closing lines with ``failed_multirun_report``)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _MULTIRUN_DIR
+        _MULTIRUN_DIR = Path(str(config.hydra.sweep.dir))
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -461,6 +479,8 @@ class SweepSummary(Callback):
             sys.exit(report(error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _MULTIRUN_DIR
+        _MULTIRUN_DIR = None  # reported here
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if sweep_dir.is_dir():
             _locked_summary(sweep_dir)

@@ -55,6 +55,8 @@ def test_a_failed_job_is_a_row_with_its_error(tiny_ckpt, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr  # bad input: one line, after the whole sweep
     assert proc.stderr.strip().splitlines()[-1] == "error: inversion.lam=2 must lie in [0, 1] (the paper uses 0.1)"
+    # the sweep's closing lines, as after a sweep without failures
+    assert f"Sweep directory: {sweep}" in proc.stdout and "summary.csv" in proc.stdout.split("Sweep directory:")[1]
     ok, failed = read_summary(sweep)
     assert ok["status"] == "COMPLETED"
     job = json.loads((sweep / ok["job"] / "metrics.json").read_text())
