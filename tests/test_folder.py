@@ -13,6 +13,7 @@ from PIL import Image
 from trees import image, make_folders, make_mvtec, save, save_mask
 
 from anogan.data import SPLITS
+from anogan.localization import window_max
 from anogan.data.folder import FolderDataModule, MVTecDataModule
 from anogan.data.scans import ScanError, resolve_recipe
 from anogan.data.transforms import mask_to_size
@@ -42,11 +43,15 @@ def test_mvtec_layout_keeps_the_official_split_every_defect_anomalous_and_colour
     assert all(int(it["split"]) == SPLITS["val"] and int(it["label"]) == 0 for it in items(dm.val_set))
 
 
-def test_grey_16_bit_folders_of_a_size_not_a_training_size_resized_or_cut_into_patches(tmp_path):
+def test_grey_16_bit_folders_of_a_size_not_a_training_size_resized_or_cut_into_patches(tmp_path, caplog):
     dirs = {k: str(v) for k, v in make_folders(tmp_path, size=(37, 45), bits=16, mask_suffix="_mask").items()}
     dm = FolderDataModule(**dirs, mask_suffix="_mask", image_size=32, channels=1, val_fraction=0.1,
                           test_fraction=0.2)
-    dm.setup()
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    assert "the 45x37 images are stretched to 32x32 (data.image_size)" in caplog.text  # said, not silent
+    assert "data.patch_size=<pixels>" in caplog.text
+    caplog.clear()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (14, 2, 4 + 5)
     test = items(dm.test_set)
     assert sum(int(it["label"]) for it in test) == 5 and all(it["image"].shape == (1, 32, 32) for it in test)
@@ -62,7 +67,9 @@ def test_grey_16_bit_folders_of_a_size_not_a_training_size_resized_or_cut_into_p
     # patches as prepare cuts them: a 37x45 image with 16-pixel patches, stride 8 -> 4 x 5 positions
     cut = FolderDataModule(**dirs, mask_suffix="_mask", image_size=32, channels=1, patch_size=16,
                            min_anomalous_pixels=5)
-    cut.setup()
+    with caplog.at_level("WARNING"):
+        cut.setup()
+    assert "stretched" not in caplog.text  # square patches keep the aspect ratio
     assert len(cut.train_set) + len(cut.val_set) + len(cut.test_set) == 25 * 20
     patches = items(cut.test_set)
     anomalous = [it for it in patches if int(it["label"]) == 1]
@@ -202,6 +209,10 @@ def test_a_tiny_mvtec_run_scores_colour_images_and_its_pixel_auroc_matches_score
                                       f"data.path={tmp_path / 'mvtec' / 'widget' / 'test' / 'cut'}",
                                       "inversion.steps=2", "logger=none"], tmp_path / "scans"))
     assert len(list((tmp_path / "scans" / "maps").glob("*.npy"))) == 3
+    # whole images, one patch each: the scan score takes the one vote there is (the patch's own map)
+    for r in csv.DictReader(open(tmp_path / "scans" / "predictions.csv")):
+        amap = np.load(tmp_path / "scans" / "maps" / f"{r['image']}.npy")
+        assert float(r["scan_score"]) == pytest.approx(window_max(amap, 7), rel=1e-5)
 
 
 def test_a_sweep_over_categories_writes_the_benchmark_table_and_a_missing_one_fails_in_one_line(tmp_path):

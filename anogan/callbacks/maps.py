@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("image", "height", "width", "patches", "score", "image_score", "top_patches", "n_above_threshold",
            "threshold", "flagged", "scan_score", "scan_score_at", "scan_threshold", "scan_flagged", "note")
+DEFAULT_MIN_VOTES = 3  # scan_min_votes=null: chosen on the phantom's development seeds (docs/oct.md)
 NORMAL_COLUMNS = ("image", "height", "width", "patches", "scan_score", "scan_score_at", "note")
 
 
@@ -74,7 +75,9 @@ class ScanMaps(L.Callback):
             normal scans are given.
         scan_window: the side of the square of ``scan_score`` in scan pixels (lesion-sized; 7 on the phantom).
         scan_min_votes: the patches that must cover a pixel for it to count in ``scan_score`` (1 up to
-            ceil(patch / stride)^2: 4 at the default stride of half a patch).
+            ceil(patch / stride)^2: 4 at the default stride of half a patch); None: 3 (the phantom's rule,
+            chosen at half-patch stride), or the most the stride allows when that is fewer (1 for whole
+            images scored as one patch each).
         scan_target_fpr: the share of normal scans the flag may call abnormal: ``scan_threshold`` is the
             (1 - scan_target_fpr) quantile (linear interpolation) of the normal scans' ``scan_score``.
             Without ``data.normal_path`` no scan is flagged (``scan_threshold``, ``scan_flagged`` empty).
@@ -88,7 +91,7 @@ class ScanMaps(L.Callback):
     def __init__(self, dirpath: str | os.PathLike, predictions: str | os.PathLike, metrics: str | os.PathLike,
                  score: str = "anomaly", reduce: str | float = "max", top_k: int = 5,
                  threshold_from: str | None = None, threshold_quantile: float = 0.99,
-                 calibration_from: str | None = None, scan_window: int = 7, scan_min_votes: int = 3,
+                 calibration_from: str | None = None, scan_window: int = 7, scan_min_votes: int | None = None,
                  scan_target_fpr: float = 0.05, pixel_target_fpr: float = 0.01, overlay: bool = True):
         self.dirpath, self.predictions, self.metrics = Path(dirpath), Path(predictions), Path(metrics)
         self.score, self.q, self.top_k, self.overlay = score, P.parse_reduce(reduce), int(top_k), overlay
@@ -101,12 +104,13 @@ class ScanMaps(L.Callback):
             self.threshold_source = (f"{score} threshold at target FPR {self.calibration['target_fpr']} of "
                                      f"{self.calibration['source']}")
         for key, value in (("scan_window", scan_window), ("scan_min_votes", scan_min_votes)):
-            if int(value) != value or value < 1:
+            if value is not None and (int(value) != value or value < 1):
                 raise InputError(f"prediction_callbacks.maps.{key}={value} must be an integer >= 1")
         for key, value in (("scan_target_fpr", scan_target_fpr), ("pixel_target_fpr", pixel_target_fpr)):
             if not 0 < value < 1:
                 raise InputError(f"prediction_callbacks.maps.{key}={value} must lie in (0, 1), e.g. 0.05")
-        self.window, self.min_votes = int(scan_window), int(scan_min_votes)
+        self.window = int(scan_window)
+        self.asked_votes = None if scan_min_votes is None else int(scan_min_votes)
         self.scan_target_fpr, self.pixel_target_fpr = float(scan_target_fpr), float(pixel_target_fpr)
         self.scan_threshold: float | None = None
 
@@ -120,6 +124,7 @@ class ScanMaps(L.Callback):
         self.scans, self.ds, self.p = dm.scans, ds, dm.opts.patch_size
         stride = dm.opts.stride or self.p // 2
         votes = math.ceil(self.p / stride) ** 2
+        self.min_votes = min(DEFAULT_MIN_VOTES, votes) if self.asked_votes is None else self.asked_votes
         if self.min_votes > votes:
             raise InputError(f"prediction_callbacks.maps.scan_min_votes={self.min_votes}, but patches of {self.p} "
                              f"pixels at stride {stride} cover a pixel {votes} time(s) at most; pass "

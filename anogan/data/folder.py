@@ -326,6 +326,10 @@ class FolderDataModule(OneClassDataModule):
             log.info("%s: every image is grey; each is repeated to data.channels=3 (data.channels=1 trains a "
                      "one-channel GAN)", type(self).__name__)
         (h, w), p = files[0].shape, self.opts.patch_size
+        if p is None and h != w:
+            log.warning("%s: the %dx%d images are stretched to %dx%d (data.image_size), which changes their "
+                        "aspect ratio; cut square patches with data.patch_size=<pixels> to keep it",
+                        type(self).__name__, w, h, self.image_size, self.image_size)
         side = p if p is not None else (h if h == w else None)
         self.recipe = {  # stored in checkpoints: data=scans reads new images the same way
             "source": f"{type(self).__name__}:{self.normal_dir}", "normalisation": self.opts.normalise,
