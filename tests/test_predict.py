@@ -417,8 +417,9 @@ def test_scan_decision_settings_out_of_range_are_refused_before_mapping(tiny_run
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     mapped = []
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)))
-    with pytest.raises(InputError, match=r"scan_min_votes=3, but patches of 32 pixels at stride 32 cover a pixel 1 "
-                                         r"time\(s\) at most; pass prediction_callbacks.maps.scan_min_votes=1"):
+    with pytest.raises(InputError, match=r"scan_min_votes=3, but patches of 32 pixels at stride 32 cover a pixel "
+                                         r"inside the scan 1 time\(s\); pass "
+                                         r"prediction_callbacks.maps.scan_min_votes=1"):
         evaluate(_predict_cfg(ckpt, tmp_path / "scans", tmp_path / "a",
                               ["data.stride=32", "prediction_callbacks.maps.scan_min_votes=3"]))
     from anogan.errors import input_error

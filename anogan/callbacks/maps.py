@@ -127,7 +127,7 @@ class ScanMaps(L.Callback):
         self.min_votes = min(DEFAULT_MIN_VOTES, votes) if self.asked_votes is None else self.asked_votes
         if self.min_votes > votes:
             raise InputError(f"prediction_callbacks.maps.scan_min_votes={self.min_votes}, but patches of {self.p} "
-                             f"pixels at stride {stride} cover a pixel {votes} time(s) at most; pass "
+                             f"pixels at stride {stride} cover a pixel inside the scan {votes} time(s); pass "
                              f"prediction_callbacks.maps.scan_min_votes={votes} or a smaller data.stride")
         self.seen = np.zeros(len(ds), bool)
         self.remaining = np.bincount(ds.scan, minlength=len(self.scans))
