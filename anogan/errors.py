@@ -43,6 +43,50 @@ def message_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def unknown_setting(wrapper: str, error: str) -> InputError | None:
+    """A setting the class Hydra instantiated does not take (``TypeError: X.__init__() got an unexpected
+    keyword argument 'k'``, X the target class or one of its bases), e.g. ``data.normal_path`` given to an
+    evaluation without ``data=scans``, as an InputError naming the config groups of ``conf/`` that have
+    the key; None for any other TypeError (a bug keeps its traceback)."""
+    import re
+
+    from hydra.utils import get_class
+
+    target = re.search(r"target '([\w.]+)'", wrapper)
+    found = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", error)
+    if target is None or found is None:
+        return None
+    try:
+        cls = get_class(target.group(1))
+    except Exception:  # noqa: BLE001 - not a class: not this case
+        return None
+    if found.group(1) not in {c.__name__ for c in cls.__mro__}:
+        return None
+    key = found.group(2)
+    owners = groups_with_key(key)
+    fix = (f"it is a setting of {' and '.join(owners)}: choose that on the command line" if owners else
+           "check its spelling against the config (python evaluate.py --cfg job prints it)")
+    return InputError(f"{cls.__name__} has no setting {key!r}; {fix}")
+
+
+def groups_with_key(key: str) -> list[str]:
+    """``group=option`` of every config in ``conf/<group>/`` with a top-level ``key`` (experiment
+    presets, which set keys of other groups, left out)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    out = []
+    for path in sorted(conf.glob("*/*.yaml")):
+        if path.parent.name in ("experiment", "hparams_search", "hydra") or "@package _global_" in path.read_text():
+            continue
+        node = OmegaConf.load(path)
+        if OmegaConf.is_dict(node) and key in node:
+            out.append(f"{path.parent.name}={path.stem}")
+    return out
+
+
 def input_error(error: BaseException | None) -> InputError | None:
     """The ``InputError`` behind ``error``: itself, or the cause of Hydra's ``InstantiationException``
     (which wraps what a constructor raised, e.g. ``data.val_fraction=2`` refused by a DataModule); an
@@ -51,8 +95,13 @@ def input_error(error: BaseException | None) -> InputError | None:
 
     from omegaconf.errors import MissingMandatoryValue
 
+    wrapper = None
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
-        error = error.__cause__
+        wrapper, error = error, error.__cause__
+    if wrapper is not None and isinstance(error, TypeError):
+        unknown = unknown_setting(str(wrapper), str(error))
+        if unknown is not None:
+            return unknown
     if isinstance(error, MissingMandatoryValue):  # a required setting left at ??? (e.g. data=folder's dirs)
         key = error.full_key or "a required setting"
         return InputError(f"{key} is required and was not given: set it on the command line, e.g. {key}=<value>")

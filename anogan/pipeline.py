@@ -201,6 +201,9 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
     callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
+    for callback in callbacks:  # settings that depend on the data, refused before the Trainer writes anything
+        if hasattr(callback, "check_data"):
+            callback.check_data(datamodule)
     # the training's trainer settings, but never its precision: the mapping optimises z in float32, and
     # its G and D follow inversion.precision (Inversion.autocast); cuDNN's autotuner only where the batch
     # shapes are fixed (early_stop shrinks the batch as mappings stop)

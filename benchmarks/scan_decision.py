@@ -17,10 +17,15 @@ Prints the scan AUROC of every candidate per run (scikit-learn; label = the scan
 for the rule of ``ScanMaps`` the rates of its flag at the threshold calibrated on the run's normal scans::
 
     python benchmarks/scan_decision.py SCANS_RUN [SCANS_RUN ...]
+
+Relative paths in a run's config are read from the directory the evaluation ran in (Hydra's
+``runtime.cwd``), so the script runs from anywhere.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import sys
 from pathlib import Path
@@ -43,6 +48,9 @@ RULE = "min v3 w7"  # the rule of anogan.callbacks.ScanMaps (scan_min_votes=3, s
 def candidates(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(labels of the test scans, {candidate: test scans' scores}, {candidate: normal scans' scores})."""
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    if not cfg.data.get("masks"):
+        raise SystemExit(f"error: {run} was evaluated without data.masks: a scan AUROC needs them (which scans "
+                         "hold a lesion); rerun its evaluate.py command with data.masks=<mask folder>")
     dm = scans_datamodule(cfg.data, cfg.ckpt_path)
     dm.setup()
     ds = dm.test_set
@@ -72,12 +80,21 @@ def candidates(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, 
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__.split("Prints")[1], file=sys.stderr)
-        return 2
+    ap = argparse.ArgumentParser(prog="python benchmarks/scan_decision.py", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, metavar="SCANS_RUN",
+                    help="run directory of evaluate.py data=scans with data.masks (and data.normal_path)")
+    runs = ap.parse_args(argv).runs
+    for run in runs:
+        if not (run / ".hydra" / "config.yaml").is_file() or not (run / "scores.h5").is_file():
+            ap.error(f"{run}: not a finished run directory of evaluate.py data=scans (no .hydra/config.yaml or "
+                     "scores.h5)")
     table: dict[str, list[float]] = {}
-    for run in (Path(a) for a in argv):
-        labels, scores, normal = candidates(run)
+    for run in runs:
+        run = run.resolve()
+        cwd = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.cwd  # where its relative paths start
+        with contextlib.chdir(cwd):
+            labels, scores, normal = candidates(run)
         print(f"{run}: {int(labels.sum())} fluid / {int((1 - labels).sum())} healthy test scans, "
               f"{len(normal.get(RULE, []))} normal scans")
         for name, s in sorted(scores.items()):
@@ -89,8 +106,8 @@ def main(argv: list[str]) -> int:
             rates = rates_at(scores[RULE], labels, threshold)
             print(f"  flag at the normal scans' 0.95 quantile {threshold:.4g}: sensitivity "
                   f"{rates['sensitivity']:.3f}, specificity {rates['specificity']:.3f}")
-    if len(argv) > 1:
-        print(f"mean (min) over the {len(argv)} runs:")
+    if len(runs) > 1:
+        print(f"mean (min) over the {len(runs)} runs:")
         for name, values in sorted(table.items(), key=lambda kv: -np.mean(kv[1])):
             print(f"  {name:14s} {np.mean(values):.3f} ({np.min(values):.3f})")
     return 0

@@ -63,8 +63,13 @@ def _encoder_mode(tmp_path):  # refused before the GAN trains (no checkpoint wri
             r"encoder\.module\.mode='zz' must be one of")
 
 
+def _setting_of_another_group(tmp_path):  # data.normal_path belongs to data=scans, not to data=digits
+    return (["train.py", *TINY, "+data.normal_path=x"],
+            r"DigitsDataModule has no setting 'normal_path'; it is a setting of data=scans: choose that")
+
+
 @pytest.mark.parametrize("make_bad", [_labels_3, _missing_ckpt, _lam, _model_setting, _bad_tree, _prepare,
-                                      _required_setting, _scans_in_train, _encoder_mode])
+                                      _required_setting, _scans_in_train, _encoder_mode, _setting_of_another_group])
 def test_bad_input_ends_each_entry_point_with_one_line_and_exit_status_2(tmp_path, make_bad):
     args, message = make_bad(tmp_path)
     run = tmp_path / "run"
@@ -114,6 +119,17 @@ def test_only_input_errors_lose_their_traceback(tmp_path, body, env, multirun, c
     assert ("Traceback" in proc.stderr) == (code == 1)
     if multirun:  # every job ran; the error comes once the sweep has ended
         assert sorted(p.name for p in tmp_path.glob("job*")) == ["job0", "job1"]
+
+
+def test_only_a_keyword_the_instantiated_class_does_not_take_is_an_unknown_setting():
+    from anogan.errors import unknown_setting
+
+    wrapper = "Error in call to target 'anogan.data.phantom.PhantomDataModule':"
+    found = unknown_setting(wrapper, "OneClassDataModule.__init__() got an unexpected keyword argument 'nrmal'")
+    assert isinstance(found, InputError) and str(found).startswith("PhantomDataModule has no setting 'nrmal'; check")
+    # a TypeError of another class, raised inside the constructor, is a bug: not reported as bad input
+    assert unknown_setting(wrapper, "Linear.__init__() got an unexpected keyword argument 'bias2'") is None
+    assert unknown_setting(wrapper, "unsupported operand type(s) for +: 'int' and 'str'") is None
 
 
 def test_an_error_re_raised_by_a_dataloader_worker_is_shown_as_its_message():

@@ -192,6 +192,11 @@ def test_scans_that_cannot_match_the_training_data_are_refused_with_the_fix(tmp_
     with pytest.raises(ScanError, match="data.normal_path=.* is data.path itself"):
         ScansDataModule(str(tmp_path / "grey"), normal_path=str(tmp_path / "grey" / "."),
                         training={"normalisation": "none"}).setup()
+    _scans(tmp_path / "nest" / "sub", np.random.default_rng(1), n=1)  # data.path holds the normal folder
+    with pytest.raises(ScanError, match=r"data.normal_path=.*sub: 1 of its scans \(e.g. .*0.png\) are also scans "
+                                        r"of data.path=.*nest; .*pass a separate folder"):
+        ScansDataModule(str(tmp_path / "nest"), normal_path=str(tmp_path / "nest" / "sub"),
+                        training={"normalisation": "none"}).setup()
     _save(tmp_path / "dark" / "0.png", np.zeros((40, 40), np.uint8))  # no tissue: no patch passes
     with pytest.raises(ScanError, match="data.normal_path=.*dark: no patch of its scans passes the foreground"):
         ScansDataModule(str(tmp_path / "grey"), normal_path=str(tmp_path / "dark"), min_foreground=0.5,
@@ -363,6 +368,11 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
     assert scan["at_flag"]["threshold"] == cal["scan_threshold"]
     assert cal["pixel_threshold"] == stitched["pixel_at_calibrated"]["threshold"]
     assert "normal scans" in cal["pixel_source"]
+    # benchmarks/scan_decision.py, run from elsewhere, rebuilds the same rule from scores.h5
+    proc = run_script([str(ROOT / "benchmarks" / "scan_decision.py"), str(out)], cwd=tmp_path,
+                      env={"PYTHONPATH": str(ROOT)})
+    rule = next(line for line in proc.stdout.splitlines() if "ScanMaps' rule" in line)
+    assert float(rule.split("scan AUROC")[1].split()[0]) == pytest.approx(scan["scan_score_auroc"], abs=6e-4)
 
 
 def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
@@ -421,11 +431,13 @@ def test_scan_decision_settings_out_of_range_are_refused_before_mapping(tiny_run
                                          r"inside the scan 1 time\(s\); pass "
                                          r"prediction_callbacks.maps.scan_min_votes=1"):
         evaluate(_predict_cfg(ckpt, tmp_path / "scans", tmp_path / "a",
-                              ["data.stride=32", "prediction_callbacks.maps.scan_min_votes=3"]))
+                              ["data.stride=32", "prediction_callbacks.maps.scan_min_votes=3", "logger=csv"]))
+    assert not (tmp_path / "a" / "csv").exists()  # refused before the Trainer's logger wrote anything
     from anogan.errors import input_error
 
     for k, (setting, message) in enumerate([("scan_target_fpr=1.5", "scan_target_fpr=1.5 must lie in (0, 1)"),
-                                            ("scan_window=0", "scan_window=0 must be an integer >= 1")]):
+                                            ("scan_window=0", "scan_window=0 must be an integer >= 1"),
+                                            ("scan_window=41", "scan_window=41 is larger than every scan")]):
         with pytest.raises(Exception) as refused:  # Hydra wraps what the callback's constructor raised
             out = tmp_path / f"b{k}"
             evaluate(_predict_cfg(ckpt, tmp_path / "scans", out, [f"prediction_callbacks.maps.{setting}"]))

@@ -114,21 +114,35 @@ class ScanMaps(L.Callback):
         self.scan_target_fpr, self.pixel_target_fpr = float(scan_target_fpr), float(pixel_target_fpr)
         self.scan_threshold: float | None = None
 
-    def on_test_start(self, trainer, pl_module) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.check_data(trainer.datamodule)
+
+    def check_data(self, dm) -> None:
+        """The scan decision's settings against the scans of ``dm`` (a set-up ``ScansDataModule``): the
+        evaluation calls it before the Trainer starts, so a refusal leaves no partial output. Raises
+        InputError naming the setting and a value that works."""
         from anogan.data.scans import ScansDataModule
 
-        dm = trainer.datamodule
         if not isinstance(dm, ScansDataModule):
             raise TypeError("ScanMaps scores the scans of data=scans (anogan.data.scans.ScansDataModule)")
-        ds = dm.test_set
-        self.scans, self.ds, self.p = dm.scans, ds, dm.opts.patch_size
-        stride = dm.opts.stride or self.p // 2
-        votes = math.ceil(self.p / stride) ** 2
+        p = dm.opts.patch_size
+        stride = dm.opts.stride or p // 2
+        votes = math.ceil(p / stride) ** 2
         self.min_votes = min(DEFAULT_MIN_VOTES, votes) if self.asked_votes is None else self.asked_votes
         if self.min_votes > votes:
-            raise InputError(f"prediction_callbacks.maps.scan_min_votes={self.min_votes}, but patches of {self.p} "
+            raise InputError(f"prediction_callbacks.maps.scan_min_votes={self.min_votes}, but patches of {p} "
                              f"pixels at stride {stride} cover a pixel inside the scan {votes} time(s); pass "
                              f"prediction_callbacks.maps.scan_min_votes={votes} or a smaller data.stride")
+        side = max(min(scan.shape) for scan in dm.scans)
+        if self.window > side:
+            raise InputError(f"prediction_callbacks.maps.scan_window={self.window} is larger than every scan (the "
+                             f"largest is {side} pixels on its short side), so no scan would get a scan_score; pass "
+                             f"a lesion-sized window, e.g. prediction_callbacks.maps.scan_window=7")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        ds = dm.test_set
+        self.scans, self.ds, self.p = dm.scans, ds, dm.opts.patch_size
         self.seen = np.zeros(len(ds), bool)
         self.remaining = np.bincount(ds.scan, minlength=len(self.scans))
         self.stitchers: dict[int, P.Stitcher] = {}
@@ -196,7 +210,7 @@ class ScanMaps(L.Callback):
                  "scan_score_at": "" if found is None else "{} {}".format(*found[1])}
         why = "" if found is not None or stitcher is None else (
             f"no scan_score: no {self.window}x{self.window} square of pixels covered by >= {self.min_votes} "
-            "patches (scan too small for the stride; lower prediction_callbacks.maps.scan_min_votes or data.stride)")
+            "patches (scan too small; lower prediction_callbacks.maps.scan_window, .scan_min_votes or data.stride)")
         if scan.normal:
             self.normal_rows[s] = {"image": scan.name, "height": scan.shape[0], "width": scan.shape[1],
                                    "patches": len(self.patch_scores.pop(s, [])), **score, "note": why}
@@ -238,6 +252,14 @@ class ScanMaps(L.Callback):
                "scan_source": f"{len(scored)} normal scans of data.normal_path, stitched and scored as the test scans"}
         if reason:
             out["scan_threshold_reason"] = reason
+            log.warning("scan_flagged left empty: %s (none of the %d normal scans has a scan_score; see the note "
+                        "column of normal_scans.csv)", reason, len(values))
+        elif len(scored) < math.ceil(1 / self.scan_target_fpr):
+            log.warning("scan_threshold from %d normal scans: the %g quantile of so few lies between the largest "
+                        "ones, so the flag's false-positive rate is controlled to about 1/%d only, not to "
+                        "scan_target_fpr=%g; give %d or more normal scans (data.normal_path)", len(scored),
+                        1 - self.scan_target_fpr, len(scored), self.scan_target_fpr,
+                        math.ceil(1 / self.scan_target_fpr))
         if pixel_reason:
             out["pixel_threshold_reason"] = pixel_reason
         return out
@@ -305,6 +327,13 @@ class ScanMaps(L.Callback):
                 pl_module.log("test/pixel_auroc_stitched", result["pixel_auroc"])
                 log.info("pixel AUROC of the stitched maps over %d whole scans: %.4f", len(maps),
                          result["pixel_auroc"])
+            scan = result["scan"]
+            if scan.get("scan_score_auroc") is not None:
+                flag = scan.get("at_flag") or {}
+                rates = ", ".join(f"{k} {flag[k]:.3f}" for k in ("sensitivity", "specificity")
+                                  if flag.get(k) is not None)
+                log.info("scan AUROC of scan_score over %d scans with masks: %.4f%s", len(maps),
+                         scan["scan_score_auroc"], f"; scan_flagged: {rates}" if rates else "")
 
     def _calibration_record(self, scan_calibration: dict) -> dict | None:
         """What ``map_metrics.json`` says the thresholds are and what each was calibrated on: the image

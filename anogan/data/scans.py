@@ -270,6 +270,12 @@ class ScansDataModule(L.LightningDataModule):
                 raise ScanError(f"data.normal_path={self.normal_path} is data.path itself; pass a folder of scans "
                                 "known to be normal and not among those scored, or drop data.normal_path")
             normal = list_scans(self.normal_path, colour=self.channels == 3, key="data.normal_path")
+            scored = {(scan.source.resolve(), scan.page) for scan in scans}
+            both = [scan for scan in normal if (scan.source.resolve(), scan.page) in scored]
+            if both:
+                raise ScanError(f"data.normal_path={self.normal_path}: {len(both)} of its scans (e.g. "
+                                f"{both[0].source}) are also scans of data.path={self.path}; the normal scans "
+                                "calibrate the flag and must not be among those scored: pass a separate folder")
             for scan in normal:
                 scan.normal = True
             scans += normal
@@ -292,7 +298,8 @@ class ScansDataModule(L.LightningDataModule):
         if self.normal_path is not None and not any(scans[s].normal for s, _, _ in rows):
             raise ScanError(f"data.normal_path={self.normal_path}: no patch of its scans passes the foreground test "
                             f"(data.min_foreground={self.opts.min_foreground}), so nothing calibrates the scan flag; "
-                            "pass other normal scans, data.min_foreground=0, or drop data.normal_path")
+                            "pass normal scans of the same kind as those scored (with tissue), or drop "
+                            "data.normal_path")
         table = np.array(rows, dtype=np.int64)
         self.scans = scans
         self.fingerprint = fingerprint(scans, table, self.recipe)
