@@ -331,8 +331,10 @@ class Inversion(L.LightningModule):
             )
         out = self.cache.lookup(batch["split"], batch["index"]) if self.cache is not None else None
         if out is None:
+            # z_1 from the batch's z_key where the data gives one (data=scans: the patch's scan and
+            # position, so a scan's z_1 do not depend on the other scans of the run), else its index
             with torch.enable_grad():  # Lightning's test loop runs under no_grad
-                out = self.map_batch(batch["image"], batch["index"])
+                out = self.map_batch(batch["image"], batch.get("z_key", batch["index"]))
             check_finite_scores(out["scores"], batch["split"], batch["index"])
         out.update({k: batch[k] for k in ("image", "label", "index", "split", "mask") if k in batch})
         return out

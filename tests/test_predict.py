@@ -420,6 +420,24 @@ def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, m
     assert not (out / "normal_scans.csv").exists()
 
 
+def test_a_scan_gets_the_same_initial_z_and_map_whatever_other_scans_are_scored_with_it(tiny_run, tmp_path):
+    import shutil
+
+    _scans(tmp_path / "many", np.random.default_rng(7), n=3, shape=(40, 70))
+    (tmp_path / "one" / "vol").mkdir(parents=True)
+    shutil.copy(tmp_path / "many" / "vol" / "2.png", tmp_path / "one" / "vol" / "2.png")
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    for name in ("many", "one"):
+        evaluate(_predict_cfg(ckpt, tmp_path / name, tmp_path / f"run_{name}"))
+    many, one = read_scores(tmp_path / "run_many" / "scores.h5"), read_scores(tmp_path / "run_one" / "scores.h5")
+    assert sorted(one["index"].tolist()) == list(range(8)) and sorted(many["index"].tolist()) == list(range(24))
+    mine = np.isin(many["index"], np.arange(16, 24))  # vol/2 is the third scan there: rows 16-23
+    order_many, order_one = np.argsort(many["index"][mine]), np.argsort(one["index"])
+    np.testing.assert_array_equal(many["z"][mine][order_many], one["z"][order_one])
+    np.testing.assert_allclose(np.load(tmp_path / "run_many" / "maps" / "vol" / "2.npy"),
+                               np.load(tmp_path / "run_one" / "maps" / "vol" / "2.npy"), rtol=1e-5, atol=1e-6)
+
+
 def test_scan_decision_settings_out_of_range_are_refused_before_mapping(tiny_run, tmp_path, monkeypatch):
     from anogan.inversion import Inversion
 

@@ -16,11 +16,13 @@ differs from it, or scans of another channel count or bit depth, is refused with
 
 Every item is a patch: ``image`` (C, S, S) in [-1, 1] (S = the GAN's image size; patches of another
 ``patch_size`` are resized like the training patches were), ``label`` -1 (unknown), ``index`` (the
-patch's row in ``patches``: the key of its initial z), ``split`` (test).
+patch's row in the run), ``split`` (test), ``z_key`` (``patch_key``: the key of its initial z, from the
+scan's name and the patch's position only, so that a scan gets the same initial z whatever other scans
+are scored with it).
 
 Optional ``data.normal_path``: scans known to be normal and not used in training (same forms as
-``data.path``, read the same way). Their patches follow the test scans' (so the test patches keep their
-indices and initial z) with ``split`` val; ``anogan.callbacks.ScanMaps`` maps them like the test scans
+``data.path``, read the same way). Their patches follow the test scans' with ``split`` val (their
+``z_key`` hashes ``normal/`` before the name); ``anogan.callbacks.ScanMaps`` maps them like the test scans
 and calibrates the scan flag and the pixel threshold on their stitched maps, without labels.
 """
 
@@ -202,12 +204,24 @@ class PatchDataset(Dataset):
         img, p = self.unit_scan(int(self.scan[i])), self.opts.patch_size
         y, x = int(self.y[i]), int(self.x[i])
         patch = img[..., y : y + p, x : x + p]
+        scan = self.scans[int(self.scan[i])]
         return {
             "image": to_model_range(patch[None], self.image_size)[0],
             "label": torch.tensor(-1),
             "index": torch.tensor(i),
-            "split": torch.tensor(SPLITS["val" if self.scans[int(self.scan[i])].normal else "test"]),
+            "split": torch.tensor(SPLITS["val" if scan.normal else "test"]),
+            "z_key": torch.tensor(patch_key(scan.name, y, x, scan.normal)),
         }
+
+
+def patch_key(name: str, y: int, x: int, normal: bool = False) -> int:
+    """The key of a patch's initial z (``anogan.prior.initial_z``): a 40-bit integer hash (BLAKE2b) of
+    the scan's name, the patch's top-left corner (y, x) and whether it is a normal scan of
+    ``data.normal_path``; the same in every run and process."""
+    import hashlib
+
+    text = f"{'normal/' if normal else ''}{name}|{int(y)}|{int(x)}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=5).digest(), "big")
 
 
 def pad_to_patch(image: np.ndarray, p: int) -> np.ndarray:
@@ -338,6 +352,7 @@ def fingerprint(scans: list[Scan], table: np.ndarray, recipe: dict) -> str:
     import json
 
     h = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
+    h.update(b"z_key: patch_key(name, y, x)\n")  # rows mapped with z_1 keyed by row index are not reused
     for s in scans:
         st = s.source.stat()
         normal = "|normal" if s.normal else ""  # scans without data.normal_path keep their old digest
