@@ -90,7 +90,8 @@ class Inversion(L.LightningModule):
         reference: also run the reference mapping (GAN_R, ``(1 - lam) L_R + lam L_D^``) in the same
             batched pass, for the scores reference_discrimination and reference_anomaly.
         record_steps: also report the scores after each of these step counts (<= steps).
-        seed: z_1 of image i is a function of (seed, i) only.
+        seed: z_1 of image i is a function of (seed, i) only (i: the batch's ``z_key`` where the data
+            gives one, e.g. data=scans' patch key, else its ``index``).
         init: ``random`` (z_1 from the prior, as in the paper) or ``encoder`` (z_1 = E(x), f-AnoGAN's
             encoder, kept in the prior's support); with ``steps=0`` the scores and residual map are taken
             at z = E(x) without optimisation (f-AnoGAN's one-pass maps, e.g. for whole scans).
