@@ -74,6 +74,16 @@ class Stitcher:
         return out if crop is None else out[: crop[0], : crop[1]]
 
 
+def to_patch_size(maps: torch.Tensor, p: int) -> torch.Tensor:
+    """Residual maps (K, S, S) of patches resized to the GAN's size S, back to the patches' size (K, p, p)
+    in scan pixels (bilinear, as the patches were resized); unchanged when S == p."""
+    import torch.nn.functional as F
+
+    if maps.shape[-1] == p:
+        return maps
+    return F.interpolate(maps[:, None], size=(p, p), mode="bilinear", align_corners=False)[:, 0]
+
+
 def stitch(maps: np.ndarray, positions: Sequence[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
     """One (H, W) float32 map of ``shape`` from patch maps (K, P, P) at top-left ``positions``: the mean
     of the covering patches at every pixel, NaN where none covers it. A constant patch map stitches to

@@ -31,13 +31,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from anogan.callbacks import read_scores
 from anogan.data.scans import read_scan_mask
 from anogan.localization import quantile_threshold, rates_at, window_max
-from anogan.predict import Stitcher, scans_datamodule
+from anogan.predict import Stitcher, scans_datamodule, to_patch_size
 
 WINDOWS = (5, 7, 9)
 VOTES = (1, 2, 3, 4)
@@ -55,8 +56,9 @@ def candidates(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, 
     dm.setup()
     ds = dm.test_set
     rows = read_scores(run / "scores.h5")
-    maps = np.empty((len(ds), *rows["residual_map"].shape[1:]), np.float32)
-    maps[rows["index"]] = rows["residual_map"]
+    residual = to_patch_size(torch.from_numpy(rows["residual_map"]), dm.opts.patch_size)
+    maps = np.empty((len(ds), *residual.shape[1:]), np.float32)
+    maps[rows["index"]] = residual.numpy()
     with open(run / "predictions.csv") as f:
         max_patch = {r["image"]: float(r["image_score"]) for r in csv.DictReader(f)}
     labels, test, normal = [], {}, {}

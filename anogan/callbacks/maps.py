@@ -31,7 +31,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anogan.callbacks.metrics import auroc, gather_rows, write_json_atomic
 from anogan.localization import (
@@ -176,8 +175,7 @@ class ScanMaps(L.Callback):
             return
         index = index[new]
         maps = rows["map"].detach().float().cpu()[torch.from_numpy(new)]
-        if maps.shape[-1] != self.p:  # patches resized to the GAN's size: map back to scan pixels
-            maps = F.interpolate(maps[:, None], size=(self.p, self.p), mode="bilinear", align_corners=False)[:, 0]
+        maps = P.to_patch_size(maps, self.p)  # patches resized to the GAN's size: back to scan pixels
         maps, scores = maps.numpy(), rows["score"].detach().double().cpu().numpy()[new]
         self.seen[index] = True
         ds = self.ds
