@@ -111,7 +111,7 @@ class ScanMaps(L.Callback):
         self.window = int(scan_window)
         self.asked_votes = None if scan_min_votes is None else int(scan_min_votes)
         self.scan_target_fpr, self.pixel_target_fpr = float(scan_target_fpr), float(pixel_target_fpr)
-        self.scan_threshold: float | None = None
+        self.scan_threshold: float | None = None  # set when the test epoch ends (from the normal scans)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.check_data(trainer.datamodule)
@@ -241,10 +241,10 @@ class ScanMaps(L.Callback):
             return {}
         values = [self.scan_scores[s] for s in self.normal_rows]
         scored = [v for v in values if v is not None]
-        self.scan_threshold, reason = quantile_threshold(scored, self.scan_target_fpr, "scan scores of normal scans")
+        threshold, reason = quantile_threshold(scored, self.scan_target_fpr, "scan scores of normal scans")
         pixel, pixel_reason = quantile_threshold(np.concatenate(self.normal_pixels), self.pixel_target_fpr,
                                                  "map pixels of normal scans")
-        out = {"scan_threshold": self.scan_threshold, "scan_target_fpr": self.scan_target_fpr,
+        out = {"scan_threshold": threshold, "scan_target_fpr": self.scan_target_fpr,
                "n_normal_scans": len(values), "n_normal_scans_scored": len(scored),
                "pixel_threshold": pixel, "pixel_target_fpr": self.pixel_target_fpr,
                "scan_source": f"{len(scored)} normal scans of data.normal_path, stitched and scored as the test scans"}
@@ -288,6 +288,7 @@ class ScanMaps(L.Callback):
         if missing:
             raise RuntimeError(f"{len(missing)} scan(s) were not completely mapped: {missing[:5]}")
         scan_calibration = self._calibrate()
+        self.scan_threshold = scan_calibration.get("scan_threshold")
         test = [s for s in range(len(self.scans)) if s in self.rows]
         if self.scan_threshold is not None:
             for s in test:
