@@ -6,9 +6,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from anogan.cli import data_field_overrides
-from anogan.errors import run_main
-from anogan.pipeline import evaluate
+from anogan.engine.cli import data_field_overrides
+from anogan.engine.cli import run_main
+from anogan.engine.pipeline import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = data_field_overrides(sys.argv)  # data.<field>=... edits the checkpoint's data config
-    run_main(main)  # bad input or settings: one line, exit status 2 (anogan/errors.py)
+    run_main(main)  # bad input or settings: one line, exit status 2 (anogan/engine/cli.py)

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from anogan.errors import run_main
-from anogan.pipeline import train
+from anogan.engine.cli import run_main
+from anogan.engine.pipeline import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -14,4 +14,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    run_main(main)  # bad input or settings: one line, exit status 2 (anogan/errors.py)
+    run_main(main)  # bad input or settings: one line, exit status 2 (anogan/engine/cli.py)

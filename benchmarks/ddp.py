@@ -1,8 +1,8 @@
 """DDP scaling of GAN training: 1 process vs 2 processes (gloo, one thread each), side by side.
 
-Both train the default DCGAN (``anogan.gan.GAN``, width 32, 32x32 grey images held in memory) under
+Both train the default DCGAN (``anogan.models.gan.GAN``, width 32, 32x32 grey images held in memory) under
 ``lightning.Trainer`` on CPU with the same global batch: one process with batch ``--batch``, or two
-processes (Lightning's ``ddp`` with unused-parameter detection, as ``anogan.distributed.build_trainer``
+processes (Lightning's ``ddp`` with unused-parameter detection, as ``anogan.runtime.distributed.build_trainer``
 makes it) with ``--batch / 2`` each. Each timed run is a fresh ``python benchmarks/ddp.py --worker N``;
 the clock (process 0) starts at batch 2 and stops after the last batch, so process start-up is left
 out. Rounds alternate the two runs; each keeps its fastest round. Ends with::
@@ -35,7 +35,7 @@ def worker(procs: int, batch: int, batches: int, width: int, z_dim: int) -> None
     import lightning as L
     from training import Clock, Images, adam, nets
 
-    from anogan.gan import GAN
+    from anogan.models.gan import GAN
 
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

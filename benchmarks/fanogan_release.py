@@ -68,8 +68,8 @@ def validation_aurocs(run: Path) -> dict:
     from omegaconf import OmegaConf
     from sklearn.metrics import roc_auc_score
 
-    from anogan.encoder import FAnoGAN, load_encoder
-    from anogan.inversion import load_gan
+    from anogan.models.encoder import FAnoGAN, load_encoder
+    from anogan.models.inversion import load_gan
 
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     dm = instantiate(cfg.data)

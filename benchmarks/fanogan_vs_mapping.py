@@ -1,6 +1,6 @@
 """f-AnoGAN scoring (one forward pass of E, G and D) vs the iterative mapping, side by side.
 
-Images per second of ``anogan.encoder.FAnoGAN`` and of ``Inversion.map_batch`` with the paper's 500
+Images per second of ``anogan.models.encoder.FAnoGAN`` and of ``Inversion.map_batch`` with the paper's 500
 steps (AnoGAN and reference mapping, the config's channels_last), at the default DCGAN (width 32,
 z_dim 100), batch 64, and their ratio. Timing does not depend on the weights, so the networks are
 untrained. Usage::
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from _common import environment, networks, parser, queries, result_line, side_by_side
 
-from anogan.encoder import FAnoGAN
-from anogan.inversion import Inversion
+from anogan.models.encoder import FAnoGAN
+from anogan.models.inversion import Inversion
 from anogan.nets import Encoder
 
 

@@ -17,8 +17,8 @@ from _common import bare_map, environment, networks, parser, queries, result_lin
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from anogan.inversion import Inversion
-from anogan.prior import initial_z
+from anogan.models.inversion import Inversion
+from anogan.nets.prior import initial_z
 
 
 class CountFlops(TorchDispatchMode):

@@ -18,8 +18,8 @@ import copy
 import torch
 from _common import bare_map, environment, networks, parser, per_image_map, queries, result_line, side_by_side
 
-from anogan.inversion import Inversion
-from anogan.prior import initial_z
+from anogan.models.inversion import Inversion
+from anogan.nets.prior import initial_z
 
 NAMES = ("residual", "discrimination", "reference_discrimination")
 
@@ -39,7 +39,7 @@ def measure(size: int, batch: int, G, D, args) -> dict[str, float]:
     modules = {"module": Inversion(G, D, **kw)}
     if args.channels_last:
         modules["module_cl"] = Inversion(*copy.deepcopy((G, D)), channels_last=True, **kw)
-    if args.fast_nets:  # the fast copies of anogan/mapping_nets.py against plain copies of G and D
+    if args.fast_nets:  # the fast copies of anogan/nets/mapping.py against plain copies of G and D
         modules["module_fast"] = Inversion(*copy.deepcopy((G, D)), fast_nets=True, **kw)
         modules["module_plain"] = Inversion(*copy.deepcopy((G, D)), fast_nets=False, **kw)
     if args.bf16:  # G and D under bfloat16 autocast (inversion.precision=bf16-mixed): other scores

@@ -18,7 +18,7 @@ import sys
 import torch
 from _common import environment, networks, parser, queries, result_line
 
-from anogan.inversion import Inversion
+from anogan.models.inversion import Inversion
 
 
 def peak_bytes(size: int, batch: int, args) -> int:

@@ -4,7 +4,7 @@ whole test B-scans of development seeds, then the chosen rule reported on other 
 Each argument is the run directory of ``python evaluate.py ... data=scans data.masks=... data.normal_path=...``
 (its ``scores.h5`` holds every patch's residual map; its ``.hydra/config.yaml`` names the checkpoint, the
 scans, the masks, used here only to know which scans hold fluid, and the normal scans). The patch maps
-are stitched again here (``anogan.predict.Stitcher``) and each candidate scores every scan:
+are stitched again here (``anogan.data.stitch.Stitcher``) and each candidate scores every scan:
 
 * ``max patch``: the image score of predictions.csv (the scan's most anomalous patch);
 * ``mean w<k>``: the largest mean over a k x k square of the averaged map (``maps/<scan>.npy``);
@@ -37,8 +37,9 @@ from sklearn.metrics import roc_auc_score
 
 from anogan.callbacks import read_scores
 from anogan.data.scans import read_scan_mask
-from anogan.localization import quantile_threshold, rates_at, window_max
-from anogan.predict import Stitcher, scans_datamodule, to_patch_size
+from anogan.metrics.localization import quantile_threshold, rates_at, window_max
+from anogan.data.scans import scans_datamodule
+from anogan.data.stitch import Stitcher, to_patch_size
 
 WINDOWS = (5, 7, 9)
 VOTES = (1, 2, 3, 4)

@@ -31,7 +31,7 @@ from _common import environment, networks, parser, result_line, sync
 from anogan.callbacks import ScanMaps, ScoreFile
 from anogan.data.phantom import bscan
 from anogan.data.scans import ScansDataModule
-from anogan.inversion import Inversion
+from anogan.models.inversion import Inversion
 
 # experiment=oct_phantom's patches (conf/data/oct_phantom.yaml), as its checkpoint records them
 RECIPE = {"normalisation": "none", "dtype": "uint8", "patch_size": 32, "stride": 16, "min_foreground": 0.2,

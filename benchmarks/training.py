@@ -20,8 +20,8 @@ import lightning as L
 import torch
 from _common import environment, parser, result_line
 
-from anogan import losses
-from anogan.gan import GAN
+from anogan.nets import losses
+from anogan.models.gan import GAN
 from anogan.nets import build, running_stats_frozen
 
 
@@ -94,7 +94,7 @@ def bare_run(x, batch, n, warm, size, width, z_dim, device, objective, critic_it
             t0 = time.perf_counter()
         real = b["image"].to(device)
         if objective == "wgangp":
-            with torch.no_grad(), running_stats_frozen(G):  # as anogan.gan: G's statistics move in G steps
+            with torch.no_grad(), running_stats_frozen(G):  # as anogan.models.gan: G's statistics move in G steps
                 fake = G(torch.randn(len(real), z_dim, device=device))
             eps = torch.rand(len(real), 1, 1, 1, device=device)
             d_loss = -losses.wasserstein_estimate(D(real), D(fake)) + 10.0 * losses.gradient_penalty(D, real, fake, eps)

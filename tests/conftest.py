@@ -92,7 +92,7 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A run directory of ``python train.py`` with a tiny budget and evaluation (digits, 32 px)."""
-    from anogan.pipeline import train
+    from anogan.engine.pipeline import train
 
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = compose_cfg("train", TINY, out)
@@ -138,8 +138,8 @@ def fit_with_nan_from_batch_4(gan, ckpt_dir: Path, accelerator: str = "cpu"):
     import lightning as L
 
     from anogan.data import DigitsDataModule
-    from anogan.checkpoints import read_checkpoint
-    from anogan.checks import NonFiniteLossError
+    from anogan.runtime.checkpoints import read_checkpoint
+    from anogan.runtime.checks import NonFiniteLossError
 
     L.seed_everything(0)
     calls = {"n": 0}

@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from anogan import losses
+from anogan.nets import losses
 
 
 class Probe(L.Callback):

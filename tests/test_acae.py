@@ -4,9 +4,9 @@ import lightning as L
 import pytest
 import torch
 
-from anogan import scores as S
-from anogan.acae import ACAE, ACAEScores, load_acae
-from anogan.callbacks import auroc
+from anogan.nets import scores as S
+from anogan.models.acae import ACAE, ACAEScores, load_acae
+from anogan.metrics.detection import auroc
 from anogan.data import DigitsDataModule
 from anogan.nets import AdversarialAutoencoder
 from anogan.errors import InputError, MissingInputError

@@ -1,5 +1,5 @@
 """The one-class benchmark as a multirun (classes x seeds), its aggregated table, and the baselines
-scored on the same images (anogan/baselines.py, anogan/sweep.py)."""
+scored on the same images (anogan/models/baselines.py, anogan/engine/sweep.py)."""
 
 import csv
 import json
@@ -12,9 +12,9 @@ from conftest import ROOT, TINY, run_script
 from test_data import write_idx
 from test_sweep import _fake_job
 
-from anogan.baselines import FeatureKNN, LatentKNN, PixelBaselines, baseline_scorers, knn_distance
+from anogan.models.baselines import FeatureKNN, LatentKNN, PixelBaselines, baseline_scorers, knn_distance
 from anogan.nets import Discriminator, Encoder
-from anogan.sweep import benchmark_rows, write_summary
+from anogan.engine.sweep import benchmark_rows, write_summary
 from anogan.errors import InputError
 
 

@@ -14,9 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from rich.console import Console
 
 from anogan.callbacks.metrics import print_table
-from anogan.cli import data_field_overrides, quiet_lightning
-from anogan.checkpoints import read_checkpoint
-from anogan.scores import SCORE_NAMES
+from anogan.engine.cli import data_field_overrides, quiet_lightning
+from anogan.runtime.checkpoints import read_checkpoint
+from anogan.nets.scores import SCORE_NAMES
 
 NAMES = (*SCORE_NAMES, "fanogan", "acae_residual", "acae_discrimination", "acae_anomaly", "feature_knn10",
          "latent_knn10")
@@ -156,7 +156,7 @@ def test_train_script_ends_with_its_run_directory_and_a_train_on_command_that_re
 def test_the_closing_file_list_keeps_a_space_after_the_longest_file_name(tmp_path):
     """data=scans' run files (predictions.csv, map_metrics.json) are longer than the training ones: each
     name is still followed by a space before what it holds."""
-    from anogan.cli import run_summary
+    from anogan.engine.cli import run_summary
 
     for name in ("metrics.json", "predictions.csv", "map_metrics.json"):
         (tmp_path / name).write_text("{}")

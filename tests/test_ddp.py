@@ -16,8 +16,8 @@ from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
 from anogan.callbacks import read_scores
 from anogan.data import DigitsDataModule
 from anogan.errors import InputError
-from anogan.checkpoints import read_checkpoint
-from anogan.pipeline import evaluate
+from anogan.runtime.checkpoints import read_checkpoint
+from anogan.engine.pipeline import evaluate
 
 EVAL = ["inversion.steps=3", "inversion.record_steps=[1]"]
 # 31 test + 8 training + 10 normal validation images: an odd count, so the DistributedSampler repeats one

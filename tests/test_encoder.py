@@ -11,13 +11,14 @@ from conftest import TINY, compose_cfg
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from anogan import scores as S
-from anogan.callbacks import auroc, read_scores
+from anogan.nets import scores as S
+from anogan.callbacks import read_scores
+from anogan.metrics.detection import auroc
 from anogan.data import SPLITS
-from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
-from anogan.inversion import Inversion, load_gan
+from anogan.models.encoder import EncoderTraining, FAnoGAN, load_encoder
+from anogan.models.inversion import Inversion, load_gan
 from anogan.nets import Discriminator, Encoder, Generator
-from anogan.pipeline import train
+from anogan.engine.pipeline import train
 from anogan.errors import InputError
 
 

@@ -86,11 +86,12 @@ def test_bad_input_ends_each_entry_point_with_one_line_and_exit_status_2(tmp_pat
 
 
 def _script(tmp_path, body: str):
-    """A Hydra app run like train.py (``anogan.errors.run_main``) whose job runs ``body``."""
+    """A Hydra app run like train.py (``anogan.engine.cli.run_main``) whose job runs ``body``."""
     path = tmp_path / "app.py"
     path.write_text(textwrap.dedent(f"""
         import hydra
-        from anogan.errors import InputError, run_main
+        from anogan.engine.cli import run_main
+        from anogan.errors import InputError
 
         @hydra.main(version_base="1.3", config_path=None, config_name=None)
         def main(cfg):
@@ -122,7 +123,7 @@ def test_only_input_errors_lose_their_traceback(tmp_path, body, env, multirun, c
 
 
 def test_only_a_keyword_the_instantiated_class_does_not_take_is_an_unknown_setting():
-    from anogan.errors import unknown_setting
+    from anogan.engine.errors import unknown_setting
 
     wrapper = "Error in call to target 'anogan.data.phantom.PhantomDataModule':"
     found = unknown_setting(wrapper, "OneClassDataModule.__init__() got an unexpected keyword argument 'nrmal'")

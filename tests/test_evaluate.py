@@ -8,8 +8,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anogan.callbacks import read_scores
 from anogan.data import SPLITS
-from anogan.pipeline import evaluate
-from anogan.scores import SCORE_NAMES
+from anogan.engine.pipeline import evaluate
+from anogan.nets.scores import SCORE_NAMES
 from anogan.errors import MissingInputError
 
 FIGURES = ("roc_models", "roc_scores", "pr_models", "pr_scores", "score_distributions", "anomaly_grid")
@@ -85,7 +85,7 @@ def test_a_killed_evaluation_resumes_with_identical_results(tiny_ckpt, tmp_path,
     evaluate(_eval_cfg(tiny_ckpt, clean))
     resumed = tmp_path / "resumed"
     cfg = _eval_cfg(tiny_ckpt, resumed)
-    from anogan import pipeline
+    from anogan.engine import pipeline
 
     real = pipeline.instantiate_list
     def with_crash(c):  # the evaluation's callbacks get one that dies after two batches
@@ -99,7 +99,7 @@ def test_a_killed_evaluation_resumes_with_identical_results(tiny_ckpt, tmp_path,
     assert not (resumed / "scores.h5").exists() and not (resumed / "metrics.json").exists()
     monkeypatch.setattr(pipeline, "instantiate_list", real)
     mapped = []
-    from anogan.inversion import Inversion
+    from anogan.models.inversion import Inversion
 
     original = Inversion.map_batch
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))

@@ -12,17 +12,17 @@ import torch
 from conftest import TINY, assert_aurocs_match_scores, compose_cfg, sample_distances
 from hydra.utils import instantiate
 
-from anogan import losses
-from anogan import scores as S
+from anogan.nets import losses
+from anogan.nets import scores as S
 from anogan.data import DigitsDataModule
-from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
-from anogan.gan import GAN
-from anogan.inversion import Inversion, load_gan
-from anogan.mapping_nets import mapping_copy
-from anogan.optim import TF1RMSprop
+from anogan.models.encoder import EncoderTraining, FAnoGAN, load_encoder
+from anogan.models.gan import GAN
+from anogan.models.inversion import Inversion, load_gan
+from anogan.nets.mapping import mapping_copy
+from anogan.nets.optim import TF1RMSprop
 from anogan.nets import FAMILIES, SUPPORTED_SIZES, ResNetCritic, ResNetEncoder, ResNetGenerator, build
-from anogan.pipeline import train
-from anogan.prior import encoder_squash
+from anogan.engine.pipeline import train
+from anogan.nets.prior import encoder_squash
 from anogan.errors import InputError
 
 WGANGP = ["model=wgangp_resnet", "model.generator.width=4", "model.discriminator.width=4",
@@ -122,7 +122,7 @@ def test_a_checkpoint_without_a_family_is_a_dcgan(tiny_ckpt):
 
 
 def test_resuming_a_dcgan_checkpoint_as_resnet_names_the_family(tiny_ckpt, tmp_path):
-    from anogan.checkpoints import CheckpointError, check_architecture
+    from anogan.runtime.checkpoints import CheckpointError, check_architecture
 
     model = instantiate(compose_cfg("train", [*TINY, *WGANGP, "model.generator.z_dim=100"], tmp_path).model)
     with pytest.raises(CheckpointError, match="family: checkpoint 'dcgan', configured 'resnet'"):
@@ -148,11 +148,11 @@ def test_the_mapping_falls_back_to_the_plain_resnet_nets_with_the_same_scores(mo
 def test_encoder_squash_follows_the_prior_and_tanh_with_a_normal_prior_warns(caplog):
     assert encoder_squash("auto", "uniform") == "tanh"
     assert encoder_squash("auto", "normal") == "none"
-    with caplog.at_level(logging.WARNING, logger="anogan.prior"):
+    with caplog.at_level(logging.WARNING, logger="anogan.nets.prior"):
         assert encoder_squash("tanh", "normal") == "tanh"
     assert "third of N(0, 1)" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="anogan.prior"):
+    with caplog.at_level(logging.WARNING, logger="anogan.nets.prior"):
         assert encoder_squash("clip", "normal") == "clip" and encoder_squash("tanh", "uniform") == "tanh"
     assert caplog.text == ""
     with pytest.raises(InputError, match="squash='sigmoid'"):
@@ -196,7 +196,7 @@ def test_the_fanogan_paper_preset_has_the_official_settings(tmp_path):
     e = cfg.encoder
     assert (e.module.squash, e.module.kappa, e.max_steps) == ("tanh", 1.0, 50000)
     assert (cfg.trainer.max_epochs, e.module.mode) == (7, "izi_f")  # the official TRAIN_EPOCHS
-    assert e.module.optimizer._target_ == "anogan.optim.TF1RMSprop" and e.module.optimizer.lr == 5e-5
+    assert e.module.optimizer._target_ == "anogan.nets.optim.TF1RMSprop" and e.module.optimizer.lr == 5e-5
     model = instantiate(m)
     assert isinstance(model.generator, ResNetGenerator) and isinstance(model.discriminator, ResNetCritic)
     opt_g, opt_d = model.configure_optimizers()
@@ -259,7 +259,7 @@ def test_wgangp_on_the_digits_improves_the_sample_statistics():
 
 
 def test_a_non_finite_critic_loss_stops_wgangp_training_naming_the_loss(tmp_path):
-    from anogan.gan import NonFiniteLossError
+    from anogan.models.gan import NonFiniteLossError
 
     L.seed_everything(0)
     gan = _gan("resnet", 16, 1, width=4, objective="wgangp", prior="normal")

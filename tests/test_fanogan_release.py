@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from anogan.data import DigitsDataModule
-from anogan.encoder import EncoderTraining, FAnoGAN, load_encoder
-from anogan.gan import GAN
-from anogan.inversion import load_gan
+from anogan.models.encoder import EncoderTraining, FAnoGAN, load_encoder
+from anogan.models.gan import GAN
+from anogan.models.inversion import load_gan
 from anogan.nets import ResNetCritic, ResNetEncoder, ResNetGenerator, build
-from anogan.optim import TF1RMSprop
-from anogan.checkpoints import CheckpointError
+from anogan.nets.optim import TF1RMSprop
+from anogan.runtime.checkpoints import CheckpointError
 
 # -- the table, transcribed from wgangp_64x64.py / z_encoding_izif.py and tflib/ops at tSchlegl/f-AnoGAN
 # commit a73a92e (DIM 64, ZDIM 128, 64x64 grey)

@@ -13,7 +13,7 @@ from PIL import Image
 from trees import image, make_folders, make_mvtec, save, save_mask
 
 from anogan.data import SPLITS
-from anogan.localization import window_max
+from anogan.metrics.localization import window_max
 from anogan.data.folder import FolderDataModule, MVTecDataModule
 from anogan.data.scans import ScanError, resolve_recipe
 from anogan.data.transforms import mask_to_size
@@ -179,7 +179,7 @@ def test_a_tiny_mvtec_run_scores_colour_images_and_its_pixel_auroc_matches_score
 
     from anogan.callbacks import read_scores
     from anogan.data.scans import ScansDataModule
-    from anogan.pipeline import evaluate, train
+    from anogan.engine.pipeline import evaluate, train
 
     make_mvtec(tmp_path / "mvtec", size=(40, 40), colour=True, n_train=24, n_good=4, defects={"cut": 3, "dot": 2})
     out = tmp_path / "run"

@@ -19,11 +19,11 @@ from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, fit_with_nan
 
 from anogan.callbacks import read_scores
 from anogan.data import DigitsDataModule
-from anogan.gan import GAN
-from anogan.inversion import Inversion
-from anogan.mapping_nets import mapping_copy
+from anogan.models.gan import GAN
+from anogan.models.inversion import Inversion
+from anogan.nets.mapping import mapping_copy
 from anogan.nets import Discriminator, Generator, build
-from anogan.pipeline import evaluate
+from anogan.engine.pipeline import evaluate
 
 pytestmark = pytest.mark.gpu
 GPU = "trainer.accelerator=gpu"
@@ -165,7 +165,7 @@ def test_the_scans_benchmark_maps_on_cuda(tmp_path):
 
 
 def test_training_on_cuda_through_the_config_with_bf16(tmp_path):
-    from anogan.pipeline import train
+    from anogan.engine.pipeline import train
 
     train(compose_cfg("train", [*TINY, GPU, "trainer.precision=bf16-mixed", "logger=none", "inversion.steps=2",
                                 "data.test_subset=40"], tmp_path))

@@ -2,10 +2,10 @@ import lightning as L
 import pytest
 import torch
 
-from anogan.inversion import Inversion
+from anogan.models.inversion import Inversion
 from anogan.nets import Discriminator, Generator
-from anogan.prior import initial_z
-from anogan.scores import SCORE_NAMES
+from anogan.nets.prior import initial_z
+from anogan.nets.scores import SCORE_NAMES
 from anogan.errors import InputError
 
 

@@ -13,9 +13,9 @@ import torch
 from conftest import ROOT, TINY, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
-from anogan.pipeline import evaluate, train
-from anogan.checkpoints import read_checkpoint
-from anogan.preemption import SIGTERM_EXIT
+from anogan.engine.pipeline import evaluate, train
+from anogan.runtime.checkpoints import read_checkpoint
+from anogan.runtime.preemption import SIGTERM_EXIT
 
 TRAIN = [*TINY, "evaluate=false", "logger=none"]
 EVAL = ["inversion.steps=10", "logger=none", "+data.eval_batch_size=32", "+data.eval_train_samples=0",

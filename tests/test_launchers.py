@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 
-from anogan import launchers
-from anogan.launchers import check_slurm_gpus, job_gpus, visible_gpus
+from anogan.runtime import launchers
+from anogan.runtime.launchers import check_slurm_gpus, job_gpus, visible_gpus
 
 
 def _launcher(tmp_path, overrides):

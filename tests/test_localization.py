@@ -1,4 +1,4 @@
-"""The localisation and detection metrics of anogan.localization against independent computations:
+"""The localisation and detection metrics of anogan.metrics.localization against independent computations:
 scikit-learn's average precision, a brute-force Dice over every threshold, hand-made AUPRO cases."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from anogan.localization import (
+from anogan.metrics.localization import (
     aupro,
     average_precision,
     f1_max,
@@ -143,7 +143,7 @@ def test_constant_scores_give_one_threshold_and_chance_level_metrics():
 
 
 def test_window_max_is_the_largest_mean_over_a_wholly_covered_square():
-    from anogan.localization import window_max
+    from anogan.metrics.localization import window_max
 
     m = np.zeros((12, 12))
     m[5, :] = 3.0  # a thin line: its 3x3 means are 1.0

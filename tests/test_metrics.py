@@ -5,7 +5,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import BinaryAUROC
 
-from anogan.callbacks.metrics import auroc, operating_point, write_json_atomic
+from anogan.metrics.detection import auroc, operating_point
+from anogan.runtime.io import write_json_atomic
 
 
 def test_auroc_ranks_raw_scores_far_outside_unit_interval():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import compose_cfg
 
-from anogan.callbacks import auroc
+from anogan.metrics.detection import auroc
 from anogan.data import SPLITS
 from anogan.data.phantom import FLUID, PhantomDataModule, bscan
 
@@ -65,7 +65,7 @@ SMALL = [
 
 @pytest.mark.slow
 def test_oct_phantom_end_to_end_pixel_auroc_above_chance(tmp_path):
-    from anogan.pipeline import train
+    from anogan.engine.pipeline import train
 
     cfg = compose_cfg("train", [*SMALL, f"data.path={tmp_path}/patches.h5"], tmp_path / "run")
     assert cfg.data.image_size == 32 and cfg.inversion.lam == 0.1

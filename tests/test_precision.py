@@ -12,14 +12,14 @@ import torch
 from conftest import TINY, assert_aurocs_match_scores, compose_cfg, fit_with_nan_from_batch_4
 from hydra.utils import instantiate
 
-from anogan import losses
+from anogan.nets import losses
 from anogan.callbacks import read_scores
-from anogan.gan import GAN, NonFiniteLossError
-from anogan.inversion import Inversion
+from anogan.models.gan import GAN, NonFiniteLossError
+from anogan.models.inversion import Inversion
 from anogan.nets import Discriminator, Generator, ResNetCritic
-from anogan.pipeline import evaluate, train
-from anogan.checkpoints import read_checkpoint
-from anogan.checks import FiniteLossGuard
+from anogan.engine.pipeline import evaluate, train
+from anogan.runtime.checkpoints import read_checkpoint
+from anogan.runtime.checks import FiniteLossGuard
 
 MODELS = {
     "wgangp": ["model=wgangp_resnet", "model.generator.width=4", "model.discriminator.width=4",

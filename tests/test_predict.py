@@ -16,10 +16,12 @@ from PIL import Image
 from anogan.callbacks import read_scores
 from anogan.data import SPLITS
 from anogan.data.hdf5 import inspect_hdf5
-from anogan.data.prepare import PatchOptions, positions, prepare_folder
+from anogan.data.patches import PatchOptions, positions, prepare_folder
 from anogan.data.scans import ScanError, ScansDataModule, list_scans
-from anogan.pipeline import evaluate
-from anogan.predict import calibration_from, image_score, parse_reduce, pixel_auroc, stitch, threshold_from
+from anogan.engine.pipeline import evaluate
+from anogan.callbacks.maps import calibration_from, parse_reduce, threshold_from
+from anogan.data.stitch import image_score, stitch
+from anogan.metrics.localization import pixel_auroc
 from anogan.errors import InputError, MissingInputError
 
 
@@ -43,7 +45,7 @@ def test_stitching_averages_overlaps_and_leaves_uncovered_pixels_undefined():
 
 
 def test_the_consensus_map_takes_the_smallest_covering_patch_where_enough_patches_cover_a_pixel():
-    from anogan.predict import Stitcher
+    from anogan.data.stitch import Stitcher
 
     # three 4x4 patches: a mapping failure (9) over the first, a lesion (5) at pixel (1, 3) in all of them
     maps = np.ones((3, 4, 4))
@@ -61,7 +63,7 @@ def test_the_consensus_map_takes_the_smallest_covering_patch_where_enough_patche
 
 
 def test_window_max_at_names_the_centre_of_the_best_square():
-    from anogan.localization import window_max_at
+    from anogan.metrics.localization import window_max_at
 
     m = np.zeros((20, 30))
     m[5:8, 10:13] = 2.0
@@ -257,7 +259,7 @@ def _consensus_score(maps, pos, shape, min_votes=3, window=7):
 
 
 def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch, capsys):
-    from anogan import pipeline
+    from anogan.engine import pipeline
 
     rng = np.random.default_rng(3)
     _scans(tmp_path / "scans", rng, n=3, shape=(40, 70))
@@ -314,7 +316,7 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     assert len(read_scores(resumed / "scores.h5.partial")["index"]) == 16
     assert not (resumed / "predictions.csv").exists()
     monkeypatch.setattr(pipeline, "instantiate_list", real)
-    from anogan.inversion import Inversion
+    from anogan.models.inversion import Inversion
 
     mapped, original = [], Inversion.map_batch
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
@@ -334,7 +336,7 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
     from test_oct_phantom import SMALL
 
     from anogan.data.phantom import main as write_phantom_cli
-    from anogan.pipeline import train
+    from anogan.engine.pipeline import train
 
     run = tmp_path / "run"
     train(compose_cfg("train", [*SMALL, f"data.path={tmp_path}/patches.h5"], run))
@@ -377,9 +379,9 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
 
 def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
     """inversion.init=encoder inversion.steps=0: f-AnoGAN's one pass (no optimisation) for whole scans."""
-    from anogan import scores as S
-    from anogan.encoder import FAnoGAN
-    from anogan.inversion import Inversion
+    from anogan.nets import scores as S
+    from anogan.models.encoder import FAnoGAN
+    from anogan.models.inversion import Inversion
     from anogan.nets import Discriminator, Encoder, Generator
 
     torch.manual_seed(0)
@@ -396,8 +398,8 @@ def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
 
 
 def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, monkeypatch):
-    from anogan import pipeline
-    from anogan.inversion import Inversion
+    from anogan.engine import pipeline
+    from anogan.models.inversion import Inversion
 
     rng = np.random.default_rng(4)
     _scans(tmp_path / "scans", rng, n=3, shape=(40, 70))
@@ -439,7 +441,7 @@ def test_a_scan_gets_the_same_initial_z_and_map_whatever_other_scans_are_scored_
 
 
 def test_scan_decision_settings_out_of_range_are_refused_before_mapping(tiny_run, tmp_path, monkeypatch):
-    from anogan.inversion import Inversion
+    from anogan.models.inversion import Inversion
 
     _scans(tmp_path / "scans", np.random.default_rng(6), n=1, shape=(40, 70))
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
@@ -451,7 +453,7 @@ def test_scan_decision_settings_out_of_range_are_refused_before_mapping(tiny_run
         evaluate(_predict_cfg(ckpt, tmp_path / "scans", tmp_path / "a",
                               ["data.stride=32", "prediction_callbacks.maps.scan_min_votes=3", "logger=csv"]))
     assert not (tmp_path / "a" / "csv").exists()  # refused before the Trainer's logger wrote anything
-    from anogan.errors import input_error
+    from anogan.engine.errors import input_error
 
     for k, (setting, message) in enumerate([("scan_target_fpr=1.5", "scan_target_fpr=1.5 must lie in (0, 1)"),
                                             ("scan_window=0", "scan_window=0 must be an integer >= 1"),

@@ -14,7 +14,8 @@ from test_data import make_idx_dir
 from anogan.data import SPLITS, HDF5DataModule
 from anogan.data.hdf5 import inspect_hdf5
 from anogan.data.phantom import write_phantom
-from anogan.data.prepare import main, prepare_folder
+from anogan.data.patches import prepare_folder
+from anogan.data.prepare import main
 from anogan.errors import InputError
 
 
@@ -265,7 +266,7 @@ def test_oct_paper_preset_runs_on_a_prepared_folder(tmp_path):
     """The README's path: scans and masks -> prepare -> experiment=oct_paper (a tiny budget here)."""
     from conftest import TINY, compose_cfg
 
-    from anogan.pipeline import train
+    from anogan.engine.pipeline import train
 
     root = write_phantom(tmp_path / "oct", healthy=2, healthy_test=1, fluid=1, scans=2, height=96, width=128,
                          blobs=(3, 4), seed=1)

@@ -13,14 +13,14 @@ import torch
 from conftest import TINY, compose_cfg
 
 from anogan.callbacks import read_scores
-from anogan.callbacks.metrics import write_json_atomic
-from anogan.inversion import Inversion, load_gan
-from anogan.io import atomic_path
+from anogan.runtime.io import write_json_atomic
+from anogan.models.inversion import Inversion, load_gan
+from anogan.runtime.io import atomic_path
 from anogan.nets import Discriminator, Generator
-from anogan.pipeline import evaluate, train
-from anogan.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint, resolve_ckpt_path
-from anogan.checks import NonFiniteScoreError
-from anogan.scores import SCORE_NAMES
+from anogan.engine.pipeline import evaluate, train
+from anogan.runtime.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint, resolve_ckpt_path
+from anogan.runtime.checks import NonFiniteScoreError
+from anogan.nets.scores import SCORE_NAMES
 from anogan.errors import InputError, MissingInputError
 
 TRAIN = [*TINY, "evaluate=false", "logger=none"]
@@ -291,7 +291,7 @@ def test_train_with_ckpt_path_auto_after_a_kill_in_its_evaluation_only_finishes_
     mapped, steps = [], []
     original = Inversion.map_batch
     monkeypatch.setattr(Inversion, "map_batch", lambda self, x, i: mapped.append(len(x)) or original(self, x, i))
-    from anogan.gan import GAN
+    from anogan.models.gan import GAN
 
     monkeypatch.setattr(GAN, "training_step", lambda self, batch, i: steps.append(i))
     train(compose_cfg("train", [*TINY, "ckpt_path=auto"], run))
@@ -342,7 +342,7 @@ def test_configured_trainer_plugins_are_kept_and_a_checkpoint_writer_of_their_ow
     from lightning.pytorch.plugins.environments import LightningEnvironment
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from anogan.checkpoints import checkpoint_plugins
+    from anogan.runtime.checkpoints import checkpoint_plugins
 
     env = LightningEnvironment()
     assert [type(p) for p in checkpoint_plugins(None)] == [AtomicCheckpointIO]
@@ -357,7 +357,7 @@ def test_a_partial_score_file_of_other_settings_or_scorers_is_not_reused(tmp_pat
     import h5py
 
     from anogan.callbacks.score_file import ScoreFile, _settings
-    from anogan.inversion import Inversion, load_gan
+    from anogan.models.inversion import Inversion, load_gan
 
     G, D, _, _ = load_gan(tiny_ckpt)
     inv = Inversion(G, D, steps=3, record_steps=[1, 2])
@@ -375,7 +375,7 @@ def test_a_partial_score_file_of_other_settings_or_scorers_is_not_reused(tmp_pat
 
 # -- SLURM: requeue on the time-limit signal, resume in the requeued job -------------------------------
 def test_a_requeued_slurm_job_resumes_from_its_last_ckpt_without_ckpt_path(tmp_path, monkeypatch):
-    from anogan.checkpoints import LAST, resolve_ckpt_path
+    from anogan.runtime.checkpoints import LAST, resolve_ckpt_path
 
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     (tmp_path / LAST).parent.mkdir()
@@ -392,7 +392,7 @@ def test_a_requeued_slurm_job_resumes_from_its_last_ckpt_without_ckpt_path(tmp_p
 def test_sigusr1_in_a_slurm_job_requeues_it_with_scontrol(tmp_path, monkeypatch, caplog):
     import signal
 
-    from anogan.preemption import requeue_on_signal
+    from anogan.runtime.preemption import requeue_on_signal
 
     calls = tmp_path / "calls"
     (tmp_path / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n[ "$2" != 99 ]\n')

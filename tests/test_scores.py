@@ -1,6 +1,6 @@
 import torch
 
-from anogan import scores as S
+from anogan.nets import scores as S
 
 
 def test_residual_is_the_per_image_sum_of_absolute_differences():
@@ -41,7 +41,7 @@ def test_discriminator_score_is_the_log_odds_of_one_minus_probability_of_real():
 def test_discriminator_score_does_not_saturate_on_very_negative_logits():
     """P_D = sigmoid(-logit) is exactly 1.0 in float32 below logit -17: the two most anomalous images
     tie and AUROC drops from 1 to 0.75 on this hand example; the log-odds keep them apart."""
-    from anogan.callbacks import auroc
+    from anogan.metrics.detection import auroc
 
     logits = torch.tensor([5.0, -20.0, -25.0, -30.0])  # two normal, then two anomalous images
     labels = torch.tensor([0, 0, 1, 1])

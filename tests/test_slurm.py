@@ -17,8 +17,8 @@ import torch
 from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
 
 from anogan.callbacks import read_scores
-from anogan.pipeline import evaluate, train
-from anogan.checkpoints import read_checkpoint
+from anogan.engine.pipeline import evaluate, train
+from anogan.runtime.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@ import json
 
 from anogan.callbacks import read_scores
 from anogan.data import SPLITS
-from anogan.scores import SCORE_NAMES
+from anogan.nets.scores import SCORE_NAMES
 
 
 def test_tiny_run_writes_checkpoint_metrics_scores_and_figures(tiny_run):

@@ -7,9 +7,9 @@ import torch
 from conftest import ROOT, run_script
 from test_inversion import make_inversion
 
-from anogan.mapping_nets import LatentProjection, mapping_copy
+from anogan.nets.mapping import LatentProjection, mapping_copy
 from anogan.nets import Discriminator, Generator
-from anogan.scores import SCORE_NAMES
+from anogan.nets.scores import SCORE_NAMES
 from anogan.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""Multiruns over lam x steps: summary.csv, figures, failed jobs, recorded steps (anogan/sweep.py)."""
+"""Multiruns over lam x steps: summary.csv, figures, failed jobs, recorded steps (anogan/engine/sweep.py)."""
 
 import csv
 import json
@@ -10,8 +10,9 @@ import pytest
 from conftest import CONF, ROOT, compose_cfg, run_script
 from omegaconf import OmegaConf
 
-from anogan.pipeline import evaluate
-from anogan.sweep import FIGURES, auroc_points, job_row, main, write_summary
+from anogan.engine.pipeline import evaluate
+from anogan.engine.sweep import FIGURES, auroc_points, job_row, write_summary
+from anogan.sweep import main
 from anogan.errors import InputError
 
 FAST = ["logger=none", "+data.test_subset=60", "+data.eval_train_samples=0", "trainer.enable_progress_bar=false",
@@ -205,7 +206,7 @@ def test_the_run_directory_is_named_by_the_slurm_job_id(monkeypatch):
 def test_every_setting_that_makes_lightning_start_processes_fails_a_multirun_early(monkeypatch):
     from hydra.core.hydra_config import HydraConfig
 
-    from anogan.sweep import check_ddp_launch
+    from anogan.engine.sweep import check_ddp_launch
 
     def check(overrides):
         cfg = _hydra_cfg(["trainer.accelerator=cpu", *overrides])

@@ -8,10 +8,10 @@ from conftest import ROOT, TINY, compose_cfg, fit_with_nan_from_batch_4, run_scr
 from hydra.utils import instantiate
 
 from anogan.data import DigitsDataModule
-from anogan.gan import GAN
+from anogan.models.gan import GAN
 from anogan.nets import Discriminator, Generator
-from anogan.checkpoints import read_checkpoint
-from anogan.pipeline import instantiate_list
+from anogan.runtime.checkpoints import read_checkpoint
+from anogan.engine.pipeline import instantiate_list
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 # presets that need a value from the user (data.path: ???); the file is not opened by instantiate

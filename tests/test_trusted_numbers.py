@@ -14,18 +14,24 @@ from conftest import TINY, assert_aurocs_match_scores, compose_cfg
 from omegaconf import OmegaConf, open_dict
 
 from anogan.callbacks import read_scores
-from anogan.callbacks.metrics import pixel_auroc_metric
+from anogan.metrics.detection import pixel_auroc_metric
 from anogan.callbacks.score_file import ScoreFile, _settings
 from anogan.data import SPLITS, HDF5DataModule, IDXDataModule
 from anogan.data.hdf5 import inspect_hdf5
-from anogan.data.prepare import PrepareError, prepare_arrays, prepare_folder
-from anogan.encoder import EncoderTraining
-from anogan.inversion import Inversion, load_gan
+from anogan.data.patches import PrepareError, prepare_arrays, prepare_folder
+from anogan.models.encoder import EncoderTraining
+from anogan.models.inversion import Inversion, load_gan
 from anogan.nets import Encoder
-from anogan.pipeline import evaluate_checkpoint, train
-from anogan.checkpoints import AtomicCheckpointIO, CheckpointError, check_resume_data, gan_identity, read_checkpoint
-from anogan.checks import NonFiniteLossError
-from anogan.stages import stage_scorers
+from anogan.engine.pipeline import evaluate_checkpoint, train
+from anogan.runtime.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_resume_data,
+    gan_identity,
+    read_checkpoint,
+)
+from anogan.runtime.checks import NonFiniteLossError
+from anogan.engine.stages import stage_scorers
 from anogan.errors import InputError
 
 EVAL = ["inversion.steps=2", "logger=none", "trainer.enable_progress_bar=false"]
@@ -89,7 +95,7 @@ def test_every_checkpoint_entry_point_refuses_a_code_running_pickle(tiny_ckpt, t
         cfg.ckpt_path = "hpc"  # what Lightning picks on SLURM when a hpc_ckpt exists
     from hydra.utils import instantiate
 
-    from anogan.checkpoints import checkpoint_plugins
+    from anogan.runtime.checkpoints import checkpoint_plugins
 
     trainer = instantiate(cfg.trainer, plugins=checkpoint_plugins(None), logger=False, callbacks=[])
     with pytest.raises(CheckpointError, match=refused):

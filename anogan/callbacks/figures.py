@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from torchmetrics.classification import BinaryPrecisionRecallCurve, BinaryROC
 
-from anogan.callbacks.metrics import OutputCollector, auroc, padded_duplicates
-from anogan.localization import average_precision
+from anogan.callbacks.metrics import OutputCollector
+from anogan.metrics.detection import auroc
+from anogan.runtime.distributed import padded_duplicates
+from anogan.metrics.localization import average_precision
 from anogan.data import SPLITS
-from anogan.io import atomic_path
-from anogan.viz import log_image, to_unit
+from anogan.runtime.io import atomic_path
+from anogan.callbacks.viz import log_image, to_unit
 
 GROUPS = ("train-normal", "test-normal", "test-anomalous")
 ROC_FIGURES = {

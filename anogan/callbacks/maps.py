@@ -10,7 +10,7 @@ Dice, AUPRO of the stitched maps over whole scans, and the scan-level AUROC, AUP
 flag, a scan counting as abnormal when its mask holds a pixel).
 
 The scan decision: ``scan_score`` is the largest mean over a lesion-sized ``scan_window`` square of the
-scan's consensus map (``anogan.predict.Stitcher.consensus``: per pixel the smallest residual of the
+scan's consensus map (``anogan.data.stitch.Stitcher.consensus``: per pixel the smallest residual of the
 patches covering it, where at least ``scan_min_votes`` patches cover it), so that a patch whose mapping
 ended in a poor local minimum does not flag a healthy scan. ``scan_flagged`` calls a scan abnormal when
 its score reaches the (1 - ``scan_target_fpr``) quantile of the scan scores of the normal scans of
@@ -23,6 +23,7 @@ already in ``scores.h5.partial`` without mapping them again.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -32,18 +33,21 @@ import lightning as L
 import numpy as np
 import torch
 
-from anogan.callbacks.metrics import auroc, gather_rows, write_json_atomic
-from anogan.localization import (
+from anogan.metrics.detection import auroc
+from anogan.runtime.distributed import gather_rows
+from anogan.runtime.io import write_json_atomic
+from anogan.metrics.localization import (
     average_precision,
     pick_rates,
     pixel_metrics,
     quantile_threshold,
     rates_at,
+    pixel_auroc,
     window_max_at,
 )
-from anogan.io import atomic_path
-from anogan import predict as P
-from anogan.errors import InputError
+from anogan.runtime.io import atomic_path
+from anogan.data.stitch import Stitcher, image_score, to_patch_size
+from anogan.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class ScanMaps(L.Callback):
             flag. ``flagged``: the scan's image score >= the threshold; ``n_above_threshold`` counts its
             patches at or above it.
         calibration_from: the training run's ``metrics.json`` or a checkpoint of that run (the config passes
-            ``ckpt_path``: ``<run>/metrics.json``): its label-free thresholds (``anogan.localization``) for
+            ``ckpt_path``: ``<run>/metrics.json``): its label-free thresholds (``anogan.metrics.localization``) for
             ``flagged`` without ``threshold_from``, and the pixel threshold of ``map_metrics.json`` when no
             normal scans are given.
         scan_window: the side of the square of ``scan_score`` in scan pixels (lesion-sized; 7 on the phantom).
@@ -93,11 +97,11 @@ class ScanMaps(L.Callback):
                  calibration_from: str | None = None, scan_window: int = 7, scan_min_votes: int | None = None,
                  scan_target_fpr: float = 0.05, pixel_target_fpr: float = 0.01, overlay: bool = True):
         self.dirpath, self.predictions, self.metrics = Path(dirpath), Path(predictions), Path(metrics)
-        self.score, self.q, self.top_k, self.overlay = score, P.parse_reduce(reduce), int(top_k), overlay
+        self.score, self.q, self.top_k, self.overlay = score, parse_reduce(reduce), int(top_k), overlay
         self.reduce = str(reduce)
         # checked here, before any scan is mapped
-        self.threshold, self.threshold_source = P.threshold_from(threshold_from, score, threshold_quantile)
-        self.calibration = P.calibration_from(calibration_from, score)
+        self.threshold, self.threshold_source = threshold_from(threshold_from, score, threshold_quantile)
+        self.calibration = calibration_from(calibration_from, score)
         if not threshold_from and self.calibration.get("image_threshold") is not None:
             self.threshold = float(self.calibration["image_threshold"])
             self.threshold_source = (f"{score} threshold at target FPR {self.calibration['target_fpr']} of "
@@ -144,7 +148,7 @@ class ScanMaps(L.Callback):
         self.scans, self.ds, self.p = dm.scans, ds, dm.opts.patch_size
         self.seen = np.zeros(len(ds), bool)
         self.remaining = np.bincount(ds.scan, minlength=len(self.scans))
-        self.stitchers: dict[int, P.Stitcher] = {}
+        self.stitchers: dict[int, Stitcher] = {}
         self.patch_scores: dict[int, list[tuple[float, int, int]]] = {}
         self.rows: dict[int, dict] = {}
         self.measured: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -175,7 +179,7 @@ class ScanMaps(L.Callback):
             return
         index = index[new]
         maps = rows["map"].detach().float().cpu()[torch.from_numpy(new)]
-        maps = P.to_patch_size(maps, self.p)  # patches resized to the GAN's size: back to scan pixels
+        maps = to_patch_size(maps, self.p)  # patches resized to the GAN's size: back to scan pixels
         maps, scores = maps.numpy(), rows["score"].detach().double().cpu().numpy()[new]
         self.seen[index] = True
         ds = self.ds
@@ -184,7 +188,7 @@ class ScanMaps(L.Callback):
             here = ds.scan[index] == s
             if s not in self.stitchers:
                 h, w = self.scans[s].shape
-                self.stitchers[s] = P.Stitcher((max(h, self.p), max(w, self.p)))
+                self.stitchers[s] = Stitcher((max(h, self.p), max(w, self.p)))
                 self.patch_scores[s] = []
             pos = list(zip(ds.y[index[here]].tolist(), ds.x[index[here]].tolist()))
             self.stitchers[s].add(maps[here], pos)
@@ -218,7 +222,7 @@ class ScanMaps(L.Callback):
             with atomic_path(out) as tmp, open(tmp, "wb") as f:
                 np.save(f, amap)
             if self.overlay:
-                from anogan.viz import scan_map_figure
+                from anogan.callbacks.viz import scan_map_figure
 
                 unit = self.ds.unit_scan(s)
                 grey = unit if unit.ndim == 2 else unit.mean(0)
@@ -265,7 +269,7 @@ class ScanMaps(L.Callback):
     def _row(self, scan, patches: list[tuple[float, int, int]]) -> dict:
         values = np.array([v for v, _, _ in patches])
         top = sorted(patches, key=lambda t: -t[0])[: self.top_k]
-        score = P.image_score(values, self.q)
+        score = image_score(values, self.q)
         row = {"image": scan.name, "height": scan.shape[0], "width": scan.shape[1], "patches": len(patches),
                "score": self.score if self.q == 1 else f"{self.score} q{self.q:g}",
                "image_score": "" if score is None else f"{score:.6g}",
@@ -316,7 +320,7 @@ class ScanMaps(L.Callback):
             calibration = self._calibration_record(scan_calibration)
             pixel_threshold = (calibration or {}).get("pixel_threshold")
             result = {"n_scans": len(self.measured), "score_map": "residual |x - G(z)|, overlaps averaged",
-                      **P.pixel_auroc(maps, masks),
+                      **pixel_auroc(maps, masks),
                       **pixel_metrics(maps, masks, threshold=pixel_threshold),
                       "scan": self._scan_metrics(),
                       "calibration": calibration}
@@ -376,3 +380,83 @@ class ScanMaps(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if getattr(self, "progress", None) is not None:
             self.progress.close()
+
+
+# -- settings and thresholds read from a labelled run ----------------------------------------------
+def parse_reduce(reduce: str | float) -> float:
+    """``max`` -> 1.0, a quantile in (0, 1] -> itself; anything else is an error naming the setting."""
+    if str(reduce) == "max":
+        return 1.0
+    try:
+        q = float(reduce)
+    except ValueError:
+        q = math.nan
+    if not 0 < q <= 1:
+        raise InputError(f"prediction_callbacks.maps.reduce={reduce!r}: expected max or a quantile in (0, 1], "
+                         "e.g. 0.99")
+    return q
+
+
+def threshold_from(path: str | os.PathLike | None, score: str, quantile: float = 0.99) -> tuple[float | None, str]:
+    """(threshold, where it comes from) for the flag of each scan, from ``path``:
+
+    * a labelled evaluation's ``metrics.json``: the threshold of ``score`` at the maximal Youden index
+      (the paper's operating point, per patch);
+    * a ``scores.h5`` of an evaluation: the ``quantile`` of the ``score`` of its training-normal rows
+      (split = train);
+    * None: (None, reason): no flag.
+    A missing file, or one without ``score``, is an error naming the fix."""
+    if not path:
+        return None, "no threshold: pass prediction_callbacks.maps.threshold_from=<metrics.json or scores.h5>"
+    path = Path(path)
+    fix = "pass the metrics.json or scores.h5 of a labelled evaluation of the same checkpoint"
+    if not path.is_file():
+        raise MissingInputError(f"prediction_callbacks.maps.threshold_from={path} does not exist; {fix}")
+    if path.suffix == ".json":
+        table = json.loads(path.read_text()).get("scores", {})
+        if score not in table:
+            raise InputError(f"{path} has no score {score!r} (it has {sorted(table)}); set "
+                             f"prediction_callbacks.maps.score to one of them, or {fix}")
+        return float(table[score]["threshold"]), f"Youden point of {score} in {path}"
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        from anogan.data import SPLITS
+
+        if not 0 < quantile < 1:
+            raise InputError(f"prediction_callbacks.maps.threshold_quantile={quantile}: expected a value in (0, 1)")
+        with h5py.File(path, "r") as f:
+            if f"scores/{score}" not in f:
+                raise InputError(f"{path} has no score {score!r} (it has {sorted(f.get('scores', {}))}); {fix}")
+            values = f[f"scores/{score}"][()][f["split"][()] == SPLITS["train"]]
+        if values.size == 0:
+            raise InputError(f"{path} holds no training-normal rows (split = train); {fix} "
+                             "(data.eval_train_samples > 0), or pass its metrics.json")
+        return float(np.quantile(values, quantile)), (
+            f"{quantile} quantile of {score} over the {values.size} training-normal patches of {path}")
+    raise InputError(f"prediction_callbacks.maps.threshold_from={path}: expected a metrics.json or a scores.h5")
+
+
+def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
+    """The label-free thresholds of a training run's evaluation (``anogan.metrics.localization``), from ``path``:
+    its ``metrics.json`` or a checkpoint of the run (``<run>/checkpoints/*.ckpt``: ``<run>/metrics.json``).
+    Returns ``{"pixel_threshold", "image_threshold", "region_threshold", "region_window", "target_fpr",
+    "pixel_target_fpr", "source"}`` (None where not recorded), or ``{}`` when the run has no calibrated
+    thresholds (no metrics.json, one written before they existed, or no normal validation images)."""
+    if not path:
+        return {}
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.parent.parent / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    pixel = metrics.get("pixel_calibration") or {}
+    region = metrics.get("region_calibration") or {}
+    image = (metrics.get("scores", {}).get(score) or {}).get("calibrated") or {}
+    if pixel.get("threshold") is None and region.get("threshold") is None:
+        return {}
+    return {"pixel_threshold": pixel.get("threshold"), "pixel_target_fpr": pixel.get("target_fpr"),
+            "image_threshold": image.get("threshold"), "target_fpr": image.get("target_fpr"),
+            "region_threshold": region.get("threshold"), "region_window": region.get("window"),
+            "source": f"{path} (calibrated on {image.get('calibrated_on') or pixel.get('calibrated_on')})"}

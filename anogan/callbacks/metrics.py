@@ -1,6 +1,6 @@
 """The paper's evaluation: AUROC per score and the table at the ROC's maximal Youden index; beside it
 AUPRC and F1-max per score, the pixel-level AUPRC, best Dice and AUPRO, and operating points calibrated
-on normal validation images, without test labels (``anogan.localization``).
+on normal validation images, without test labels (``anogan.metrics.localization``).
 
 Scores are unbounded (a residual is a sum over pixels), and torchmetrics' binary curves squash any
 input outside [0, 1] with a sigmoid by default, which saturates to 1.0 and turns the AUROC into 0.5.
@@ -9,114 +9,20 @@ Every metric here is built with ``normalization=None`` so that it ranks the raw 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torchmetrics.classification import BinaryAUROC, BinaryROC
-from torchmetrics.functional.classification import binary_stat_scores
 
 from anogan.data import SPLITS
-from anogan.io import atomic_path
-from anogan import localization as LZ
-from anogan.scores import SCORE_NAMES
+from anogan.metrics.detection import auroc, calibrated_point, operating_point, pixel_auroc_metric
+from anogan.runtime.distributed import gather_rows, padded_duplicates
+from anogan.runtime.io import write_json_atomic
+from anogan.metrics import localization as LZ
+from anogan.nets.scores import SCORE_NAMES
 from anogan.errors import InputError
-
-YOUDEN = "test labels: maximal Youden index on the test set (the paper's operating point; optimistic)"
-
-
-def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC of raw scores (higher = more anomalous) against labels (1 = anomalous)."""
-    metric = BinaryAUROC(normalization=None)
-    return float(metric(scores.double(), labels.long()))
-
-
-def operating_point(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """The paper's table row for one score: AUROC, and at the threshold of maximal Youden index
-    (sensitivity + specificity - 1) the threshold, precision, recall, sensitivity, specificity.
-    An image is called anomalous when its score >= threshold."""
-    scores, labels = scores.double(), labels.long()
-    fpr, tpr, thresholds = BinaryROC(normalization=None)(scores, labels)
-    # the first point of the curve is the "nothing is anomalous" corner, with a sentinel threshold
-    youden = (tpr - fpr)[1:]
-    best = int(torch.argmax(youden)) + 1
-    threshold = float(thresholds[best])
-    tp, fp, tn, fn, _ = binary_stat_scores((scores >= threshold).long(), labels).tolist()
-    auprc, _ = LZ.average_precision(scores, labels)
-    f1, f1_threshold, _ = LZ.f1_max(scores, labels)
-    return {
-        "auroc": auroc(scores, labels),
-        "threshold": threshold,
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "sensitivity": tp / (tp + fn) if tp + fn else 0.0,
-        "specificity": tn / (tn + fp) if tn + fp else 0.0,
-        "threshold_chosen_on": YOUDEN,
-        "auprc": auprc,
-        "f1_max": f1,
-        "f1_max_threshold": f1_threshold,
-    }
-
-
-def calibrated_point(scores: torch.Tensor, labels: torch.Tensor, normal: torch.Tensor, target_fpr: float,
-                     what: str) -> dict:
-    """The operating point chosen without test labels: the threshold at the (1 - ``target_fpr``)
-    quantile of the scores ``normal`` of normal validation images, and the test's sensitivity,
-    specificity and precision at it (None where undefined). ``{"threshold": None, "reason": ...}`` without
-    validation images."""
-    threshold, reason = LZ.quantile_threshold(normal.double().numpy(), target_fpr, what)
-    out = {"target_fpr": target_fpr, "threshold": threshold, "calibrated_on": f"{normal.numel()} {what}"}
-    if threshold is None:
-        return {**out, "reason": reason}
-    rates = LZ.rates_at(scores.double().numpy(), labels.numpy(), threshold)
-    return {**out, **LZ.pick_rates(rates, ("sensitivity", "specificity", "precision"))}
-
-
-def pixel_auroc_metric(channels: int, thresholds: int | None = None) -> BinaryAUROC:
-    """The pixel-level AUROC of residual maps x_R = |x - G(z)| summed over ``channels`` C of [-1, 1]
-    images, values in [0, 2C]: exact (``thresholds`` None, memory grows with the pixels), or binned at
-    ``thresholds`` evenly spaced thresholds over [0, 2C] (constant memory), not over torchmetrics'
-    default [0, 1], where most of a map's range would fall into the last bin."""
-    grid = None if thresholds is None else torch.linspace(0, 2 * channels, int(thresholds), dtype=torch.float64)
-    return BinaryAUROC(thresholds=grid, normalization=None)
-
-
-def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
-    """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    return Path(path)
-
-
-def gather_rows(pl_module: L.LightningModule, rows: dict) -> dict:
-    """Per-image rows of every process, each image once. ``rows``: (N, ...) tensors (nested dicts
-    allowed) with ``split`` and ``index``; every process must hold the same N, as the
-    DistributedSampler makes it by repeating a few images, which are dropped here (first copy kept)."""
-    from lightning.fabric.utilities.apply_func import apply_to_collection
-
-    rows = apply_to_collection(rows, torch.Tensor, lambda t: t.to(pl_module.device))
-    rows = apply_to_collection(pl_module.all_gather(rows), torch.Tensor, lambda t: t.flatten(0, 1).cpu())
-    keys = rows["split"].long() * (int(rows["index"].max()) + 1) + rows["index"].long()
-    _, first = np.unique(keys.numpy(), return_index=True)
-    keep = torch.from_numpy(np.sort(first))
-    return apply_to_collection(rows, torch.Tensor, lambda t: t[keep])
-
-
-def padded_duplicates(trainer: L.Trainer, seen: int, n: int) -> torch.Tensor:
-    """(n,) bool: which of the next n test images of this process, after ``seen`` before, are the
-    DistributedSampler's padding (repeats of images that another process maps). Process r gets the
-    positions r, r + W, r + 2W, ... of the index list padded from N to a multiple of W."""
-    world = trainer.world_size
-    if world == 1:
-        return torch.zeros(n, dtype=torch.bool)
-    loaders = trainer.test_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    positions = (seen + torch.arange(n)) * world + trainer.global_rank
-    return positions >= len(loader.dataset)
-
 
 class OutputCollector(L.Callback):
     """Keeps the per-image fields of every test step's output (on CPU) for the epoch-end callbacks.
@@ -165,11 +71,11 @@ class AnomalyMetrics(OutputCollector):
     (split = val), and a pixel threshold at the (1 - ``pixel_target_fpr``) quantile of their residual
     pixels, with the test's rates (and pixel Dice) at them; and a region threshold at the (1 - ``target_fpr``)
     quantile of their region scores (the largest mean of the residual map over a ``region_window`` square,
-    ``anogan.localization.window_max``): a patch-level region score. (``data=scans`` calibrates its scan
+    ``anogan.metrics.localization.window_max``): a patch-level region score. (``data=scans`` calibrates its scan
     flag on whole normal scans instead, ``anogan.callbacks.ScanMaps``.)
 
     The residual maps of every mapped image are kept until the epoch ends (N x H x W float32) for the
-    pixel metrics; ``pixel_thresholds`` bins the pixel curves (see ``anogan.localization``)."""
+    pixel metrics; ``pixel_thresholds`` bins the pixel curves (see ``anogan.metrics.localization``)."""
 
     def __init__(self, path: str | os.PathLike, pixel_thresholds: int | None = None, target_fpr: float = 0.05,
                  pixel_target_fpr: float = 0.01, aupro_fpr_limit: float = LZ.FPR_LIMIT, region_window: int = 7):

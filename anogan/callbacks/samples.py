@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from anogan.viz import image_grid, log_image, save_png, to_unit
+from anogan.callbacks.viz import image_grid, log_image, save_png, to_unit
 
 
 class SampleGrid(L.Callback):

@@ -6,7 +6,7 @@ Datasets (N rows): ``index``, ``label``, ``split``, one per score (``scores/<nam
 dataset is float32.
 Attributes: what changes a row, the key of a resume: the mapping's settings (lam, steps, lr, seed,
 reference, record_steps, prior, init, early_stop, tol, patience, precision), the content hashes of the GAN
-(``gan``, ``anogan.checkpoints.gan_identity``) and of the one-pass scorers and encoder (``scorers``),
+(``gan``, ``anogan.runtime.checkpoints.gan_identity``) and of the one-pass scorers and encoder (``scorers``),
 and the evaluation's data config (``data``, JSON; minus loader settings that change no row).
 
 While the evaluation runs the rows go to ``scores.h5.partial``; it is renamed to ``scores.h5`` when
@@ -29,7 +29,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from anogan.callbacks.metrics import gather_rows
+from anogan.runtime.distributed import gather_rows
 
 log = logging.getLogger(__name__)
 _SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init", "early_stop", "tol", "patience", "precision")
@@ -42,7 +42,7 @@ def _settings(trainer, pl_module) -> dict:
     """What a resumed file must share with this evaluation, everything that changes a row: the
     mapping's settings, the weights of G and D, of the one-pass scorers (f-AnoGAN, aCAE) and of the
     encoder of ``init=encoder``, and the data config (``datamodule.config``, set by the pipeline)."""
-    from anogan.checkpoints import gan_identity, weights_identity
+    from anogan.runtime.checkpoints import gan_identity, weights_identity
 
     hparams = pl_module.hparams
     s = {k: hparams[k] for k in _SETTINGS}

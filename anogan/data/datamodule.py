@@ -7,7 +7,7 @@ where the source is annotated, ``mask`` (H, W) bool.
 The test dataloader serves the test split followed by a sample of ``eval_train_samples`` training
 images (split = train), which the evaluation maps too for the paper's Fig. 3c, d, and a sample of
 ``eval_val_samples`` normal validation images (split = val), on which the evaluation calibrates its
-label-free thresholds (``anogan.localization``); test metrics use the test split only. All splits and
+label-free thresholds (``anogan.metrics.localization``); test metrics use the test split only. All splits and
 samples are deterministic functions of ``seed``.
 """
 

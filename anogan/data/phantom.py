@@ -109,7 +109,7 @@ def write_phantom(root: str | os.PathLike, healthy: int = 8, fluid: int = 4, hea
 
 class PhantomDataModule(HDF5DataModule):
     """The phantom as an HDF5 patch file at ``path``, made on first use (and again when ``phantom`` or
-    ``patches`` change) by ``write_phantom`` and ``anogan.data.prepare.prepare_folder``; then read
+    ``patches`` change) by ``write_phantom`` and ``anogan.data.patches.prepare_folder``; then read
     like ``data=hdf5`` (the file's ``split``: healthy volumes train, annotated volumes test).
 
     ``phantom``: keyword arguments of ``write_phantom``; ``patches``: of ``prepare_folder``."""
@@ -127,7 +127,7 @@ class PhantomDataModule(HDF5DataModule):
     def prepare_data(self) -> None:
         import h5py
 
-        from anogan.data.prepare import prepare_folder
+        from anogan.data.patches import prepare_folder
 
         path = Path(self.path)
         if path.is_file():
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--normal {args.normal}: pass a number of volumes >= 0")
     recipe = {}
     if args.ckpt is not None:
-        from anogan.checkpoints import read_checkpoint
+        from anogan.runtime.checkpoints import read_checkpoint
 
         recipe = dict(((read_checkpoint(args.ckpt).get("anogan_config") or {}).get("data") or {}).get("phantom") or {})
         if not recipe:

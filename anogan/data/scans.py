@@ -9,7 +9,7 @@ image; binary, the size of its scan; used only to measure the maps (pixel AUROC)
 Colour images are scored in colour by a GAN trained with data.channels=3, else as grey (their luminance).
 
 The training recipe (``training``, recorded by ``HDF5DataModule.recipe`` in the checkpoint, see
-``anogan.predict.training_recipe``) fixes the normalisation (``none``: stored value / dtype maximum;
+``training_recipe``) fixes the normalisation (``none``: stored value / dtype maximum;
 ``image``: per-scan percentiles; ``global``: the training set's recorded intensities ``scale``), the
 patch size, the default stride and the foreground test. A setting asked for on the command line that
 differs from it, or scans of another channel count or bit depth, is refused with the fix.
@@ -37,11 +37,12 @@ import h5py
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from anogan.data.datamodule import SPLITS
 from anogan.data.hdf5 import NORMALISATIONS
-from anogan.data.prepare import (
+from anogan.data.patches import (
     IMAGE_SUFFIXES,
     PatchOptions,
     PrepareError,
@@ -215,7 +216,7 @@ class PatchDataset(Dataset):
 
 
 def patch_key(name: str, y: int, x: int, normal: bool = False) -> int:
-    """The key of a patch's initial z (``anogan.prior.initial_z``): a 40-bit integer hash (BLAKE2b) of
+    """The key of a patch's initial z (``anogan.nets.prior.initial_z``): a 40-bit integer hash (BLAKE2b) of
     the scan's name, the patch's top-left corner (y, x) and whether it is a normal scan of
     ``data.normal_path``; the same in every run and process."""
     import hashlib
@@ -242,7 +243,7 @@ class ScansDataModule(L.LightningDataModule):
             (e.g. ``_mask``: ``a.png`` -> ``a_mask.png``). Raises ScanError when no mask matches a scan.
         normal_path: scans known to be normal, for the label-free calibration of the scan flag (module
             docstring); None: no scan flag.
-        training: the training data's recipe (``anogan.predict.training_recipe``): normalisation,
+        training: the training data's recipe (``training_recipe``): normalisation,
             percentiles, scale, patch_size, stride, min_foreground, foreground_threshold, dtype.
         stride: grid stride in scan pixels; None: the training data's (``patch_size // 2`` without one).
         normalise, percentiles, scale, patch_size, min_foreground, foreground_threshold: None takes the
@@ -417,3 +418,44 @@ def resolve_recipe(training: dict, asked: dict, image_size: int) -> dict:
     out["foreground_threshold"] = float(out["foreground_threshold"] if out["foreground_threshold"] is not None
                                         else 0.1)
     return out
+
+
+# -- the DataModule of an evaluation ---------------------------------------------------------------
+SCANS_TARGET = "anogan.data.scans.ScansDataModule"
+
+
+def is_scans(data_cfg: DictConfig | dict | None) -> bool:
+    """Whether an evaluation's data config is ``data=scans`` (unlabelled scans to map and stitch)."""
+    return data_cfg is not None and data_cfg.get("_target_") == SCANS_TARGET
+
+
+def training_recipe(ckpt: dict) -> dict:
+    """How the GAN's training images were made: the checkpoint's ``anogan_data`` (written by training
+    from ``HDF5DataModule.recipe``), else the attributes of the HDF5 file its data config names when it is
+    readable here, else for image sources without patches (digits, IDX) values as stored (``none``);
+    ``{}`` when unknown (then data.normalise must be given)."""
+    from anogan.data.hdf5 import patch_recipe
+
+    if ckpt.get("anogan_data"):
+        return dict(ckpt["anogan_data"])
+    data = (ckpt.get("anogan_config") or {}).get("data") or {}
+    path = data.get("path")
+    if path and Path(path).is_file():
+        recipe = patch_recipe(path)
+        made = data.get("patches") or {}  # the phantom's prepare options: for attributes older files lack
+        for key in ("foreground_threshold", "min_foreground", "stride"):
+            if key not in recipe and key in made:
+                recipe[key] = made[key]
+        return recipe
+    if path:
+        return {"source_path": str(path)}
+    return {"normalisation": "none", "source": data.get("_target_", "the training data")}
+
+
+def scans_datamodule(data_cfg: DictConfig, ckpt_path: str | os.PathLike):
+    """The ``ScansDataModule`` of ``data_cfg`` (sized for the GAN), reading as the GAN's training data."""
+    from hydra.utils import instantiate
+
+    from anogan.runtime.checkpoints import read_checkpoint
+
+    return instantiate(data_cfg, training=training_recipe(read_checkpoint(ckpt_path)), _convert_="all")

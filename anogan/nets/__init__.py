@@ -1,4 +1,8 @@
-"""The network families, pure ``nn.Module``s (no Lightning here), one file each:
+"""Layer 1, nets and equations: pure torch, nothing of Lightning; imports only ``anogan.errors``.
+
+The papers' equations (``scores``: residual, discrimination, anomaly, f-AnoGAN's izi_f; ``losses``;
+``prior``: p_z and keeping z in its support; ``optim``: TF1's RMSProp of the released code), the fast
+frozen copies the mapping runs (``mapping``), and the network families, one file each:
 
 * ``dcgan``: AnoGAN's DCGAN (Schlegl et al., IPMI 2017): ``Generator``, ``Discriminator``, ``Encoder``
   and the aCAE's ``AdversarialAutoencoder``;

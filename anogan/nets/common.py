@@ -124,3 +124,10 @@ class Critic(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(h).flatten(1)
+
+
+def freeze(*nets: nn.Module) -> None:
+    """Eval mode (BatchNorm on running statistics) and no weight gradients."""
+    for net in nets:
+        net.requires_grad_(False)
+        net.eval()

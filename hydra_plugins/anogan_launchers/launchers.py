@@ -1,5 +1,5 @@
 """anogan's Hydra launchers (``conf/hydra/launcher/``): submitit's local and SLURM launchers, made to
-see the GPUs. Hydra instantiates launchers only from this package; the logic is in ``anogan.launchers``."""
+see the GPUs. Hydra instantiates launchers only from this package; the logic is in ``anogan.runtime.launchers``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import OmegaConf
 
-from anogan import launchers
+from anogan.runtime import launchers
 
 log = logging.getLogger(__name__)
 # the settings submitit's local executor reads (the others, e.g. mem_gb, mean nothing locally)
@@ -22,7 +22,7 @@ LOCAL_KEYS = ("timeout_min", "tasks_per_node", "signal_delay_s", "stderr_to_stdo
 
 class LocalLauncher(submitit_launcher.LocalLauncher):
     """submitit's local launcher (every job in its own process, all at once), each job on its own GPUs
-    (``anogan.launchers.job_gpus``); the GPUs of every job are logged."""
+    (``anogan.runtime.launchers.job_gpus``); the GPUs of every job are logged."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit

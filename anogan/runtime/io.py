@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,3 +23,10 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[P
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
+    """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    return Path(path)

@@ -15,11 +15,12 @@ import lightning as L
 import torch
 from torch import nn
 
-from anogan import losses
-from anogan import scores as S
-from anogan.encoder import GAN_IDENTITY, freeze, read_stage_checkpoint, sub_state
+from anogan.nets import losses
+from anogan.nets import scores as S
 from anogan.nets import AdversarialAutoencoder
-from anogan.checks import FiniteLossGuard, check_optimizer
+from anogan.nets.common import freeze
+from anogan.runtime.checkpoints import GAN_IDENTITY, read_stage_checkpoint, sub_state
+from anogan.runtime.checks import FiniteLossGuard, check_optimizer
 
 LR_HINT = ("Lower the learning rates (acae.module.optimizer_ae.lr, acae.module.optimizer_d.lr) or check the "
            "data for NaN.")
@@ -42,7 +43,7 @@ class ACAE(L.LightningModule):
         check_optimizer(optimizer_ae, "acae.module.optimizer_ae")
         check_optimizer(optimizer_d, "acae.module.optimizer_d")
         self.finite = FiniteLossGuard(LR_HINT)
-        self.gan_identity: str | None = None  # of the GAN whose run trains it, set by anogan.stages
+        self.gan_identity: str | None = None  # of the GAN whose run trains it, set by anogan.engine.stages
         self.save_hyperparameters(ignore=["net", "optimizer_ae", "optimizer_d"])
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -90,7 +91,7 @@ class ACAE(L.LightningModule):
 def load_acae(ckpt: str | os.PathLike | dict) -> AdversarialAutoencoder:
     """The aCAE nets from a checkpoint written by ``ACAE`` (``checkpoints/acae.ckpt``), a path or the
     dict of ``read_stage_checkpoint``. Its entry ``GAN_IDENTITY`` holds the
-    ``anogan.checkpoints.gan_identity`` of the GAN of the run that trained it (None outside a run)."""
+    ``anogan.runtime.checkpoints.gan_identity`` of the GAN of the run that trained it (None outside a run)."""
     ckpt = read_stage_checkpoint(ckpt, "anogan_acae", "acae")
     net = AdversarialAutoencoder(**ckpt["anogan_acae"])
     net.load_state_dict(sub_state(ckpt["state_dict"], "net"))

@@ -10,9 +10,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from anogan.cli import evaluation_overrides, print_summary, quiet_lightning
-from anogan.distributed import build_trainer
-from anogan.checkpoints import (
+from anogan.engine.cli import evaluation_overrides, print_summary, quiet_lightning
+from anogan.runtime.distributed import build_trainer, cudnn_benchmark
+from anogan.runtime.checkpoints import (
     LAST,
     CheckpointError,
     check_architecture,
@@ -21,9 +21,9 @@ from anogan.checkpoints import (
     read_checkpoint,
     resolve_ckpt_path,
 )
-from anogan.checks import check_data_size, check_image_shape
-from anogan.preemption import requeue_on_signal, stopped_by_sigterm
-from anogan.seeding import EpochSeed
+from anogan.runtime.checks import check_data_size, check_image_shape
+from anogan.runtime.preemption import requeue_on_signal, stopped_by_sigterm
+from anogan.runtime.seeding import EpochSeed
 from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,6 @@ class StoreConfig(L.Callback):
         checkpoint["anogan_config"] = self.config
         # how the training images were made (HDF5 attributes): data=scans reads new scans the same way
         checkpoint["anogan_data"] = getattr(trainer.datamodule, "recipe", None)
-
-
-def cudnn_benchmark(cfg: DictConfig, fixed_shapes: bool = True) -> bool:
-    """``trainer.benchmark`` when set, else cuDNN's autotuner on wherever the batch shapes are fixed and
-    ``trainer.deterministic`` is off (the autotuner may pick other algorithms run to run; no effect on CPU)."""
-    if cfg.trainer.get("benchmark") is not None:
-        return bool(cfg.trainer.benchmark)
-    return fixed_shapes and not cfg.trainer.get("deterministic")
 
 
 def instantiate_list(cfg: DictConfig | None) -> list[Any]:
@@ -73,7 +65,7 @@ def print_config(cfg: DictConfig, save_to: str | Path | None = None) -> None:
 
 
 def seed(cfg: DictConfig) -> None:
-    from anogan.sweep import check_ddp_launch
+    from anogan.engine.sweep import check_ddp_launch
 
     quiet_lightning()
     check_ddp_launch(cfg)  # before any work: DDP processes that a multirun cannot start
@@ -92,16 +84,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          "ckpt_path=<run>/checkpoints/last.ckpt data=scans data.path=<folder>; train on "
                          "data=hdf5 (patches of python -m anogan.data.prepare), data=folder or data=mvtec")
     if cfg.get("encoder"):  # refuse a bad stage setting before the GAN trains, not after
-        from anogan.encoder import check_mode
+        from anogan.models.encoder import check_mode
 
         check_mode(cfg.encoder.get("module", {}).get("mode", "izi_f"))
     if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
-        from anogan.inversion import check_precision, check_settings
+        from anogan.models.inversion import check_precision, check_settings
 
         check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
                        cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
         check_precision(cfg.inversion.get("precision", "32-true"))
-        from anogan.baselines import check_baselines
+        from anogan.models.baselines import check_baselines
 
         check_baselines(cfg.get("baselines"), bool(cfg.get("encoder")))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
@@ -123,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     last = output_dir / LAST
     log.info("training done: %s", last)
-    from anogan.stages import fit_stages
+    from anogan.engine.stages import fit_stages
 
     fit_stages(cfg, last, datamodule)  # f-AnoGAN's encoder, aCAE: when configured (encoder=, acae=)
     if cfg.get("evaluate"):
@@ -180,10 +172,10 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
                         loggers: list | None = None) -> dict[str, float]:
     """Map and score the test set (plus a training sample) with the GAN of ``ckpt_path``; write
     metrics.json, scores.h5 and figures/ into the run directory; return the logged metrics."""
-    from anogan.baselines import baseline_scorers
-    from anogan.inversion import Inversion, load_gan
-    from anogan.predict import is_scans, scans_datamodule
-    from anogan.stages import stage_scorers
+    from anogan.models.baselines import baseline_scorers
+    from anogan.models.inversion import Inversion, load_gan
+    from anogan.data.scans import is_scans, scans_datamodule
+    from anogan.engine.stages import stage_scorers
 
     G, D, prior, stored = load_gan(ckpt_path)
     encoder, scorers = stage_scorers(cfg, ckpt_path, G, D)
@@ -192,7 +184,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictCo
         check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
     data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
     data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
-    scans = is_scans(data)  # data=scans: unlabelled scans, stitched maps and predictions (anogan/predict.py)
+    scans = is_scans(data)  # data=scans: unlabelled scans, stitched maps and predictions (anogan/data/scans.py)
     datamodule = scans_datamodule(data, ckpt_path) if scans else instantiate(data)
     datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
     datamodule.setup("test")

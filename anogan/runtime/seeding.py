@@ -6,7 +6,7 @@ uninterrupted run draws.
   run resumed from ``last.ckpt`` ends with the same weights as one never stopped, and the processes of
   a DDP run draw different z (each its own share of the global batch).
 
-(The initial z of the mapping, a function of (seed, image), is ``anogan.prior.initial_z``.)
+(The initial z of the mapping, a function of (seed, image), is ``anogan.nets.prior.initial_z``.)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from anogan.errors import InputError, MissingInputError
-from anogan.io import atomic_path
+from anogan.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def gan_nets(ckpt: dict, path: str | os.PathLike) -> dict:
 
 
 def check_architecture(ckpt: dict, path: str | os.PathLike, model) -> None:
-    """Refuse to resume ``model`` (an ``anogan.gan.GAN``) from a checkpoint of other nets; name the
+    """Refuse to resume ``model`` (an ``anogan.models.gan.GAN``) from a checkpoint of other nets; name the
     settings that differ."""
     nets = gan_nets(ckpt, path)
     wanted = {"generator": dict(model.generator.config), "discriminator": dict(model.discriminator.config)}
@@ -200,6 +200,7 @@ def gan_identity(generator: torch.nn.Module, discriminator: torch.nn.Module) -> 
     return weights_identity(generator, discriminator)
 
 
+GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
 STAGE_GROUPS = {"encoder": "encoder=izif", "acae": "acae=dcgan"}  # a stage's config group on the command line
 
 
@@ -220,3 +221,22 @@ def check_stage_identity(stored: str | None, identity: str, stage: str, stage_pa
         f"ckpt_path=auto hydra.run.dir={run} (the finished GAN is kept), or pass {stage}_ckpt_path=<a "
         f"{stage}.ckpt trained with this GAN>"
     )
+
+
+def read_stage_checkpoint(ckpt: str | os.PathLike | dict, key: str, stage: str) -> dict:
+    """A stage checkpoint (``stage``: encoder or acae) as a dict that holds ``key`` (the nets' configs
+    written by its module), read by ``anogan.runtime.checkpoints.read_checkpoint`` (``weights_only=True``).
+    Raises FileNotFoundError, CheckpointError, or ValueError when ``key`` is missing."""
+    hint = f"pass {stage}_ckpt_path=<run dir>/checkpoints/{stage}.ckpt"
+    if not isinstance(ckpt, dict):
+        path, ckpt = ckpt, read_checkpoint(ckpt, f"{stage}_ckpt_path", f"checkpoints/{stage}.ckpt")
+    else:
+        path = "<checkpoint dict>"
+    if key not in ckpt:
+        raise InputError(f"{path} has no {key!r} entry; {hint}")
+    return ckpt
+
+
+def sub_state(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under ``prefix.``, with the prefix removed."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}

@@ -6,7 +6,7 @@
 - ``requeue_on_signal``: under SLURM, the signal sent before the time limit (``--signal=USR1@120``) or
   by preemption requeues the job; it is the one owner of that signal in every task of the job. The
   requeued job resumes from ``last.ckpt`` / ``scores.h5.partial`` in its own run directory
-  (``anogan.checkpoints.resolve_ckpt_path``).
+  (``anogan.runtime.checkpoints.resolve_ckpt_path``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan.io import atomic_path
+from anogan.runtime.io import atomic_path
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from anogan.checkpoints import check_stage_identity, gan_identity
+from anogan.runtime.checkpoints import check_stage_identity, gan_identity
 
 log = logging.getLogger(__name__)
 STAGES = ("encoder", "acae")  # config group = checkpoint name
@@ -26,9 +26,8 @@ FULL_STATE = {"weights_only": False}  # Trainer.save_checkpoint: write optimiser
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule, ckpt_dir: Path) -> Path:
     """Fit ``module`` for ``cfg.<name>.max_epochs`` epochs, or ``cfg.<name>.max_steps`` optimiser steps
     (iterations) when set, with the run's trainer settings; save ``<ckpt_dir>/<name>.ckpt``."""
-    from anogan.distributed import build_trainer
-    from anogan.pipeline import cudnn_benchmark
-    from anogan.checkpoints import checkpoint_plugins
+    from anogan.runtime.distributed import build_trainer, cudnn_benchmark
+    from anogan.runtime.checkpoints import checkpoint_plugins
 
     max_steps = cfg[name].get("max_steps") or -1
     trainer = build_trainer(
@@ -39,7 +38,7 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
     trainer.fit(module, datamodule=datamodule)
     path = ckpt_dir / f"{name}.ckpt"
     # what to save (the full state, not the weights alone), stated so that Lightning logs no default;
-    # reading is always weights_only=True (anogan.checkpoints.read_checkpoint)
+    # reading is always weights_only=True (anogan.runtime.checkpoints.read_checkpoint)
     trainer.save_checkpoint(path, **FULL_STATE)
     log.info("%s trained: %s (%s)", name, path,
              {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
@@ -48,7 +47,7 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule,
 
 def fit_stages(cfg: DictConfig, gan_ckpt: str | Path, datamodule) -> dict[str, Path]:
     """Train the configured stages (``cfg.encoder``, ``cfg.acae``) after the GAN of ``gan_ckpt``."""
-    from anogan.inversion import load_gan
+    from anogan.models.inversion import load_gan
 
     paths: dict[str, Path] = {}
     ckpt_dir = Path(gan_ckpt).parent
@@ -80,8 +79,9 @@ def stage_scorers(
     """(E or None, scorers) for the evaluation: ``FAnoGAN`` when an encoder checkpoint is found,
     ``ACAEScores`` when an aCAE checkpoint is found. Each stage checkpoint must record the
     ``gan_identity`` of G and D (``CheckpointError`` otherwise, naming both files and the fix)."""
-    from anogan.acae import ACAEScores, load_acae
-    from anogan.encoder import GAN_IDENTITY, FAnoGAN, load_encoder, read_stage_checkpoint
+    from anogan.models.acae import ACAEScores, load_acae
+    from anogan.models.encoder import FAnoGAN, load_encoder
+    from anogan.runtime.checkpoints import GAN_IDENTITY, read_stage_checkpoint
 
     encoder, scorers, identity = None, [], gan_identity(G, D)
     key = {"encoder": "anogan_encoder", "acae": "anogan_acae"}

@@ -2,7 +2,7 @@
 
 ``Inversion`` is a LightningModule for ``Trainer(inference_mode=False).test``: every test batch is
 mapped as a batch (no Python loop over images), and the step returns, per image, the six scores of
-``anogan.scores``, the residual map, G(z), z, label, index and split, for the evaluation callbacks.
+``anogan.nets.scores``, the residual map, G(z), z, label, index and split, for the evaluation callbacks.
 The maths lives in ``map_batch``, usable without Lightning.
 """
 
@@ -16,18 +16,19 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from anogan import scores as S
-from anogan.mapping_nets import FAST_DEVICES, mapping_copy
+from anogan.nets import scores as S
+from anogan.nets.mapping import FAST_DEVICES, mapping_copy
 from anogan.nets import Discriminator, Generator, build
 from anogan.nets.resnet import resnet_hint
-from anogan.prior import initial_z, project_to_support
-from anogan.checkpoints import CheckpointError, gan_nets, read_checkpoint
-from anogan.checks import check_finite_scores
+from anogan.nets.prior import initial_z, project_to_support
+from anogan.runtime.checkpoints import CheckpointError, gan_nets, read_checkpoint
+from anogan.data import SPLITS
+from anogan.runtime.checks import check_finite_scores
 from anogan.errors import InputError
 
 
 def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, str, dict]:
-    """(G, D, prior, run config) from a GAN checkpoint written by training (``anogan.gan.GAN``); the
+    """(G, D, prior, run config) from a GAN checkpoint written by training (``anogan.models.gan.GAN``); the
     nets of the family it records (``dcgan`` for checkpoints written before families existed)."""
     path = ckpt if not isinstance(ckpt, dict) else "<checkpoint dict>"
     if not isinstance(ckpt, dict):
@@ -97,10 +98,10 @@ class Inversion(L.LightningModule):
             at z = E(x) without optimisation (f-AnoGAN's one-pass maps, e.g. for whole scans).
         encoder: E for ``init=encoder``; frozen here.
         scorers: modules mapping x (B, C, H, W) to more scores {name: (B,)} in one forward pass
-            (``anogan.encoder.FAnoGAN``, ``anogan.acae.ACAEScores``), added to the mapping's scores.
+            (``anogan.models.encoder.FAnoGAN``, ``anogan.models.acae.ACAEScores``), added to the mapping's scores.
         channels_last: run G and D in the channels_last memory format (same scores, often faster).
-        fast_nets: map with ``anogan.mapping_nets``' fast copies of G and D (same functions); None: on
-            the devices where they were measured faster (``mapping_nets.FAST_DEVICES``: the CPU).
+        fast_nets: map with ``anogan.nets.mapping``' fast copies of G and D (same functions); None: on
+            the devices where they were measured faster (``anogan.nets.mapping.FAST_DEVICES``: the CPU).
         compile: ``torch.compile`` the mapping's forward pass (same scores up to float rounding); it
             pays a compilation per batch shape, so it is off by default; a string names the backend
             (default inductor).
@@ -213,7 +214,7 @@ class Inversion(L.LightningModule):
         return torch.autocast(like.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def _mapping_nets(self) -> tuple[Generator, Discriminator]:
-        """The loop's copies of G and D (``anogan.mapping_nets``; the fast ones per ``fast_nets``),
+        """The loop's copies of G and D (``anogan.nets.mapping``; the fast ones per ``fast_nets``),
         channels_last if asked; rebuilt when G or D move to another device or dtype or their weights
         change in place (tensor version counters)."""
         tensors = [*self.generator.state_dict().values(), *self.discriminator.state_dict().values()]
@@ -336,7 +337,7 @@ class Inversion(L.LightningModule):
             # position, so a scan's z_1 do not depend on the other scans of the run), else its index
             with torch.enable_grad():  # Lightning's test loop runs under no_grad
                 out = self.map_batch(batch["image"], batch.get("z_key", batch["index"]))
-            check_finite_scores(out["scores"], batch["split"], batch["index"])
+            check_finite_scores(out["scores"], batch["split"], batch["index"], SPLITS)
         out.update({k: batch[k] for k in ("image", "label", "index", "split", "mask") if k in batch})
         return out
 

@@ -139,15 +139,15 @@ def check_image_shape(image: torch.Tensor, nets: dict, where: str) -> None:
         )
 
 
-def check_finite_scores(scores: dict[str, torch.Tensor], split: torch.Tensor, index: torch.Tensor) -> None:
-    """Raise naming every image (split, dataset index) with a NaN or infinite score."""
+def check_finite_scores(scores: dict[str, torch.Tensor], split: torch.Tensor, index: torch.Tensor,
+                        split_names: dict[str, int] | None = None) -> None:
+    """Raise naming every image (split, dataset index) with a NaN or infinite score; ``split_names``
+    maps a split's name to its code in ``split`` (``anogan.data.SPLITS``)."""
     bad = torch.zeros_like(index, dtype=torch.bool)
     for v in scores.values():
         bad |= ~torch.isfinite(v.detach()).to(bad.device)
     if bad.any():
-        from anogan.data import SPLITS
-
-        names = {v: k for k, v in SPLITS.items()}
+        names = {v: k for k, v in (split_names or {}).items()}
         which = [f"{names.get(int(s), s)}[{int(i)}]" for s, i in zip(split[bad].tolist(), index[bad].tolist())]
         kinds = sorted(k for k, v in scores.items() if not torch.isfinite(v.detach()).all())
         raise NonFiniteScoreError(

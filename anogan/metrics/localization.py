@@ -266,3 +266,25 @@ def pixel_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], thres
             rates["dice_reason"] = rates.pop("f1_reason")
         out["pixel_at_calibrated"] = {"threshold": threshold, "dice": rates.pop("f1"), **rates}
     return out
+
+
+def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:
+    """The AUROC of stitched maps against their masks over all pixels of the scans (torchmetrics,
+    ``normalization=None``). Pixels no scored patch covers (NaN: skipped by the foreground test) count
+    as the lowest score, i.e. as called normal. Returns ``{"pixel_auroc": float or None, "reason"?,
+    "n_pixels", "n_anomalous_pixels", "n_uncovered_pixels"}``: None when the masks hold one class only."""
+    from torchmetrics.classification import BinaryAUROC
+
+    metric = BinaryAUROC(normalization=None, sync_on_compute=False)  # the caller holds every pixel (DDP: rank 0)
+    n = pos = uncovered = 0
+    for m, t in zip(maps, masks):
+        m = np.asarray(m, np.float64)
+        covered = np.isfinite(m)
+        # residual maps are >= 0, so -1 ranks an uncovered pixel below every covered one
+        metric.update(torch.from_numpy(np.where(covered, m, -1.0).ravel()), torch.from_numpy(t.ravel()).long())
+        n, pos, uncovered = n + t.size, pos + int(t.sum()), uncovered + int((~covered).sum())
+    out = {"n_pixels": n, "n_anomalous_pixels": pos, "n_uncovered_pixels": uncovered}
+    if pos == 0 or pos == n:
+        return {"pixel_auroc": None, "reason": f"the masks hold {pos} anomalous of {n} pixels: AUROC needs both",
+                **out}
+    return {"pixel_auroc": float(metric.compute()), **out}

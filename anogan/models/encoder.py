@@ -16,15 +16,21 @@ import lightning as L
 import torch
 from torch import nn
 
-from anogan import scores as S
+from anogan.nets import scores as S
 from anogan.nets import build, encoder_like, family_of
+from anogan.nets.common import freeze
 from anogan.nets.resnet import resnet_hint
-from anogan.prior import encoder_squash, sample_prior
-from anogan.checkpoints import CheckpointError, gan_identity, read_checkpoint
-from anogan.checks import FiniteLossGuard, check_optimizer
+from anogan.nets.prior import encoder_squash, sample_prior
+from anogan.runtime.checkpoints import (
+    GAN_IDENTITY,
+    CheckpointError,
+    gan_identity,
+    read_stage_checkpoint,
+    sub_state,
+)
+from anogan.runtime.checks import FiniteLossGuard, check_optimizer
 from anogan.errors import InputError
 
-GAN_IDENTITY = "anogan_gan_identity"  # checkpoint entry: gan_identity of the GAN a stage was trained with
 MODES = ("izi_f", "izi", "ziz")  # the paper's three encoder trainings
 
 
@@ -36,48 +42,22 @@ def check_mode(mode: str) -> None:
                          "encoder=izi, encoder=izi_f)")
 
 
-def freeze(*nets: nn.Module) -> None:
-    """Eval mode (BatchNorm on running statistics) and no weight gradients."""
-    for net in nets:
-        net.requires_grad_(False)
-        net.eval()
-
-
-def read_stage_checkpoint(ckpt: str | os.PathLike | dict, key: str, stage: str) -> dict:
-    """A stage checkpoint (``stage``: encoder or acae) as a dict that holds ``key`` (the nets' configs
-    written by its module), read by ``anogan.checkpoints.read_checkpoint`` (``weights_only=True``).
-    Raises FileNotFoundError, CheckpointError, or ValueError when ``key`` is missing."""
-    hint = f"pass {stage}_ckpt_path=<run dir>/checkpoints/{stage}.ckpt"
-    if not isinstance(ckpt, dict):
-        path, ckpt = ckpt, read_checkpoint(ckpt, f"{stage}_ckpt_path", f"checkpoints/{stage}.ckpt")
-    else:
-        path = "<checkpoint dict>"
-    if key not in ckpt:
-        raise InputError(f"{path} has no {key!r} entry; {hint}")
-    return ckpt
-
-
-def sub_state(state: dict, prefix: str) -> dict:
-    """The entries of a state dict under ``prefix.``, with the prefix removed."""
-    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-
-
 class EncoderTraining(L.LightningModule):
     """Fits E with G and D frozen, in train mode (BatchNorm on batch statistics); logs
     ``train/izif_loss``, ``train/izi_loss`` or ``train/ziz_loss``.
 
-    ``mode`` is the paper's encoder training: ``izi_f`` (default; ``anogan.scores.fanogan`` on the normal
-    training images), ``izi`` (``anogan.scores.izi``, the image term alone) or ``ziz``
-    (``anogan.scores.ziz`` on a batch of z ~ ``prior`` as large as the image batch; the images are not
+    ``mode`` is the paper's encoder training: ``izi_f`` (default; ``anogan.nets.scores.fanogan`` on the normal
+    training images), ``izi`` (``anogan.nets.scores.izi``, the image term alone) or ``ziz``
+    (``anogan.nets.scores.ziz`` on a batch of z ~ ``prior`` as large as the image batch; the images are not
     used). Whatever the mode, the evaluation scores with izi_f's expression and ``kappa``, as the paper
     compares the three.
 
     ``encoder``: E, or None to build f-AnoGAN's E from D (``anogan.nets.encoder_like``: D's family and
     architecture, ``width`` if given, a linear output to G's z_dim) with the output squashing
     ``squash`` (``auto``: tanh for the uniform prior, none for the normal one; ``tanh``, ``none``,
-    ``clip``; see ``anogan.prior.encoder_squash``). ``prior`` is the GAN's p_z. ``optimizer`` is a
+    ``clip``; see ``anogan.nets.prior.encoder_squash``). ``prior`` is the GAN's p_z. ``optimizer`` is a
     partially configured optimiser (Hydra ``_partial_: true``) completed with E's parameters (official
-    code: TF1 RMSProp 5e-5, ``anogan.optim.TF1RMSprop``); ``kappa`` weighs the feature term.
+    code: TF1 RMSProp 5e-5, ``anogan.nets.optim.TF1RMSprop``); ``kappa`` weighs the feature term.
 
     Raises InputError (a ValueError) when E's z_dim differs from G's, or for an unknown mode, squash or prior."""
 
@@ -153,7 +133,7 @@ def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[nn.Module, float]:
     """(E, kappa) from a checkpoint written by ``EncoderTraining`` (``checkpoints/encoder.ckpt``), a
     path or the dict of ``read_stage_checkpoint``; E of the family it records (``dcgan`` for
     checkpoints written before families existed). Its entry ``GAN_IDENTITY`` holds the
-    ``anogan.checkpoints.gan_identity`` of the G and D it was trained against."""
+    ``anogan.runtime.checkpoints.gan_identity`` of the G and D it was trained against."""
     path = ckpt if not isinstance(ckpt, dict) else "<checkpoint dict>"
     ckpt = read_stage_checkpoint(ckpt, "anogan_encoder", "encoder")
     meta = ckpt["anogan_encoder"]

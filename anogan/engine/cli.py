@@ -12,10 +12,16 @@ import logging
 import os
 import re
 import shlex
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
+
+from anogan.engine.errors import input_error
+from anogan.errors import _SET_BY_US, FULL_ERROR, full_error_asked, report
 
 # --- third-party noise ------------------------------------------------------------------------
 
@@ -314,3 +320,39 @@ def _help_resolver(_root_) -> str:
 
 if not OmegaConf.has_resolver("anogan.help"):
     OmegaConf.register_new_resolver("anogan.help", _help_resolver)
+
+
+def run_main(main: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` function the way ``train.py`` and ``evaluate.py`` do: an ``InputError``
+    (in a single run, or in any job of a multirun, once the sweep ends) ends the process with its
+    one-line message and exit status 2; any other exception keeps its traceback and exit status 1.
+
+    Hydra prints every exception of a job with a traceback; ``HYDRA_FULL_ERROR=1`` makes it re-raise
+    the exception instead, which is set here for the run, so that this function decides what is shown.
+    Hydra's own compact errors (a bad override, an unknown config option) are printed as Hydra prints
+    them, exit status 1. With ``HYDRA_FULL_ERROR=1`` set by the user, everything is raised as it is. A
+    multirun that ended with a failed job prints its sweep directory's closing lines first."""
+    if full_error_asked():
+        return main()
+    os.environ[FULL_ERROR] = os.environ[_SET_BY_US] = "1"
+    try:
+        return main()
+    except Exception as e:
+        from hydra.errors import CompactHydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from anogan.engine.sweep import failed_multirun_report
+
+        closing = failed_multirun_report()  # a multirun that ended with a failed job: its files first
+        if closing:
+            print(closing, flush=True)
+        if input_error(e) is not None:
+            sys.exit(report(input_error(e)))
+        if not isinstance(e, CompactHydraException):
+            raise
+        print(str(e), file=sys.stderr)  # as Hydra's run_and_report prints them
+        if isinstance(e.__cause__, OmegaConfBaseException):
+            print(str(e.__cause__), file=sys.stderr)
+        sys.exit(1)
+    finally:
+        del os.environ[FULL_ERROR], os.environ[_SET_BY_US]

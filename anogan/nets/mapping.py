@@ -1,5 +1,5 @@
 """Fast copies of frozen G and D for the mapping: the same functions, computed with fewer and faster
-kernels. Used only by ``anogan.inversion``'s step loop; the trained networks are never modified.
+kernels. Used only by ``anogan.models.inversion``'s step loop; the trained networks are never modified.
 
 * eval-mode BatchNorm is folded into the (transposed) convolution before it;
 * the layers that oneDNN runs slowly on CPU become matrix products: the grey-image layers (a

@@ -9,10 +9,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from anogan import losses
+from anogan.nets import losses
 from anogan.nets import family_of, running_stats_frozen
-from anogan.prior import sample_prior
-from anogan.checks import FiniteLossGuard, NonFiniteLossError, check_optimizer
+from anogan.nets.prior import sample_prior
+from anogan.runtime.checks import FiniteLossGuard, NonFiniteLossError, check_optimizer
 from anogan.errors import InputError
 
 __all__ = ["GAN", "NonFiniteLossError"]
@@ -78,7 +78,7 @@ class GAN(L.LightningModule):
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # enough to rebuild G and D without Hydra (see anogan.inversion.load_gan)
+        # enough to rebuild G and D without Hydra (see anogan.models.inversion.load_gan)
         checkpoint["anogan_nets"] = {
             "generator": dict(self.generator.config),
             "discriminator": dict(self.discriminator.config),
@@ -91,7 +91,7 @@ class GAN(L.LightningModule):
         return sample_prior(self.prior, generator, n, self.generator.z_dim, device=self.device)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [self.finite]  # stops training at a non-finite loss (anogan.checks.FiniteLossGuard)
+        return [self.finite]  # stops training at a non-finite loss (anogan.runtime.checks.FiniteLossGuard)
 
     def configure_optimizers(self):
         return (
