@@ -6,8 +6,8 @@ from anogan.callbacks.dashboard import WandbEvaluation
 from anogan.callbacks.figures import PaperFigures
 from anogan.callbacks.maps import ScanMaps
 from anogan.callbacks.metrics import AnomalyMetrics
-from anogan.callbacks.samples import SampleGrid
+from anogan.callbacks.samples import SampleGrid, SampleQuality
 from anogan.callbacks.score_file import ScoreFile, read_scores
 
-__all__ = ["AnomalyMetrics", "PaperFigures", "SampleGrid", "ScanMaps", "ScoreFile", "WandbEvaluation",
+__all__ = ["AnomalyMetrics", "PaperFigures", "SampleGrid", "SampleQuality", "ScanMaps", "ScoreFile", "WandbEvaluation",
            "read_scores"]
