@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--masks", type=Path, default=None, help="the mask folder (same relative paths)")
     f.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = ap.parse_args(argv)
+    from anogan.data.pixels import DTYPE_MAX
     from anogan.data.scans import list_scans, read_scan, read_scan_mask
     from anogan.callbacks.viz import scan_map_figure
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scan = found[0]
     raw = read_scan(scan).astype(np.float32)
-    scan01 = raw / {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(scan.dtype), 1.0)
+    scan01 = raw / DTYPE_MAX.get(np.dtype(scan.dtype), 1.0)
     scan_map_figure(scan01, np.load(npy), args.out, mask=read_scan_mask(scan), title=args.name)
     print(f"wrote {args.out}")
     return 0

@@ -100,8 +100,8 @@ class ScanMaps(L.Callback):
         self.score, self.q, self.top_k, self.overlay = score, parse_reduce(reduce), int(top_k), overlay
         self.reduce = str(reduce)
         # checked here, before any scan is mapped
-        self.threshold, self.threshold_source = threshold_from(threshold_from, score, threshold_quantile)
-        self.calibration = calibration_from(calibration_from, score)
+        self.threshold, self.threshold_source = _threshold_from(threshold_from, score, threshold_quantile)
+        self.calibration = _calibration_from(calibration_from, score)
         if not threshold_from and self.calibration.get("image_threshold") is not None:
             self.threshold = float(self.calibration["image_threshold"])
             self.threshold_source = (f"{score} threshold at target FPR {self.calibration['target_fpr']} of "
@@ -460,3 +460,6 @@ def calibration_from(path: str | os.PathLike | None, score: str) -> dict:
             "image_threshold": image.get("threshold"), "target_fpr": image.get("target_fpr"),
             "region_threshold": region.get("threshold"), "region_window": region.get("window"),
             "source": f"{path} (calibrated on {image.get('calibrated_on') or pixel.get('calibrated_on')})"}
+
+
+_threshold_from, _calibration_from = threshold_from, calibration_from  # ScanMaps' arguments shadow both names

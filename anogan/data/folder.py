@@ -12,7 +12,7 @@ folders are searched recursively unless ``recursive`` is false.
 validation split drawn from it), ``test/good`` and ``test/<defect>/`` (every defect type anomalous),
 ``ground_truth/<defect>/<name>_mask.png``; the official train / test split is kept.
 
-Images are read as ``prepare`` and ``data=scans`` read them (``anogan.data.patches.read_pages``, scaled
+Images are read as ``prepare`` and ``data=scans`` read them (``anogan.data.pixels.read_pages``, scaled
 to [0, 1] by ``normalise``: ``none`` = value / dtype maximum, or ``image`` percentiles, then
 ``anogan.data.transforms.to_model_range``): ``channels=3`` keeps colour (grey images are repeated),
 ``channels=1`` takes the luminance of colour images. By default (``patch_size: null``) each image is one
@@ -42,16 +42,8 @@ import torch
 from torch.utils.data import Dataset
 
 from anogan.data.datamodule import SPLITS, OneClassDataModule
-from anogan.data.patches import (
-    IMAGE_SUFFIXES,
-    PatchOptions,
-    PrepareError,
-    check_mask,
-    kept_positions,
-    positions,
-    read_pages,
-    unit,
-)
+from anogan.data.patches import PatchOptions, check_mask, kept_positions, positions
+from anogan.data.pixels import IMAGE_SUFFIXES, PrepareError, read_pages, unit
 from anogan.data.transforms import mask_to_size, to_model_range
 from anogan.errors import InputError, MissingInputError
 

@@ -31,14 +31,7 @@ import numpy as np
 from anogan.data import sources
 from anogan.data.datamodule import SPLITS
 from anogan.data.hdf5 import NORMALISATIONS, inspect_hdf5
-from anogan.errors import InputError
-
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-
-
-class PrepareError(InputError):
-    """Bad input to the prepare command; the message names the file and the fix."""
-
+from anogan.data.pixels import IMAGE_SUFFIXES, PrepareError, read_pages, unit
 
 @dataclass
 class PatchOptions:
@@ -73,53 +66,6 @@ class PatchOptions:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_pages(path: Path, mask: bool = False, page: int | None = None, colour: bool = False) -> list[np.ndarray]:
-    """Every page of an image file as stored, (H, W) each: one for PNG, one per B-scan for a multi-page
-    TIFF (a common way to store an OCT volume); only page ``page`` (a list of one) when given, without
-    decoding the others. uint8, uint16 (16-bit PNG / TIFF keep their range), int32 for signed integers
-    (their values kept), or float. Colour images become grey (luminance), or with ``colour`` stay
-    colour, (3, H, W) (RGBA and palette images as RGB; grey images stay (H, W)); ``mask``: palette (``P``)
-    images are read by palette index, not converted to grey levels. A ``page`` beyond the file's last
-    raises PrepareError."""
-    from PIL import Image, ImageSequence, UnidentifiedImageError
-
-    pages = []
-    try:
-        with Image.open(path) as img:
-            if page is not None:
-                try:
-                    img.seek(page)
-                except EOFError:
-                    raise PrepareError(f"{path}: has {getattr(img, 'n_frames', 1)} page(s), no page {page}") from None
-            for page_img in [img] if page is not None else ImageSequence.Iterator(img):
-                page_img.load()
-                if colour and not mask and page_img.mode in ("RGBA", "P", "CMYK", "YCbCr"):
-                    page_img = page_img.convert("RGB")
-                elif page_img.mode in ("RGBA", "LA") or (page_img.mode == "RGB" and not colour) or (
-                        page_img.mode == "P" and not mask):
-                    page_img = page_img.convert("L")
-                arr = np.array(page_img)
-                pages.append(np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr)  # colour: (3, H, W)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise PrepareError(f"{path}: cannot read the image ({e}); replace or remove the file") from e
-    return [_stored(arr, path) for arr in pages]
-
-
-def _stored(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if arr.dtype.kind in "iu" and arr.dtype != np.uint8:  # Pillow gives 16-bit images as I;16 or int32
-        if arr.min() < 0:
-            arr = arr.astype(np.int32)  # signed data (int16 CT / OCT exports): --normalise maps it to [0, 1]
-        elif arr.max() > 65535:
-            raise PrepareError(f"{path}: values {arr.min()}..{arr.max()} do not fit 16 bits; store 8- or 16-bit")
-        else:
-            arr = arr.astype(np.uint16)
-    if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[0] == 3):
-        raise PrepareError(f"{path}: image of shape {arr.shape}; expected a greyscale or RGB image")
-    return arr
-
-
 def check_mask(mask: np.ndarray, path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
     """A binary mask page (0 and one other value: 1 or the dtype's maximum; palette masks by index)
     -> bool (H, W)."""
@@ -150,18 +96,6 @@ def warn_small_range(top: float, dtype: np.dtype, normalise: str, source: str) -
             f"{source}: the images' values span 0..{int(top)} of {dtype}'s 0..{full}: with --normalise none "
             f"they reach the model in [-1, {low:.3f}]; pass --normalise global (or image) to scale them to "
             "the full range", UserWarning, stacklevel=3)
-
-
-def unit(image: np.ndarray, opts: PatchOptions) -> np.ndarray:
-    """An image scaled to [0, 1] as float32 by ``opts.normalise``."""
-    x = image.astype(np.float32)
-    if opts.normalise == "image":
-        lo, hi = np.percentile(x, opts.percentiles)
-    elif opts.normalise == "global":
-        lo, hi = opts.scale
-    else:
-        return x / {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
-    return np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
 def global_scale(images: Iterable[np.ndarray], percentiles: tuple[float, float], per_image: int = 65536,

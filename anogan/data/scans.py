@@ -42,15 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from anogan.data.datamodule import SPLITS
 from anogan.data.hdf5 import NORMALISATIONS
-from anogan.data.patches import (
-    IMAGE_SUFFIXES,
-    PatchOptions,
-    PrepareError,
-    check_mask,
-    kept_positions,
-    read_pages,
-    unit,
-)
+from anogan.data.patches import PatchOptions, check_mask, kept_positions
+from anogan.data.pixels import IMAGE_SUFFIXES, PrepareError, read_pages, unit
 from anogan.data.transforms import to_model_range
 from anogan.errors import InputError
 

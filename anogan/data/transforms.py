@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from anogan.data.pixels import DTYPE_MAX, model_range
 from anogan.errors import InputError
-
-# the largest value of each stored integer dtype, mapped to +1
-_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 def check_channels(stored: int, channels: int, where: str) -> None:
@@ -33,7 +31,7 @@ def to_model_range(images: np.ndarray, image_size: int, max_value: float | None 
     """
     arr = np.asarray(images)
     if max_value is None:
-        max_value = _MAX.get(arr.dtype, 1.0)
+        max_value = DTYPE_MAX.get(arr.dtype, 1.0)
     x = torch.from_numpy(arr.astype(np.float32)) / float(max_value)
     if x.ndim == 3:
         x = x[:, None]
@@ -45,7 +43,7 @@ def to_model_range(images: np.ndarray, image_size: int, max_value: float | None 
             x, size=(image_size, image_size), mode="bilinear", align_corners=False,
             antialias=x.shape[-1] > image_size,
         )
-    return (x * 2 - 1).clamp(-1, 1).contiguous()
+    return model_range(x).contiguous()
 
 
 def mask_to_size(mask: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:

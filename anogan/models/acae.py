@@ -100,7 +100,8 @@ def load_acae(ckpt: str | os.PathLike | dict) -> AdversarialAutoencoder:
 
 class ACAEScores(nn.Module):
     """The aCAE's scores of a batch, AnoGAN's equations with x^ = Dec(E(x)) in place of G(z_Gamma):
-    ``acae_residual``, ``acae_discrimination``, ``acae_anomaly`` (weight ``lam``), each (B,)."""
+    ``acae_residual``, ``acae_discrimination``, ``acae_anomaly`` (weight ``lam``), each (B,);
+    ``scores_and_map`` adds the residual map |x - Dec(E(x))| of the same pass."""
 
     def __init__(self, net: AdversarialAutoencoder, lam: float = 0.1):
         super().__init__()
@@ -112,12 +113,19 @@ class ACAEScores(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.scores_and_map(x)[0]
+
+    @torch.no_grad()
+    def scores_and_map(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the scores of ``forward``, the residual map |x - Dec(E(x))| summed over channels (B, H, W) in
+        [0, 2C], ``anogan.nets.scores.residual_map``) from one pass of the aCAE."""
         recon = self.net(x)
         D = self.net.discriminator
         residual = S.residual(x, recon)
         discrimination = S.discrimination(D.features(x), D.features(recon))
-        return {
+        scores = {
             "acae_residual": residual,
             "acae_discrimination": discrimination,
             "acae_anomaly": S.anomaly(residual, discrimination, self.lam),
         }
+        return scores, S.residual_map(x, recon)

@@ -149,7 +149,9 @@ def load_encoder(ckpt: str | os.PathLike | dict) -> tuple[nn.Module, float]:
 class FAnoGAN(nn.Module):
     """The f-AnoGAN scores of a batch x (B, C, H, W) in one forward pass (no optimisation):
     ``{"fanogan": (B,), "fanogan_latent": (B,)}``, the izi_f score and the latent distance
-    ||E(x) - E(G(E(x)))||^2 that the official ``anomaly_detection.py`` reports beside it."""
+    ||E(x) - E(G(E(x)))||^2 that the official ``anomaly_detection.py`` reports beside it.
+    ``scores_and_map`` adds the residual map |x - G(E(x))| of the same pass (what ``python -m
+    anogan.export`` exports)."""
 
     def __init__(self, encoder: nn.Module, generator: nn.Module, discriminator: nn.Module, kappa: float = 1.0):
         super().__init__()
@@ -161,8 +163,15 @@ class FAnoGAN(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.scores_and_map(x)[0]
+
+    @torch.no_grad()
+    def scores_and_map(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the scores of ``forward``, the residual map |x - G(E(x))| summed over channels (B, H, W) in
+        [0, 2C], ``anogan.nets.scores.residual_map``) from one pass of E, G and D."""
         ex = self.encoder(x)
         gez = self.generator(ex)
         fx = self.discriminator.features(x)
-        return {"fanogan": S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa),
-                "fanogan_latent": S.fanogan_latent(ex, self.encoder(gez))}
+        scores = {"fanogan": S.fanogan(x, gez, fx, self.discriminator.features(gez), self.kappa),
+                  "fanogan_latent": S.fanogan_latent(ex, self.encoder(gez))}
+        return scores, S.residual_map(x, gez)
