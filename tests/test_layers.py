@@ -32,7 +32,8 @@ def test_import_contracts_are_kept():
     assert "3 kept, 0 broken" in proc.stdout
 
 
-LAYERS, MODELS, COMMANDS = "layers, top to bottom", "models import no other model", "no library module imports a command"
+LAYERS, MODELS = "layers, top to bottom", "models import no other model"
+COMMANDS = "no library module imports a command"
 
 
 @pytest.mark.parametrize("module, line, contract", [
@@ -152,7 +153,8 @@ def test_a_checkpoint_of_the_flat_package_still_evaluates_and_resumes(tiny_ckpt,
 
     ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
     config = ckpt["anogan_config"]
-    assert config["model"]["_target_"] == "anogan.models.gan.GAN" and config["data"]["_target_"].startswith("anogan.data.")
+    assert config["model"]["_target_"] == "anogan.models.gan.GAN"
+    assert config["data"]["_target_"].startswith("anogan.data.")
     config["model"]["_target_"] = "anogan.gan.GAN"  # as main before the move wrote it
     config["trainer"]["plugins"] = {"_target_": "anogan.checkpoints.AtomicCheckpointIO"}
     old = tmp_path / "old" / "checkpoints" / "last.ckpt"
@@ -160,8 +162,9 @@ def test_a_checkpoint_of_the_flat_package_still_evaluates_and_resumes(tiny_ckpt,
     torch.save(ckpt, old)
 
     def evaluated(path: Path, out: str) -> dict:
-        cfg = compose_cfg("evaluate", [f"ckpt_path={path}", "inversion.steps=2", "logger=none", "+data.test_subset=16",
-                                       "+data.eval_train_samples=0", "trainer.enable_progress_bar=false"], tmp_path / out)
+        cfg = compose_cfg("evaluate", [f"ckpt_path={path}", "inversion.steps=2", "logger=none",
+                                       "+data.test_subset=16", "+data.eval_train_samples=0",
+                                       "trainer.enable_progress_bar=false"], tmp_path / out)
         return evaluate_checkpoint(cfg, path)
 
     metrics = evaluated(old, "eval_old")
