@@ -1,7 +1,8 @@
 """The docs cannot drift from the code: every ``python train.py`` / ``python evaluate.py`` command of
-README.md and docs/*.md composes against conf/ (Hydra's compose API, nothing runs), every
-``python -m anogan...`` command names a module whose parser takes its arguments, every relative link,
-repository path and ``anogan.`` name exists, and nothing points outside the repository."""
+README.md and docs/*.md (and of the comments of conf/ that ``--help`` shows) composes against conf/
+(Hydra's compose API, nothing runs), every ``python -m anogan...`` command names a module whose parser
+takes its arguments, every relative link and anchor, repository path, ``anogan.`` name and config key
+named in the docs exists, and no doc or config points outside the repository or at an issue number."""
 
 from __future__ import annotations
 
@@ -56,7 +57,13 @@ def _overrides(script: str, args: list[str]) -> list[str]:
             rest.append(a)
     if script == "evaluate.py":
         rest = data_field_overrides(["evaluate.py", *rest])[1:]
-    parsed = OverridesParser.create().parse_overrides(rest)  # a syntax error fails here
+    return _first_values(rest)
+
+
+def _first_values(overrides: list[str]) -> list[str]:
+    """Hydra overrides with each sweep (``a=1,2``, ``range(..)``) replaced by its first value; a syntax
+    error fails here."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
     return [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
             else o.input_line for o in parsed]
 
@@ -73,7 +80,7 @@ def compose_command(words: list[str]):
         cfg = compose(config_name=SCRIPTS[script], overrides=overrides, return_hydra_config=True)
         params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
         if params:
-            swept = [f"{k}={str(v).split(',')[0]}" for k, v in params.items()]
+            swept = _first_values([f"{k}={v}" for k, v in params.items()])
             cfg = compose(config_name=SCRIPTS[script], overrides=overrides + swept, return_hydra_config=True)
     GlobalHydra.instance().clear()
     if str(OmegaConf.select(cfg, "hydra.launcher._target_")).endswith("SlurmLauncher"):
