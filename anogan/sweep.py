@@ -4,17 +4,19 @@ copying the job directories of several sweeps into one."""
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from anogan.engine.sweep import write_summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        raise SystemExit("usage: python -m anogan.sweep <sweep directory>")
-    path = write_summary(argv[0])
+    ap = argparse.ArgumentParser(prog="python -m anogan.sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep_dir", type=Path, help="the multirun's directory (logs/<task>/multiruns/<date>_<time>)")
+    args = ap.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        ap.error(f"{args.sweep_dir} is not a directory; pass a multirun's sweep directory")
+    path = write_summary(args.sweep_dir)
     print(f"wrote {path}")
 
 

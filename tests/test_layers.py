@@ -162,9 +162,9 @@ def test_a_checkpoint_of_the_flat_package_still_evaluates_and_resumes(tiny_ckpt,
     torch.save(ckpt, old)
 
     def evaluated(path: Path, out: str) -> dict:
-        cfg = compose_cfg("evaluate", [f"ckpt_path={path}", "inversion.steps=2", "logger=none", "+data.test_subset=16",
-                                       "+data.eval_train_samples=0", "trainer.enable_progress_bar=false"],
-                          tmp_path / out)
+        cfg = compose_cfg("evaluate", [f"ckpt_path={path}", "inversion.steps=2", "logger=none",
+                                       "+data.test_subset=16", "+data.eval_train_samples=0",
+                                       "trainer.enable_progress_bar=false"], tmp_path / out)
         return evaluate_checkpoint(cfg, path)
 
     metrics = evaluated(old, "eval_old")

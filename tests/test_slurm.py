@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DDP_TRAIN, PROBE_ENV, ROOT, TINY, compose_cfg, run_script
+from doc_commands import readme_command
 
 from anogan.callbacks import read_scores
 from anogan.engine.pipeline import evaluate, train
@@ -89,6 +90,40 @@ def test_a_slurm_cpu_sweep_runs_every_job_on_the_scheduler_with_the_aurocs_of_a_
                                                   f"inversion.steps={steps}", *FAST], tmp_path / f"local{r['job']}"))
         for name in ("residual", "discrimination", "anomaly"):
             assert float(r[f"auroc/{name}"]) == pytest.approx(local[f"test/auroc/{name}"], abs=1e-6), (r["job"], name)
+
+
+def test_the_readme_sweep_on_slurm_with_wandb_runs_eight_jobs_each_its_own_offline_wandb_run(
+        slurm, tiny_ckpt, tmp_path):
+    """README's lam x Gamma sweep on SLURM with wandb, as printed there (the tiny run's checkpoint in place
+    of ``<run>``; one core per job, so that the 2-core node runs two at a time), with WANDB_MODE=offline:
+    8 tasks of one job array, each job a wandb run of its own in its directory, named by job and grouped by
+    sweep, whose table holds the job's AUROCs; summary.csv and the heat map cover the 4 x 2 grid."""
+    command = readme_command("hparams_search=lam_steps", "logger=wandb")
+    assert command[0] == "evaluate.py" and "hydra/launcher=slurm_cpu" in command
+    args = [f"ckpt_path={tiny_ckpt}" if a.startswith("ckpt_path=") else a for a in command[1:]]
+    sweep, home = tmp_path / "sweep", tmp_path / "home"
+    run_script([command[0], *args, "hydra.launcher.cpus_per_task=1", *FAST[1:], f"hydra.sweep.dir={sweep}"],
+               cwd=ROOT, timeout=900, env={"WANDB_MODE": "offline", "HOME": str(home), "WANDB_DIR": str(home)})
+    rows = read_summary(sweep)
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 8
+    assert {(float(r["lam"]), int(r["steps"])) for r in rows} == {(lam, steps) for lam in (0, 0.1, 0.5, 1)
+                                                                  for steps in (50, 200)}
+    submitted = sorted(p.parent.name for p in (sweep / ".submitit").glob("*_*/*_result.pkl"))
+    array = submitted[0].split("_")[0]
+    assert sorted(submitted) == sorted(f"{array}_{i}" for i in range(8))
+    assert all(job_info(f"{array}_{i}")["JobState"] == "COMPLETED" for i in range(8))
+    assert (sweep / "auroc_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    for r in rows:
+        [run] = (sweep / r["job"] / "wandb").glob("offline-run-*")  # one run per job
+        record = next(run.glob("run-*.wandb")).read_bytes()
+        assert f"evaluate/{sweep.name}".encode() in record and f"evaluate-{r['job']}".encode() in record
+        assert b"test/roc_table" in record and b"test/hist/residual/test-normal" in record
+        table = json.loads(next((run / "files" / "media" / "table" / "test").glob("table_*.table.json")).read_text())
+        aurocs = {row[0]: dict(zip(table["columns"], row))["auroc"] for row in table["data"]}
+        metrics = json.loads((sweep / r["job"] / "metrics.json").read_text())
+        assert aurocs == {name: m["auroc"] for name, m in metrics["scores"].items()}
+        assert float(r["auroc/anomaly"]) == pytest.approx(aurocs["anomaly"])
+        assert (metrics["lam"], metrics["steps"]) == (float(r["lam"]), int(r["steps"]))
 
 
 def test_a_failed_slurm_job_is_a_failed_row_and_the_others_complete(slurm, tiny_ckpt, tmp_path):

@@ -104,8 +104,9 @@ def test_recorded_steps_fill_the_steps_axis_and_the_summary_rebuilds(tmp_path, c
                       (0.5, 25): 0.65, (0.5, 50): 0.77, (0.5, 100): 0.8, (0.5, 200): 0.85}
     for name in FIGURES:
         assert (sweep / name).is_file()
-    with pytest.raises(SystemExit, match="usage"):
+    with pytest.raises(SystemExit) as refused:
         main([str(tmp_path / "missing")])
+    assert refused.value.code == 2 and "missing is not a directory" in capsys.readouterr().err
 
 
 def test_the_summary_carries_auprc_f1_calibrated_rates_and_pixel_metrics_with_reasons(tmp_path):

@@ -283,6 +283,7 @@ class FolderDataModule(OneClassDataModule):
         labels = [0] * (len(normal) + len(normal_test)) + [1] * len(abnormal)
         self.files = [ImageFile(p, y, masks.get(p), *read_header(p)) for p, y in zip(paths, labels)]
         self.check_files()
+        self.recipe = self.scans_recipe()  # stored in checkpoints: data=scans reads new images the same way
         table = self.items()
         parts = []
         for name in ("train", "val", "test"):
@@ -296,7 +297,9 @@ class FolderDataModule(OneClassDataModule):
         return tuple(parts)
 
     def check_files(self) -> None:
-        """Sizes and colour, from the headers; sets the recipe that data=scans reads new images with."""
+        """Refuse images of mixed sizes without patches and images smaller than a patch (InputError),
+        from the headers of ``self.files``; say when colour is dropped or grey repeated, or the aspect
+        ratio changes."""
         files, shapes = self.files, {f.shape for f in self.files}
         if self.opts.patch_size is None and len(shapes) > 1:
             a = files[0]
@@ -322,8 +325,13 @@ class FolderDataModule(OneClassDataModule):
             log.warning("%s: the %dx%d images are stretched to %dx%d (data.image_size), which changes their "
                         "aspect ratio; cut square patches with data.patch_size=<pixels> to keep it",
                         type(self).__name__, w, h, self.image_size, self.image_size)
+
+    def scans_recipe(self) -> dict:
+        """How the training images were read (normalisation, foreground test, patch size and stride, or
+        the whole images' shape), for the checkpoint: ``data=scans`` reads new images the same way."""
+        (h, w), p = self.files[0].shape, self.opts.patch_size
         side = p if p is not None else (h if h == w else None)
-        self.recipe = {  # stored in checkpoints: data=scans reads new images the same way
+        return {
             "source": f"{type(self).__name__}:{self.normal_dir}", "normalisation": self.opts.normalise,
             "percentiles": list(self.opts.percentiles) if self.opts.normalise == "image" else None,
             "min_foreground": self.opts.min_foreground, "foreground_threshold": self.opts.foreground_threshold,

@@ -93,55 +93,76 @@ def list_scans(path: str | os.PathLike, masks: str | os.PathLike | None = None, 
     if masks is not None and not masks.exists():
         raise ScanError(f"data.masks={masks} does not exist; pass the mask folder (or file), or drop data.masks")
     if path.is_file() and path.suffix.lower() in (".h5", ".hdf5"):
-        if masks is not None:
-            raise ScanError("data.masks is for image folders; an HDF5 input is scored without masks (drop data.masks)")
-        images = _hdf5_images(path, key)
-        with images.file:
-            if images.ndim not in (3, 4) or images.dtype.kind not in "uf":
-                raise ScanError(f"{path}: 'images' of shape {images.shape} and dtype {images.dtype}; expected "
-                                "(N, H, W) or (N, C, H, W), unsigned integers or floats in [0, 1]")
-            c = 1 if images.ndim == 3 else images.shape[1]
-            return [Scan(f"{path.stem}_{i:05d}", path, i, tuple(images.shape[-2:]), c, images.dtype)
-                    for i in range(images.shape[0])]
+        return _hdf5_scans(path, masks, key)
     if path.is_file():
-        files, root = [path], path.parent
-        if masks is not None and masks.is_dir():
-            raise ScanError(f"data.masks={masks} is a folder but data.path is one image; pass its mask file")
-    else:
-        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        root = path
-        if not files:
-            others = sorted({f.suffix.lower() or f.name for f in path.rglob("*") if f.is_file()})
-            raise ScanError(f"{key}={path}: no PNG or TIFF image in it or its sub-folders"
-                            + (f" (found only {', '.join(others[:5])} files: convert them to PNG or TIFF)"
-                               if others else ""))
+        return _image_scans(path, masks, colour)
+    return _folder_scans(path, masks, colour, mask_suffix, key)
+
+
+def _hdf5_scans(path: Path, masks: Path | None, key: str) -> list[Scan]:
+    """One scan per row of the file's ``images`` (N, H, W) or (N, C, H, W); no masks."""
+    if masks is not None:
+        raise ScanError("data.masks is for image folders; an HDF5 input is scored without masks (drop data.masks)")
+    images = _hdf5_images(path, key)
+    with images.file:
+        if images.ndim not in (3, 4) or images.dtype.kind not in "uf":
+            raise ScanError(f"{path}: 'images' of shape {images.shape} and dtype {images.dtype}; expected "
+                            "(N, H, W) or (N, C, H, W), unsigned integers or floats in [0, 1]")
+        c = 1 if images.ndim == 3 else images.shape[1]
+        return [Scan(f"{path.stem}_{i:05d}", path, i, tuple(images.shape[-2:]), c, images.dtype)
+                for i in range(images.shape[0])]
+
+
+def _image_scans(path: Path, mask: Path | None, colour: bool) -> list[Scan]:
+    """The pages of one image file; ``mask``: its mask file (a folder is refused)."""
+    if mask is not None and mask.is_dir():
+        raise ScanError(f"data.masks={mask} is a folder but data.path is one image; pass its mask file")
+    return _file_scans(path, path.parent, mask, colour)
+
+
+def _folder_scans(path: Path, masks: Path | None, colour: bool, mask_suffix: str, key: str) -> list[Scan]:
+    """The pages of every PNG / TIFF under ``path``, sorted; each with the mask of the same relative path
+    under ``masks`` (any image suffix, ``mask_suffix`` after the name), or ``masks`` itself when it is one
+    file. A mask folder in which no scan finds its mask is refused."""
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        others = sorted({f.suffix.lower() or f.name for f in path.rglob("*") if f.is_file()})
+        raise ScanError(f"{key}={path}: no PNG or TIFF image in it or its sub-folders"
+                        + (f" (found only {', '.join(others[:5])} files: convert them to PNG or TIFF)"
+                           if others else ""))
     out = []
     for f in files:
-        rel = f.relative_to(root).with_suffix("")
-        mask = None
-        if masks is not None:
-            if masks.is_file():
-                mask = masks
-            else:
-                stem = rel.name + (mask_suffix or "")
-                found = [m for m in (masks / f.relative_to(root), *(masks / rel.parent).glob(stem + ".*"))
-                         if m.is_file()]
-                mask = found[0] if found else None  # scans without a mask are mapped, not measured
-        try:
-            pages = read_pages(f, colour=colour)
-        except PrepareError as e:
-            raise ScanError(str(e)) from None
-        if not colour:
-            _note_colour(f)
-        for k, page in enumerate(pages):
-            name = str(rel) if len(pages) == 1 else f"{rel}_p{k:03d}"
-            out.append(Scan(name, f, k, page.shape[-2:], 1 if page.ndim == 2 else page.shape[0], page.dtype, mask))
+        mask = masks if masks is None or masks.is_file() else _find_mask(f, path, masks, mask_suffix)
+        out += _file_scans(f, path, mask, colour)
     if masks is not None and masks.is_dir() and not any(scan.mask for scan in out):
-        rel = files[0].relative_to(root).with_suffix("")
+        rel = files[0].relative_to(path).with_suffix("")
         raise ScanError(f"data.masks={masks}: no mask matches a scan (for {files[0].name} it looks for "
                         f"{rel.parent / (rel.name + (mask_suffix or ''))}.<png|tif> there); name the masks as "
                         "the scans, set data.mask_suffix=<suffix> (e.g. _mask), or drop data.masks")
     return out
+
+
+def _find_mask(file: Path, root: Path, masks: Path, mask_suffix: str) -> Path | None:
+    """The mask of ``file`` (under ``root``) in the folder ``masks``: the same relative path, or its name
+    plus ``mask_suffix`` with any suffix; None when there is none (the scan is mapped, not measured)."""
+    rel = file.relative_to(root).with_suffix("")
+    stem = rel.name + (mask_suffix or "")
+    found = [m for m in (masks / file.relative_to(root), *(masks / rel.parent).glob(stem + ".*")) if m.is_file()]
+    return found[0] if found else None
+
+
+def _file_scans(file: Path, root: Path, mask: Path | None, colour: bool) -> list[Scan]:
+    """One scan per page of ``file``, named by its path relative to ``root`` (``_p<page>`` for a page of
+    a multi-page TIFF)."""
+    rel = file.relative_to(root).with_suffix("")
+    try:
+        pages = read_pages(file, colour=colour)
+    except PrepareError as e:
+        raise ScanError(str(e)) from None
+    if not colour:
+        _note_colour(file)
+    return [Scan(str(rel) if len(pages) == 1 else f"{rel}_p{k:03d}", file, k, page.shape[-2:],
+                 1 if page.ndim == 2 else page.shape[0], page.dtype, mask) for k, page in enumerate(pages)]
 
 
 def _note_colour(path: Path) -> None:

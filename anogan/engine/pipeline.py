@@ -24,6 +24,11 @@ from anogan.runtime.checkpoints import (
 from anogan.runtime.checks import check_data_size, check_image_shape
 from anogan.runtime.preemption import requeue_on_signal, stopped_by_sigterm
 from anogan.runtime.seeding import EpochSeed
+from anogan.data.scans import is_scans, scans_datamodule
+from anogan.models.baselines import baseline_scorers, check_baselines
+from anogan.models.encoder import check_mode
+from anogan.models.inversion import Inversion, check_precision, check_settings, load_gan
+from anogan.engine.stages import fit_stages, stage_scorers
 from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -74,55 +79,67 @@ def seed(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the GAN on the normal training images; then evaluate when ``cfg.evaluate``.
+    """Fit the GAN on the normal training images; then the stages after it (encoder, aCAE) and, when
+    ``cfg.evaluate``, the evaluation, all in one run directory.
 
     Returns the metrics (training losses, and the evaluation's AUROCs when it ran)."""
     seed(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    if str(cfg.data.get("_target_", "")).endswith("ScansDataModule"):
-        raise InputError("data=scans scores new, unlabelled scans with a trained GAN: python evaluate.py "
-                         "ckpt_path=<run>/checkpoints/last.ckpt data=scans data.path=<folder>; train on "
-                         "data=hdf5 (patches of python -m anogan.data.prepare), data=folder or data=mvtec")
-    if cfg.get("encoder"):  # refuse a bad stage setting before the GAN trains, not after
-        from anogan.models.encoder import check_mode
-
-        check_mode(cfg.encoder.get("module", {}).get("mode", "izi_f"))
-    if cfg.get("evaluate"):  # refuse bad mapping settings before hours of training, not after
-        from anogan.models.inversion import check_precision, check_settings
-
-        check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
-                       cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
-        check_precision(cfg.inversion.get("precision", "32-true"))
-        from anogan.models.baselines import check_baselines
-
-        check_baselines(cfg.get("baselines"), bool(cfg.get("encoder")))
+    check_train_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     print_config(cfg, output_dir / "config_tree.log")
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     if ckpt_path is not None:
-        ckpt = read_checkpoint(ckpt_path)
-        check_architecture(ckpt, ckpt_path, model)
-        check_resume_data(ckpt, ckpt_path, OmegaConf.to_container(cfg.data, resolve=True))
-    callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
+        check_resume(cfg, ckpt_path, model)
     loggers = instantiate_list(cfg.get("logger"))
-    plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
-    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
-                            benchmark=cudnn_benchmark(cfg))
-    with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
-                            f"with ckpt_path=auto hydra.run.dir={output_dir}"):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = fit_gan(cfg, model, datamodule, ckpt_path, loggers)
     last = output_dir / LAST
-    log.info("training done: %s", last)
-    from anogan.engine.stages import fit_stages
-
     fit_stages(cfg, last, datamodule)  # f-AnoGAN's encoder, aCAE: when configured (encoder=, acae=)
     if cfg.get("evaluate"):
         metrics.update(evaluate_checkpoint(cfg, last, cfg.data, loggers))
     print_summary(output_dir, last, "train", cfg.trainer.get("max_epochs"),
                   evaluation_overrides(cfg) if cfg.get("evaluate") else None)
     return metrics
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Refuse, before the GAN trains (not hours later), a data source that cannot train and the settings
+    of the stages and the evaluation that would fail after it (InputError)."""
+    if str(cfg.data.get("_target_", "")).endswith("ScansDataModule"):
+        raise InputError("data=scans scores new, unlabelled scans with a trained GAN: python evaluate.py "
+                         "ckpt_path=<run>/checkpoints/last.ckpt data=scans data.path=<folder>; train on "
+                         "data=hdf5 (patches of python -m anogan.data.prepare), data=folder or data=mvtec")
+    if cfg.get("encoder"):
+        check_mode(cfg.encoder.get("module", {}).get("mode", "izi_f"))
+    if cfg.get("evaluate"):
+        check_settings(cfg.inversion.lam, cfg.inversion.steps, cfg.inversion.get("record_steps"),
+                       cfg.inversion.get("lr"), cfg.inversion.get("init", "random"))
+        check_precision(cfg.inversion.get("precision", "32-true"))
+        check_baselines(cfg.get("baselines"), bool(cfg.get("encoder")))
+
+
+def check_resume(cfg: DictConfig, ckpt_path: Path, model: L.LightningModule) -> None:
+    """Resuming needs a checkpoint of the same nets and data config (CheckpointError, InputError)."""
+    ckpt = read_checkpoint(ckpt_path)
+    check_architecture(ckpt, ckpt_path, model)
+    check_resume_data(ckpt, ckpt_path, OmegaConf.to_container(cfg.data, resolve=True))
+
+
+def fit_gan(cfg: DictConfig, model: L.LightningModule, datamodule, ckpt_path: Path | None,
+            loggers: list) -> dict[str, float]:
+    """``Trainer.fit`` of the GAN (from ``ckpt_path`` when resuming); ``checkpoints/last.ckpt`` after
+    every epoch. SIGTERM ends it with the resume command and exit status 143. Returns the last logged
+    scalars (losses)."""
+    output_dir = Path(cfg.paths.output_dir)
+    callbacks = instantiate_list(cfg.get("callbacks")) + [StoreConfig(cfg), EpochSeed(cfg.seed)]
+    plugins = checkpoint_plugins(instantiate(cfg.trainer.get("plugins")))
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
+                            benchmark=cudnn_benchmark(cfg))
+    with stopped_by_sigterm("training", f"{output_dir / LAST} holds the last completed epoch; resume "
+                            f"with ckpt_path=auto hydra.run.dir={output_dir}"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    log.info("training done: %s", output_dir / LAST)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
 def evaluation_data_config(cfg: DictConfig, stored: dict) -> DictConfig:
@@ -171,46 +188,69 @@ def check_stored_targets(node, where: str) -> None:
 def evaluate_checkpoint(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictConfig | None = None,
                         loggers: list | None = None) -> dict[str, float]:
     """Map and score the test set (plus a training sample) with the GAN of ``ckpt_path``; write
-    metrics.json, scores.h5 and figures/ into the run directory; return the logged metrics."""
-    from anogan.models.baselines import baseline_scorers
-    from anogan.models.inversion import Inversion, load_gan
-    from anogan.data.scans import is_scans, scans_datamodule
-    from anogan.engine.stages import stage_scorers
-
+    metrics.json, scores.h5 and figures/ into the run directory; return the logged metrics.
+    ``data_cfg``: the data config to use (train.py's); None: the checkpoint's, with ``cfg.data`` on top."""
     G, D, prior, stored = load_gan(ckpt_path)
-    encoder, scorers = stage_scorers(cfg, ckpt_path, G, D)
-    nets = {"generator": dict(G.config)}
-    if data_cfg is None and cfg.get("data") is not None and "_target_" not in cfg.data:
-        check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
-    data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
-    data = OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
-    scans = is_scans(data)  # data=scans: unlabelled scans, stitched maps and predictions (anogan/data/scans.py)
-    datamodule = scans_datamodule(data, ckpt_path) if scans else instantiate(data)
-    datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
-    datamodule.setup("test")
-    check_image_shape(datamodule.test_dataloader().dataset[0]["image"], nets, f"data {data._target_}")
+    encoder, scorers = stage_scorers(cfg, ckpt_path, G, D)  # f-AnoGAN's encoder, aCAE: found beside the GAN
+    data = evaluation_data(cfg, ckpt_path, data_cfg, stored, G)
+    datamodule = evaluation_datamodule(data, ckpt_path, G)
     scorers += baseline_scorers(cfg.get("baselines"), datamodule, D, encoder)  # kNN / PCA baselines: baselines=pixel
     model = Inversion(G, D, prior=prior, encoder=encoder, scorers=scorers,
                       **OmegaConf.to_container(cfg.inversion, resolve=True))
-    callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
-    for callback in callbacks:  # settings that depend on the data, refused before the Trainer writes anything
-        if hasattr(callback, "check_data"):
-            callback.check_data(datamodule)
-    # the training's trainer settings, but never its precision: the mapping optimises z in float32, and
-    # its G and D follow inversion.precision (Inversion.autocast); cuDNN's autotuner only where the batch
-    # shapes are fixed (early_stop shrinks the batch as mappings stop)
-    if str(cfg.trainer.get("precision", "32-true")) not in ("32-true", "32"):
-        log.warning("trainer.precision=%s applies to training only: the mapping runs in float32; set "
-                    "inversion.precision=bf16-mixed to run G and D under bf16 autocast", cfg.trainer.precision)
-    trainer = build_trainer(  # nothing to checkpoint in a test loop (and no litmodels tip)
-        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False,
-        precision="32-true", benchmark=cudnn_benchmark(cfg, fixed_shapes=not cfg.inversion.get("early_stop")),
-    )
+    callbacks = evaluation_callbacks(cfg, datamodule, is_scans(data))
+    trainer = evaluation_trainer(cfg, callbacks, loggers)
     out = Path(cfg.paths.output_dir)
     with stopped_by_sigterm("evaluation", f"the images mapped so far are kept in {out}/scores.h5.partial; "
                             f"run the same command with hydra.run.dir={out} to resume"):
         trainer.test(model, datamodule=datamodule, verbose=False)  # AnomalyMetrics prints the table
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+
+def evaluation_data(cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictConfig | None, stored: dict,
+                    G) -> DictConfig:
+    """The evaluation's data config (``data_cfg``, else ``evaluation_data_config``), sized for G
+    (``image_size``, ``channels``); sizes asked for on the command line that G cannot take are refused."""
+    nets = {"generator": dict(G.config)}
+    if data_cfg is None and cfg.get("data") is not None and "_target_" not in cfg.data:
+        check_data_size(cfg.data, nets, ckpt_path)  # sizes asked for on the command line
+    data = data_cfg if data_cfg is not None else evaluation_data_config(cfg, stored)
+    return OmegaConf.merge(data, {"image_size": G.config["image_size"], "channels": G.config["channels"]})
+
+
+def evaluation_datamodule(data: DictConfig, ckpt_path: str | Path, G):
+    """The DataModule of ``data``, set up for testing; its images checked against G's shape. data=scans
+    (unlabelled scans: stitched maps and predictions, ``anogan/data/scans.py``) reads them with the
+    training's recipe stored in the checkpoint."""
+    datamodule = scans_datamodule(data, ckpt_path) if is_scans(data) else instantiate(data)
+    datamodule.config = OmegaConf.to_container(data, resolve=True)  # part of scores.h5's resume key
+    datamodule.setup("test")
+    check_image_shape(datamodule.test_dataloader().dataset[0]["image"], {"generator": dict(G.config)},
+                      f"data {data._target_}")
+    return datamodule
+
+
+def evaluation_callbacks(cfg: DictConfig, datamodule, scans: bool) -> list:
+    """The evaluation's callbacks (``prediction_callbacks`` for data=scans); settings of theirs that
+    depend on the data are refused here, before the Trainer writes anything."""
+    callbacks = instantiate_list(cfg.get("prediction_callbacks" if scans else "evaluation_callbacks"))
+    for callback in callbacks:
+        if hasattr(callback, "check_data"):
+            callback.check_data(datamodule)
+    return callbacks
+
+
+def evaluation_trainer(cfg: DictConfig, callbacks: list, loggers: list | None) -> L.Trainer:
+    """The training's trainer settings, but never its precision: the mapping optimises z in float32,
+    and its G and D follow ``inversion.precision`` (``Inversion.autocast``); ``inference_mode=False``
+    (gradients on z); cuDNN's autotuner only where the batch shapes are fixed (early_stop shrinks the
+    batch as mappings stop)."""
+    if str(cfg.trainer.get("precision", "32-true")) not in ("32-true", "32"):
+        log.warning("trainer.precision=%s applies to training only: the mapping runs in float32; set "
+                    "inversion.precision=bf16-mixed to run G and D under bf16 autocast", cfg.trainer.precision)
+    return build_trainer(  # nothing to checkpoint in a test loop (and no litmodels tip)
+        cfg.trainer, inference_mode=False, callbacks=callbacks, logger=loggers or False, enable_checkpointing=False,
+        precision="32-true", benchmark=cudnn_benchmark(cfg, fixed_shapes=not cfg.inversion.get("early_stop")),
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

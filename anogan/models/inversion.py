@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -261,57 +262,74 @@ class Inversion(L.LightningModule):
             return self._map_batch(x.float(), index)
 
     def _map_batch(self, x: torch.Tensor, index: torch.Tensor) -> dict:
+        """The step loop: ``steps`` Adam steps on every row of z still mapping, scored at each recorded
+        step and at the last one. Rows [0, B) are the AnoGAN mapping, rows [B, 2B) the reference one."""
         hp = self.hparams
         G, D = self._mapping_nets()
-        steps, ref = hp.steps, hp.reference
         losses_of = self._loss_fn()
-        B = x.shape[0]
+        B, m = x.shape[0], 2 if hp.reference else 1
         if hp.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), self.autocast(x):
             fx, logits_x = D.features_and_logits(x)  # f(x) once per batch, not per step
         fx, logits_x = fx.float(), logits_x.float()
-        z1 = self.initial_z(x, index)
-        m = 2 if ref else 1  # rows [0, B): AnoGAN mapping; rows [B, 2B): reference mapping
-        z = z1.float().repeat(m, 1).requires_grad_(True)
-        xs = x.repeat(m, 1, 1, 1)
-        opt = torch.optim.Adam([z], lr=hp.lr)
-        record, recorded = set(hp.record_steps), {}
+        z = self.initial_z(x, index).float().repeat(m, 1).requires_grad_(True)
+        rows = _Rows(z, torch.optim.Adam([z], lr=hp.lr), x.repeat(m, 1, 1, 1), fx, B)
         stop = _EarlyStop(z, B, hp.tol, hp.patience) if hp.early_stop else None
-        fx_rows, n_main = fx, B  # f(x) and count of the AnoGAN rows still mapping
-        first_loss = None
-        for t in range(steps + 1):
-            final = t == steps or (stop is not None and stop.finished)
-            if getattr(self._trainer, "received_sigterm", False):
-                raise SIGTERMException  # stop within a step, not a batch: SLURM's grace period is short
+        record, recorded, first_loss = set(hp.record_steps), {}, None
+        for t in range(hp.steps + 1):
+            self._poll_sigterm()
+            final = t == hp.steps or (stop is not None and stop.finished)
             compacted = stop is not None and stop.compacted
-            if not (final and compacted):
+            if not (final and compacted):  # a compacted batch is scored by the full pass below
                 with torch.set_grad_enabled(not final):
-                    loss, gz, res, dis, ref_dis = losses_of(G, D, z, xs, fx_rows, n_main)
-                if first_loss is None:
-                    first_loss = loss[:B].detach()
+                    step = _Pass(*losses_of(G, D, rows.z, rows.xs, rows.fx, rows.n_main))
+                first_loss = step.loss[:B].detach() if first_loss is None else first_loss
             if t in record or final:
+                scored = step
                 if compacted:  # some mappings stopped early: score every row at its z (one more pass)
                     with torch.no_grad():
-                        all_loss, gz, res, dis, ref_dis = losses_of(G, D, stop.full_z(z), x.repeat(m, 1, 1, 1), fx, B)
-                cur = self._scores(B, res, dis, ref_dis, logits_x)
+                        scored = _Pass(*losses_of(G, D, stop.full_z(rows.z), x.repeat(m, 1, 1, 1), fx, B))
+                cur = self._scores(B, scored.residual, scored.discrimination, scored.reference_discrimination,
+                                   logits_x)
                 recorded.update({s: cur for s in record if s == t or (final and s > t)})
             if final:
-                if compacted:
-                    loss = all_loss
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()  # per-image losses: Adam is element-wise, so images stay independent
-            if stop is not None and stop.update(t, loss):
-                z, opt, xs, fx_rows, n_main = stop.compact(t, z, opt, xs, fx)
-                if stop.finished:
-                    continue
-            opt.step()
-            with torch.no_grad():
-                project_to_support(hp.prior, z)
+            rows = self._adam_step(rows, step.loss, t, stop, fx)
+        return self._outputs(x, cur, recorded, first_loss, scored, rows.z, stop)
+
+    def _poll_sigterm(self) -> None:
+        """Stop within a step, not a batch, once the Trainer has received SIGTERM (SLURM's grace period is
+        short): Lightning's ``SIGTERMException``, which ``anogan.runtime.preemption.stopped_by_sigterm``
+        turns into the resume message and exit status 143."""
+        if getattr(self._trainer, "received_sigterm", False):
+            raise SIGTERMException
+
+    def _adam_step(self, rows: _Rows, loss: torch.Tensor, t: int, stop: _EarlyStop | None,
+                   fx: torch.Tensor) -> _Rows:
+        """One Adam step of every row still mapping, z then projected back into p_z's support. The
+        per-image losses are summed for ``backward``: Adam is element-wise, so images stay independent.
+        With early stop, the rows that stopped at step t leave the batch first (``_EarlyStop.compact``;
+        ``fx``: f(x) of the whole batch)."""
+        rows.opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        if stop is not None and stop.update(t, loss):
+            rows = _Rows(*stop.compact(t, rows.z, rows.opt, rows.xs, fx))
+            if stop.finished:
+                return rows
+        rows.opt.step()
+        with torch.no_grad():
+            project_to_support(self.hparams.prior, rows.z)
+        return rows
+
+    def _outputs(self, x: torch.Tensor, cur: dict, recorded: dict, first_loss: torch.Tensor, final: _Pass,
+                 z: torch.Tensor, stop: _EarlyStop | None) -> dict:
+        """``map_batch``'s dict from the last step's scores ``cur`` (plus the one-pass scorers'), its pass
+        over every row ``final`` and the rows' z; see ``map_batch``."""
+        B, m, steps = x.shape[0], 2 if self.hparams.reference else 1, self.hparams.steps
         for scorer in self.scorers:  # one forward pass each, no optimisation (f-AnoGAN, aCAE)
             cur.update(scorer(x))
-        gz = gz.detach()
+        gz = final.generated.detach()
         z_out = stop.full_z(z) if stop is not None else z.detach()
         taken = stop.steps_taken(steps) if stop is not None else torch.full((m * B,), steps)
         return {
@@ -320,8 +338,8 @@ class Inversion(L.LightningModule):
             "residual_map": S.residual_map(x, gz[:B]),
             "generated": gz[:B],
             "z": z_out[:B],
-            "z_reference": z_out[B:] if ref else None,
-            "mapping_loss": torch.stack([first_loss, loss[:B].detach()], 1),
+            "z_reference": z_out[B:] if self.hparams.reference else None,
+            "mapping_loss": torch.stack([first_loss, final.loss[:B].detach()], 1),
             "steps_taken": taken.view(m, B).T,
         }
 
@@ -343,6 +361,28 @@ class Inversion(L.LightningModule):
 
     def configure_optimizers(self):
         return None
+
+
+class _Pass(NamedTuple):
+    """One forward pass of the fused mapping (``Inversion._losses``): per-row loss (rows,), G(z)
+    (rows, C, H, W), L_R (rows,), L_D of the AnoGAN rows or None, L_D^ of the reference rows or None."""
+
+    loss: torch.Tensor
+    generated: torch.Tensor
+    residual: torch.Tensor
+    discrimination: torch.Tensor | None
+    reference_discrimination: torch.Tensor | None
+
+
+class _Rows(NamedTuple):
+    """The rows of z still mapping: z (rows, z_dim), its Adam, their queries x (rows, C, H, W), f(x) of
+    the AnoGAN rows among them, and their count ``n_main`` (the first rows)."""
+
+    z: torch.Tensor
+    opt: torch.optim.Optimizer
+    xs: torch.Tensor
+    fx: torch.Tensor
+    n_main: int
 
 
 class _EarlyStop:

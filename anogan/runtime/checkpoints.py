@@ -107,7 +107,7 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path", example: st
             raise CheckpointError(
                 f"{path} holds Python objects other than tensors and plain containers, and loading "
                 "them could run code, so it is not loaded (weights_only=True). Use a checkpoint written "
-                "by train.py; see README, 'Reliability'"
+                "by train.py; see docs/reliability.md"
             ) from None
         raise _corrupt(path, e) from None
     except (RuntimeError, EOFError, OSError) as e:
