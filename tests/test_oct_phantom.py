@@ -51,6 +51,19 @@ def test_phantom_datamodule_makes_its_file_once_through_prepare(tmp_path):
         assert len(f["labels"]) == 2 * len(labels)  # another recipe: made again
 
 
+def test_the_documented_phantom_command_writes_enough_normal_scans_for_the_flag(tmp_path, capsys):
+    """docs/oct.md's `--normal 5`: 20 normal scans, at least the 19 the scan flag needs at 0.05; fewer are
+    written with a note naming the option that gives enough."""
+    from anogan.data.phantom import main
+
+    assert main([str(tmp_path / "five"), "--test-only", "--normal", "5"]) == 0
+    out = capsys.readouterr().out
+    assert len(list((tmp_path / "five" / "normal").rglob("*.png"))) == 20 and "note:" not in out
+    assert main([str(tmp_path / "three"), "--test-only", "--normal", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "12 normal scans are too few" in out and "at least 19" in out and "pass --normal 5" in out
+
+
 # A CPU budget of about a minute: fewer phantom volumes, narrower nets and fewer mapping steps than the
 # preset; batch 16 gives the GAN enough steps (~500) to draw the layers.
 SMALL = [
