@@ -26,7 +26,7 @@ def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     assert all(any(line.startswith(f" {name} ") for line in lines) for name in SCORE_NAMES)  # in full
     summary = lines[lines.index(f"Run directory: {out}"):]
     assert summary[1:3] == ["  metrics.json  the table above, as JSON",
-                            "  scores.h5     per image: label, every score, z, residual map"]
+                            "  scores.h5     per image: label, every score and its p-value, z, residual map"]
     assert "data.eval_train_samples=8" in " ".join(summary)  # evaluate again: the overrides as typed
     assert "litlogger" not in proc.stdout + proc.stderr and "litmodels" not in proc.stdout + proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())

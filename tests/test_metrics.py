@@ -103,7 +103,8 @@ def test_too_few_normal_validation_images_leave_the_threshold_null_with_the_coun
     cal = metrics["scores"]["anomaly"]["calibrated"]
     assert cal["threshold"] is None and "12 normal validation images are too few" in cal["reason"]
     assert "at least 19" in cal["reason"] and "sensitivity" not in cal
-    assert "no calibrated threshold for anomaly" in caplog.text
+    assert "no calibrated threshold for anomaly" in caplog.text and "no region threshold: 12 normal" in caplog.text
+    assert metrics["region_calibration"]["threshold"] is None and metrics["pixel_calibration"]["threshold"] is not None
 
 
 def test_scan_metrics_use_the_float_scores_and_count_the_scans_left_out(tmp_path):

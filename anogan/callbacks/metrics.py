@@ -172,6 +172,9 @@ class AnomalyMetrics(OutputCollector):
             result.update(self._pixel_auroc(trainer))
         result["pixel_calibration"] = self._pixel_calibration(data, val)
         result["region_calibration"] = self._region_calibration(data, val, test, labels)
+        for key in ("pixel_calibration", "region_calibration"):
+            if result[key].get("reason") and trainer.is_global_zero:
+                log.warning("no %s threshold: %s (data.eval_val_samples)", key.split("_")[0], result[key]["reason"])
         if self.has_masks:
             result.update(LZ.pixel_metrics(
                 list(data["map"][test].numpy()), list(data["mask"][test].numpy()), self.pixel_thresholds,
