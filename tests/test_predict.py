@@ -62,13 +62,14 @@ def test_the_consensus_map_takes_the_smallest_covering_patch_where_enough_patche
     assert st.result()[1, 3] == pytest.approx((5 + 5 + 5) / 3) and st.result()[0, 2] == pytest.approx(5.0)
 
 
-def test_the_border_band_counts_on_the_patches_that_cover_it():
+def test_the_border_band_is_named_as_unscored_or_scored_on_the_patches_placed_there():
     """A 10x10 lesion at rows 2-11 of a 128x128 scan lies in the band one stride wide that only 2 patches
-    cover (1 at the corners), fewer than scan_min_votes = 3: the consensus map takes the votes the grid
-    places there, so the scan score finds the lesion instead of scoring the scan as background."""
-    from anogan.callbacks.maps import summarise
+    cover (1 at the corners), fewer than scan_min_votes = 3. By default the band is not scored, and the
+    scan's scan_scored_region says so (rows 16-111); with scan_border=include the consensus there is over
+    the patches the grid places, and the scan score finds the lesion."""
+    from anogan.callbacks.maps import region_text, summarise
     from anogan.data.scans import Scan
-    from anogan.data.stitch import ScanAssembler, Stitcher, grid_coverage
+    from anogan.data.stitch import ScanAssembler, grid_coverage
 
     opts = PatchOptions(patch_size=32, stride=16)
     pos = np.array(positions((128, 128), opts, np.random.default_rng(0), "test"))
@@ -77,19 +78,23 @@ def test_the_border_band_counts_on_the_patches_that_cover_it():
     maps = np.stack([lesion[y : y + 32, x : x + 32] for y, x in pos])
     coverage = grid_coverage((128, 128), opts)
     assert coverage[0, 0] == 1 and coverage[0, 64] == 2 and coverage[64, 64] == 4 and coverage[5, 5] == 1
-    assembler = ScanAssembler([(128, 128)], np.zeros(len(pos), int), pos[:, 0], pos[:, 1], opts, min_votes=3)
-    (stitched,) = assembler.add(np.arange(len(pos)), maps, np.zeros(len(pos)))
-    result = summarise(Scan("s", None, 0, (128, 128), 1, np.dtype(np.uint8)), stitched, 1.0, 7, 3)
+    scan = Scan("s", None, 0, (128, 128), 1, np.dtype(np.uint8))
+
+    def scored(border: bool, n: int = len(pos)):
+        assembler = ScanAssembler([(128, 128)], np.zeros(n, int), pos[-n:, 0], pos[-n:, 1], opts, 3, border)
+        (stitched,) = assembler.add(np.arange(n), maps[-n:], np.zeros(n))
+        return stitched, summarise(scan, stitched, 1.0, 7, 3)
+
+    stitched, result = scored(border=False)
+    assert result.scan_score == 0.0 and region_text(result.region) == "16-111 16-111"  # the lesion is outside
+    assert np.isnan(stitched.consensus[:16]).all() and np.isfinite(stitched.consensus[16:112, 16:112]).all()
+    stitched, result = scored(border=True)
     assert result.scan_score == pytest.approx(1.0) and 2 <= result.scan_score_at[0] <= 11
-    assert np.isfinite(stitched.consensus).all()  # the band and the corners counted, on the patches there
-    # without the grid's coverage (the rule before): the band is NaN and the lesion scores as background
-    old = Stitcher((128, 128)).add(maps, pos.tolist()).consensus(3)
-    assert np.isnan(old[:16]).all() and window_max_at(old, 7)[0] == 0.0
-    # where the foreground test skipped a patch, a pixel still needs the votes its grid position allows
-    partial = ScanAssembler([(128, 128)], np.zeros(len(pos) - 1, int), pos[1:, 0], pos[1:, 1], opts, 3)
-    (gap,) = partial.add(np.arange(len(pos) - 1), maps[1:], np.zeros(len(pos) - 1))
-    # patch (0, 0) not scored: rows 0-15, columns 16-31 keep 1 of the 2 patches the grid places there
-    assert np.isnan(gap.consensus[:16, 16:32]).all() and np.isfinite(gap.consensus[:16, 32:]).all()
+    assert np.isfinite(stitched.consensus).all() and region_text(result.region) == "0-127 0-127"
+    # where the foreground test skipped a patch, a pixel still needs the votes its grid position allows:
+    # without patch (0, 0), rows 0-15 of columns 16-31 keep 1 of the 2 patches the grid places there
+    stitched, _ = scored(border=True, n=len(pos) - 1)
+    assert np.isnan(stitched.consensus[:16, 16:32]).all() and np.isfinite(stitched.consensus[:16, 32:]).all()
 
 
 def test_window_max_at_names_the_centre_of_the_best_square():
@@ -276,21 +281,14 @@ class _Crash(L.Callback):
             raise RuntimeError("killed")
 
 
-def _consensus_score(maps, pos, shape, min_votes=3, window=7, grid=None):
-    """The scan score computed here from the patch maps: per pixel the minimum over the covering patches
-    (a stack with NaN) where at least min(min_votes, the patches of the whole grid ``grid`` covering it) cover
-    it, then the best window mean by brute force."""
+def _consensus_score(maps, pos, shape, min_votes=3, window=7):
+    """The scan score computed here from the patch maps: per pixel the minimum over the >= min_votes
+    covering patches (a stack with NaN), then the best window mean by brute force."""
     stack = np.full((len(maps), *shape), np.nan)
     for k, (y, x) in enumerate(pos):
         stack[k, y : y + maps.shape[1], x : x + maps.shape[2]] = maps[k]
     votes = np.isfinite(stack).sum(0)
-    possible = votes.copy()
-    if grid is not None:
-        possible[:] = 0
-        for y, x in grid:
-            possible[y : y + maps.shape[1], x : x + maps.shape[2]] += 1
-    need = np.minimum(min_votes, possible)
-    low = np.where(votes >= need, np.nanmin(np.where(np.isfinite(stack), stack, np.inf), 0), np.nan)
+    low = np.where(votes >= min_votes, np.nanmin(np.where(np.isfinite(stack), stack, np.inf), 0), np.nan)
     means = [low[i : i + window, j : j + window].mean() for i in range(shape[0] - window + 1)
              for j in range(shape[1] - window + 1)]
     return np.nanmax(means)
@@ -356,6 +354,8 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
         s = float(r["scan_score"])
         assert float(r["scan_p_value"]) == pytest.approx((1 + (normal_scores >= s).sum()) / 3, rel=1e-6)
         assert r["scan_threshold"] == "" and r["scan_flagged"] == "0" and "the flag needs >= 19" in r["note"]
+        # 3 of the grid's patches cover rows 0-39 of columns 38-47 and rows 8-31 of columns 16-63: its bounding box
+        assert r["scan_scored_region"] == "0-39 16-63"
         normal_image = [patches["scores/anomaly"][np.isin(patches["index"], np.arange(24 + 8 * j, 32 + 8 * j))].max()
                         for j in range(2)]
         assert float(r["image_p_value"]) == pytest.approx((1 + (np.array(normal_image) >= scores.max()).sum()) / 3,
@@ -474,13 +474,13 @@ def test_the_scan_flag_is_the_conformal_threshold_of_19_normal_scans(tiny_run, t
         _save(tmp_path / "scans" / f"{k}.png", rng.integers(0, 255, (40, 70), dtype=np.uint8))
         _save(tmp_path / "masks" / f"{k}.png", ((rng.random((40, 70)) < 0.02) * (k % 2)).astype(np.uint8) * 255)
     for k in range(19):
-        _save(tmp_path / "normal" / f"{k:02d}.png", rng.integers(0, 255, (32, 48), dtype=np.uint8))
+        _save(tmp_path / "normal" / f"{k:02d}.png", rng.integers(0, 255, (40, 48), dtype=np.uint8))
     out = tmp_path / "run"
     with caplog.at_level("INFO"):
         evaluate(_predict_cfg(tiny_run / "checkpoints" / "last.ckpt", tmp_path / "scans", out,
                               [f"data.normal_path={tmp_path}/normal", f"data.masks={tmp_path}/masks"]))
     normal = np.array([float(r["scan_score"]) for r in csv.DictReader(open(out / "normal_scans.csv"))])
-    assert normal.size == 19  # 2 patches each, the border band counted: every normal scan has a scan score
+    assert normal.size == 19  # 4 patches each: rows 8-31 of columns 16-31 under all 4
     metrics = json.loads((out / "map_metrics.json").read_text())
     cal = metrics["calibration"]
     assert cal["scan_threshold"] == pytest.approx(normal.max(), rel=1e-5) and cal["scan_rank"] == 19
@@ -600,9 +600,10 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
         assert list(csv.DictReader(open(ddp / name))) == list(csv.DictReader(open(one / name))), name
     # 2 normal scans: too few for a threshold at 0.05, so no scan is flagged; their p-values rank the scans
     assert all(r["scan_flagged"] == "0" and r["scan_p_value"] for r in csv.DictReader(open(one / "predictions.csv")))
-    # 32 x 48: two patches, at most 2 cover a pixel, all the grid places there: a scan score all the same
+    # 32 x 48: two patches, at most 2 cover a pixel: no scan score (empty, with the reason), not calibrated on
     normal = {r["image"]: r for r in csv.DictReader(open(one / "normal_scans.csv"))}
-    assert normal["small"]["scan_score"] != "" and normal["small"]["note"] == ""
+    assert normal["small"]["scan_score"] == "" and "covered by >= 3 patches" in normal["small"]["note"]
+    assert normal["small"]["scan_scored_region"] == "" and normal["n"]["scan_scored_region"] == "0-39 16-63"
     for k in range(3):
         np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
     a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
@@ -611,6 +612,6 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert a["scan"]["n_abnormal"] == b["scan"]["n_abnormal"] == 3
     assert a["calibration"] == b["calibration"] and a["calibration"]["scan_threshold"] is None
-    assert (a["calibration"]["n_normal_scans"], a["calibration"]["n_normal_scans_scored"]) == (2, 2)
+    assert (a["calibration"]["n_normal_scans"], a["calibration"]["n_normal_scans_scored"]) == (2, 1)
     assert "at least 19" in a["calibration"]["scan_threshold_reason"]
     assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21 + 10))

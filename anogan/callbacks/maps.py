@@ -11,9 +11,12 @@ counting as abnormal when its mask holds a pixel).
 
 The scan decision: ``scan_score`` is the largest mean over a lesion-sized ``scan_window`` square of the
 scan's consensus map (``anogan.data.stitch.Stitcher.consensus``: per pixel the smallest residual of the
-patches covering it, where at least min(``scan_min_votes``, the patches the grid places there) cover it,
-so the border band counts on the patches that cover it), so that a patch whose mapping ended in a poor
-local minimum does not flag a healthy scan. ``scan_p_value`` = (1 + #{normal scans with scan_score >= s})
+patches covering it, where at least ``scan_min_votes`` patches cover it), so that a patch whose mapping
+ended in a poor local minimum does not flag a healthy scan. The band at the border where the grid places
+fewer patches (one stride wide at the default) is not scored: there every covering patch holds the pixel
+at its own border, where G's reconstructions are worst, and healthy scans score high (docs/oct.md);
+``scan_scored_region`` names the part that is scored, and ``scan_border=include`` scores the band on the
+patches the grid places there. ``scan_p_value`` = (1 + #{normal scans with scan_score >= s})
 / (n + 1) against the n normal scans of ``data.normal_path`` (mapped and stitched in the same run; no
 test label is used), and ``scan_flagged`` = 1 when it is <= ``scan_target_fpr``, i.e. the scan score is
 above the conformal threshold (``anogan.metrics.scan_level.calibrate_scans``): a new normal scan is
@@ -52,12 +55,13 @@ from anogan.runtime.io import atomic_path, write_json_atomic
 log = logging.getLogger(__name__)
 
 COLUMNS = ("image", "height", "width", "patches",
-           "scan_score", "scan_p_value", "scan_threshold", "scan_flagged", "scan_score_at",
+           "scan_score", "scan_p_value", "scan_threshold", "scan_flagged", "scan_score_at", "scan_scored_region",
            "image_score", "image_p_value", "score", "top_patches",
            "patch_threshold", "patches_above_threshold", "any_patch_flagged", "note",
            *("threshold", "n_above_threshold", "flagged"))  # the old names of the patch columns: one more release
 NORMAL_COLUMNS = ("image", "height", "width", "patches", "scan_score", "scan_p_value", "scan_score_at",
-                  "image_score", "image_p_value", "note")
+                  "scan_scored_region", "image_score", "image_p_value", "note")
+BORDERS = ("exclude", "include")
 DEFAULT_MIN_VOTES = 3  # scan_min_votes=null: chosen on the phantom's development seeds (docs/oct.md)
 
 
@@ -65,8 +69,9 @@ DEFAULT_MIN_VOTES = 3  # scan_min_votes=null: chosen on the phantom's developmen
 class ScanResult:
     """What is kept of one mapped scan until the epoch ends: its name, shape (H, W), whether it is a
     normal scan (``data.normal_path``), its patches' scores (K,) and top-left corners (K, 2), its image
-    score, scan score and where (the square's centre, y x), a note, and for a test scan with a mask the
-    mask and its averaged map (``map_metrics.json``)."""
+    score, scan score and where (the square's centre, y x), the rectangle its scan score can cover
+    (``StitchedScan.region``), a note, and for a test scan with a mask the mask and its averaged map
+    (``map_metrics.json``)."""
 
     name: str
     shape: tuple[int, int]
@@ -76,6 +81,7 @@ class ScanResult:
     image_score: float | None
     scan_score: float | None
     scan_score_at: tuple[int, int] | None
+    region: tuple[int, int, int, int] | None = None
     note: str = ""
     mask: np.ndarray | None = None
     map: np.ndarray | None = None
@@ -91,11 +97,16 @@ def summarise(scan, stitched: StitchedScan, q: float, window: int, min_votes: in
         notes.append("no patch passed the foreground test: no score")
     elif found is None:
         notes.append(f"no scan_score: no {window}x{window} square of pixels covered by >= {min_votes} patches "
-                     "(or all the grid places there) (scan too small or with gaps; lower "
-                     "prediction_callbacks.maps.scan_window, .scan_min_votes or data.stride)")
+                     "(scan too small or with gaps; lower prediction_callbacks.maps.scan_window, .scan_min_votes "
+                     "or data.stride)")
     return ScanResult(scan.name, tuple(scan.shape), bool(scan.normal), stitched.scores, stitched.positions,
                       image_score(stitched.scores, q), None if found is None else found[0],
-                      None if found is None else found[1], "; ".join(notes))
+                      None if found is None else found[1], stitched.region, "; ".join(notes))
+
+
+def region_text(region: tuple[int, int, int, int] | None) -> str:
+    """``y0-y1 x0-x1`` (inclusive scan pixels), empty for None."""
+    return "" if region is None else "{}-{} {}-{}".format(*region)
 
 
 def _nan(value: float | None) -> float:
@@ -133,7 +144,8 @@ def scan_columns(result: ScanResult, normal: np.ndarray | None, threshold: float
     ``scan_threshold`` and ``scan_flagged`` (scan score > threshold, i.e. p-value <= scan_target_fpr; 0 for
     every scan when the threshold is None for too few normal scans)."""
     out = {"scan_score": _text(result.scan_score), "scan_score_at": "" if result.scan_score_at is None else
-           "{} {}".format(*result.scan_score_at), "scan_p_value": "", "scan_threshold": "", "scan_flagged": ""}
+           "{} {}".format(*result.scan_score_at), "scan_scored_region": region_text(result.region),
+           "scan_p_value": "", "scan_threshold": "", "scan_flagged": ""}
     if normal is None or result.scan_score is None:
         return out
     return {**out, "scan_p_value": _text(float(p_values(normal, result.scan_score))),
@@ -148,7 +160,8 @@ def normal_rows(results: list[ScanResult]) -> list[dict]:
     return [{"image": r.name, "height": r.shape[0], "width": r.shape[1], "patches": len(r.patch_scores),
              "scan_score": _text(r.scan_score), "scan_p_value": _text(float(sp)),
              "scan_score_at": "" if r.scan_score_at is None else "{} {}".format(*r.scan_score_at),
-             "image_score": _text(r.image_score), "image_p_value": _text(float(ip)), "note": r.note}
+             "scan_scored_region": region_text(r.region), "image_score": _text(r.image_score),
+             "image_p_value": _text(float(ip)), "note": r.note}
             for r, sp, ip in zip(results, scan_p, image_p)]
 
 
@@ -179,11 +192,13 @@ class ScanMaps(L.Callback):
             ``ckpt_path``: ``<run>/metrics.json``): its label-free thresholds for the patch flag without
             ``threshold_from``, and the pixel threshold of ``map_metrics.json`` when no normal scans are given.
         scan_window: the side of the square of ``scan_score`` in scan pixels (lesion-sized; 7 on the phantom).
-        scan_min_votes: the patches that must cover a pixel for it to count in ``scan_score``, or all those
-            the grid places there where that is fewer (the border band) (1 up to ceil(patch / stride)^2: 4
-            at the default stride of half a patch); None: 3 (the phantom's rule, chosen at half-patch
-            stride), or the most the stride allows when that is fewer (1 for whole images scored as one
-            patch each).
+        scan_min_votes: the patches that must cover a pixel for it to count in ``scan_score`` (1 up to
+            ceil(patch / stride)^2: 4 at the default stride of half a patch); None: 3 (the phantom's rule,
+            chosen at half-patch stride), or the most the stride allows when that is fewer (1 for whole
+            images scored as one patch each).
+        scan_border: ``exclude``: the band at the border where the grid places fewer than scan_min_votes
+            patches is not scored (``scan_scored_region`` says which part is); ``include``: it is, on the
+            patches the grid places there (healthy scans then score higher: docs/oct.md).
         scan_target_fpr: the share of normal scans the flag may call abnormal: the conformal threshold of
             the normal scans' ``scan_score`` (``anogan.metrics.scan_level``). Without ``data.normal_path`` no
             scan is flagged and no p-value computed (those columns empty).
@@ -198,7 +213,8 @@ class ScanMaps(L.Callback):
                  score: str = "anomaly", reduce: str | float = "max", top_k: int = 5,
                  threshold_from: str | None = None, threshold_quantile: float = 0.99,
                  calibration_from: str | None = None, scan_window: int = 7, scan_min_votes: int | None = None,
-                 scan_target_fpr: float = 0.05, pixel_target_fpr: float = 0.01, overlay: bool = True):
+                 scan_border: str = "exclude", scan_target_fpr: float = 0.05, pixel_target_fpr: float = 0.01,
+                 overlay: bool = True):
         self.dirpath, self.predictions, self.metrics = Path(dirpath), Path(predictions), Path(metrics)
         self.score, self.q, self.top_k, self.overlay = score, parse_reduce(reduce), int(top_k), overlay
         # checked here, before any scan is mapped
@@ -214,7 +230,9 @@ class ScanMaps(L.Callback):
         for key, value in (("scan_target_fpr", scan_target_fpr), ("pixel_target_fpr", pixel_target_fpr)):
             if not 0 < value < 1:
                 raise InputError(f"prediction_callbacks.maps.{key}={value} must lie in (0, 1), e.g. 0.05")
-        self.window = int(scan_window)
+        if scan_border not in BORDERS:
+            raise InputError(f"prediction_callbacks.maps.scan_border={scan_border!r}: expected exclude or include")
+        self.window, self.border = int(scan_window), scan_border == "include"
         self.asked_votes = None if scan_min_votes is None else int(scan_min_votes)
         self.scan_target_fpr, self.pixel_target_fpr = float(scan_target_fpr), float(pixel_target_fpr)
 
@@ -248,7 +266,7 @@ class ScanMaps(L.Callback):
         dm = trainer.datamodule
         self.scans, self.ds, self.p = dm.scans, dm.test_set, dm.opts.patch_size
         self.assembler = ScanAssembler([scan.shape for scan in self.scans], self.ds.scan, self.ds.y, self.ds.x,
-                                       dm.opts, self.min_votes)
+                                       dm.opts, self.min_votes, self.border)
         self.results: dict[int, ScanResult] = {}
         self.normal_pixels: list[np.ndarray] = []
         self.progress = None
@@ -385,9 +403,10 @@ class ScanMaps(L.Callback):
             called, calibration.get("scan_threshold"))
         if called is not None and calibration.get("scan_threshold") is None:
             scan["at_flag"]["reason"] = calibration["scan_threshold_reason"]
+        votes = f"min({self.min_votes}, the patches the grid places there)" if self.border else str(self.min_votes)
         scan["scan_score"] = (f"largest mean over a {self.window}x{self.window} square of the consensus map (per "
-                              f"pixel the smallest residual of the patches covering it, where at least "
-                              f"min({self.min_votes}, the patches the grid places there) cover it)")
+                              f"pixel the smallest residual of the patches covering it, where at least {votes} "
+                              "cover it; scan_scored_region in predictions.csv)")
         return {"n_scans": len(measured), "score_map": "residual |x - G(z)|, overlaps averaged",
                 "pixels": "pixel metrics over the pixels the maps cover (n_uncovered_pixels left out, "
                           "n_uncovered_anomalous_pixels of them anomalous)",

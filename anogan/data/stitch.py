@@ -60,8 +60,10 @@ class Stitcher:
         ``coverage`` (H, W), the most patches that can cover each pixel (``grid_coverage``): the votes asked
         for are then min(min_votes, coverage), so that the band at the border, where the grid places fewer
         patches (2 along an edge, 1 at a corner, at half-patch stride), counts on all of the patches that
-        cover it instead of none; pixels where the foreground test skipped covering patches still need
-        the votes their grid position allows."""
+        cover it instead of none (``ScanMaps``' ``scan_border=include``); pixels where the foreground test
+        skipped covering patches still need the votes their grid position allows. Without it the band is
+        NaN: there every covering patch holds the pixel at its own border, where G's reconstructions are
+        worst (docs/oct.md)."""
         need = max(int(min_votes), 1)
         if coverage is not None:
             need = np.minimum(need, np.maximum(coverage, 1))
@@ -106,18 +108,33 @@ def image_score(patch_scores: np.ndarray, q: float) -> float | None:
     return float(np.max(patch_scores) if q == 1 else np.quantile(patch_scores, q))
 
 
+def votable_region(coverage: np.ndarray, min_votes: int) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1), inclusive: the bounding box of the pixels that ``min_votes`` grid patches can cover
+    (``grid_coverage`` >= min_votes), the part of a scan a consensus map without ``coverage`` can define;
+    None when no pixel can. Where the image's size is the patch size plus a multiple of the stride it is
+    exactly those pixels (the scan without its border band); where the grid's last patch is shifted
+    back to the last row or column, a few pixels at the edge of the box have fewer votes."""
+    rows, cols = np.flatnonzero((coverage >= min_votes).any(1)), np.flatnonzero((coverage >= min_votes).any(0))
+    if not rows.size:
+        return None
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
 @dataclass
 class StitchedScan:
     """One scan's patches, stitched (``ScanAssembler``): ``scan`` its index among the scans; ``mean`` the
     averaged map and ``consensus`` the consensus map (float32 (H, W), the scan's size, NaN where no
     scored patch covers a pixel, resp. too few); ``scores`` (K,) float64 its patches' scores and
-    ``positions`` (K, 2) their top-left corners (y, x) in scan pixels, in arrival order."""
+    ``positions`` (K, 2) their top-left corners (y, x) in scan pixels, in arrival order; ``region`` the
+    bounding box (y0, y1, x0, x1, inclusive) of the part the consensus map can define (``votable_region``;
+    the whole scan with the border band included), None when it is empty."""
 
     scan: int
     mean: np.ndarray
     consensus: np.ndarray
     scores: np.ndarray
     positions: np.ndarray
+    region: tuple[int, int, int, int] | None
 
 
 class ScanAssembler:
@@ -127,12 +144,14 @@ class ScanAssembler:
     Args:
         shapes: (H, W) of each scan. patch_scan, y, x: per patch (row of the dataset) its scan and
             top-left corner. opts: the patches' ``PatchOptions`` (patch size, stride: the grid).
-        min_votes: the consensus map's votes (``Stitcher.consensus``, with the grid's coverage)."""
+        min_votes: the consensus map's votes (``Stitcher.consensus``). border: also the band at the border
+            where the grid places fewer than ``min_votes`` patches, on the patches it places there (the
+            grid's coverage); False leaves it NaN."""
 
     def __init__(self, shapes: Sequence[tuple[int, int]], patch_scan: np.ndarray, y: np.ndarray, x: np.ndarray,
-                 opts: PatchOptions, min_votes: int):
+                 opts: PatchOptions, min_votes: int, border: bool = False):
         self.shapes, self.patch_scan, self.y, self.x = list(shapes), np.asarray(patch_scan), y, x
-        self.opts, self.min_votes, self.p = opts, int(min_votes), int(opts.patch_size)
+        self.opts, self.min_votes, self.p, self.border = opts, int(min_votes), int(opts.patch_size), bool(border)
         self.seen = np.zeros(len(self.patch_scan), bool)
         self.remaining = np.bincount(self.patch_scan, minlength=len(self.shapes))
         self.stitchers: dict[int, Stitcher] = {}
@@ -171,10 +190,10 @@ class ScanAssembler:
         shape = self.shapes[s]
         stitcher = self.stitchers.pop(s, None)
         rows = np.concatenate(self.scores.pop(s, [np.zeros((0, 3))]))
+        coverage = grid_coverage(self.padded(s), self.opts)  # of the scan padded up to one patch
+        region = votable_region(coverage[: shape[0], : shape[1]], 1 if self.border else self.min_votes)
         if stitcher is None:
             empty = np.full(shape, np.nan, np.float32)
-            return StitchedScan(s, empty, empty.copy(), rows[:, 0], rows[:, 1:].astype(int))
-        coverage = grid_coverage(self.padded(s), self.opts)
-        return StitchedScan(s, stitcher.result(crop=shape),
-                            stitcher.consensus(self.min_votes, crop=shape, coverage=coverage),
-                            rows[:, 0], rows[:, 1:].astype(int))
+            return StitchedScan(s, empty, empty.copy(), rows[:, 0], rows[:, 1:].astype(int), None)
+        consensus = stitcher.consensus(self.min_votes, crop=shape, coverage=coverage if self.border else None)
+        return StitchedScan(s, stitcher.result(crop=shape), consensus, rows[:, 0], rows[:, 1:].astype(int), region)
