@@ -9,8 +9,9 @@ are stitched again here (``anogan.data.stitch.Stitcher``) and each candidate sco
 * ``max patch``: the image score of predictions.csv (the scan's most anomalous patch);
 * ``mean w<k>``: the largest mean over a k x k square of the averaged map (``maps/<scan>.npy``);
 * ``min v<n> w<k>``: the largest mean over a k x k square of the consensus map (per pixel the smallest
-  residual of the patches covering it, where at least min(n, the patches the grid places there) cover it):
-  the rule of ``ScanMaps`` is ``min v3 w7``;
+  residual of the patches covering it, where at least n patches cover it): the rule of ``ScanMaps`` is
+  ``min v3 w7``; ``min v3 w7 border``: the same with the border band scored on the patches the grid places
+  there (``scan_border=include``);
 * ``map q<q>``: the q-quantile of the averaged map's pixels.
 
 Prints the scan AUROC of every candidate per run (scikit-learn; label = the scan's mask holds fluid), and
@@ -70,10 +71,10 @@ def candidates(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, 
         padded = tuple(max(n, dm.opts.patch_size) for n in scan.shape)  # scans smaller than a patch are padded
         st = Stitcher(padded).add(maps[here], list(zip(ds.y[here], ds.x[here])))
         mean = st.result(crop=scan.shape)
-        coverage = grid_coverage(padded, dm.opts)
         score = {f"mean w{w}": window_max(mean, w) for w in WINDOWS}
-        score |= {f"min v{v} w{w}": window_max(st.consensus(v, crop=scan.shape, coverage=coverage), w)
-                  for v in VOTES for w in WINDOWS}
+        score |= {f"min v{v} w{w}": window_max(st.consensus(v, crop=scan.shape), w) for v in VOTES for w in WINDOWS}
+        border = st.consensus(3, crop=scan.shape, coverage=grid_coverage(padded, dm.opts))
+        score[f"{RULE} border"] = window_max(border, 7)
         score |= {f"map q{q:g}": float(np.quantile(mean[np.isfinite(mean)], q)) for q in QUANTILES}
         if scan.normal:
             target = normal
