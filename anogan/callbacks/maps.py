@@ -46,7 +46,7 @@ import numpy as np
 
 from anogan.data.stitch import ScanAssembler, StitchedScan, image_score, to_patch_size
 from anogan.errors import InputError, MissingInputError
-from anogan.metrics.conformal import above, leave_one_out_p_values, p_values
+from anogan.metrics.conformal import above, leave_one_out_p_values, min_calibration, p_values
 from anogan.metrics.localization import pixel_auroc, pixel_metrics, window_max_at
 from anogan.metrics.scan_level import calibrate_scans, scan_metrics
 from anogan.runtime.distributed import gather_rows
@@ -356,7 +356,7 @@ class ScanMaps(L.Callback):
         if not normal:
             log.info("no data.normal_path: scan_flagged and the p-values left empty; pass data.normal_path=<folder "
                      "of normal scans not used in training, at least %d> to flag scans at a calibrated threshold",
-                     math.ceil(1 / self.scan_target_fpr - 1 - 1e-9))
+                     min_calibration(self.scan_target_fpr))
             return {}
         pixels = np.concatenate(self.normal_pixels) if self.normal_pixels else np.zeros(0)
         out = calibrate_scans([_nan(r.scan_score) for r in normal], pixels, self.scan_target_fpr,
