@@ -367,9 +367,9 @@ class ScanMaps(L.Callback):
                         "normal_scans.csv)", out["scan_threshold_reason"], out["n_normal_scans"],
                         out["n_normal_scans_scored"])
         else:
-            log.info("scan flag calibrated on %d normal scans: scan_threshold %.6g (the %d-th smallest scan score; "
-                     "scan_target_fpr %g)", out["n_normal_scans_scored"], out["scan_threshold"], out["scan_rank"],
-                     self.scan_target_fpr)
+            log.info("scan flag calibrated on %d normal scans: scan_threshold %.6g (their scan scores' rank %d from "
+                     "the smallest; scan_target_fpr %g)", out["n_normal_scans_scored"], out["scan_threshold"],
+                     out["scan_rank"], self.scan_target_fpr)
         return out
 
     def _row(self, result: ScanResult, normal_scan, normal_image, calibration: dict) -> dict:
