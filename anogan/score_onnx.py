@@ -9,7 +9,7 @@ a scan of that size (``anogan.engine.onnx_detector.OnnxDetector.read_image``). W
   PNG), and per score ``<score>`` (higher = more anomalous), ``<score>_p_value`` ((1 + #{normal >= s}) /
   (n + 1) over the run's normal validation scores; empty where the file holds none),
   ``<score>_threshold`` (the evaluation's calibrated threshold; empty where none) and
-  ``<score>_flagged`` (1 when score >= threshold, else 0; empty without a threshold);
+  ``<score>_flagged`` (1 when score > threshold, i.e. p-value <= the target FPR, else 0; empty without a threshold);
 * ``OUT_DIR/maps/<file without suffix>.png`` (``_p<page>`` for TIFF pages): the residual map as a 16-bit
   grey PNG, pixel value = round(65535 * map / (2 C)), C the channels (the map lies in [0, 2C]).
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scored {done['n']} image(s) with {args.model}: {done['csv']}, {done['maps']}/ (16-bit PNGs: "
           f"pixel / {MAP_LEVELS} * {2 * detector.channels} = the residual)")
     shown = [f"{k} {v} of {done['n']}" for k, v in done["flagged"].items() if v is not None]
-    print("flagged (score >= the stored threshold): " + (", ".join(shown) if shown else "none: the file holds no "
+    print("flagged (score > the stored threshold): " + (", ".join(shown) if shown else "none: the file holds no "
                                                            "threshold"))
     print(f"p-values against {max(n_normal)} normal validation scores" if max(n_normal, default=0) else
           "no p-values: the file holds no normal validation scores")

@@ -10,11 +10,13 @@ are stitched again here (``anogan.data.stitch.Stitcher``) and each candidate sco
 * ``mean w<k>``: the largest mean over a k x k square of the averaged map (``maps/<scan>.npy``);
 * ``min v<n> w<k>``: the largest mean over a k x k square of the consensus map (per pixel the smallest
   residual of the patches covering it, where at least n patches cover it): the rule of ``ScanMaps`` is
-  ``min v3 w7``;
+  ``min v3 w7``; ``min v3 w7 border``: the same with the border band scored on the patches the grid places
+  there (``scan_border=include``);
 * ``map q<q>``: the q-quantile of the averaged map's pixels.
 
 Prints the scan AUROC of every candidate per run (scikit-learn; label = the scan's mask holds fluid), and
-for the rule of ``ScanMaps`` the rates of its flag at the threshold calibrated on the run's normal scans::
+for the rule of ``ScanMaps`` the rates of its flag at the conformal threshold of the run's normal scans
+(``anogan.metrics.conformal``; none with fewer than 19 normal scans at 0.05)::
 
     python benchmarks/scan_decision.py SCANS_RUN [SCANS_RUN ...]
 
@@ -37,9 +39,10 @@ from sklearn.metrics import roc_auc_score
 
 from anogan.callbacks import read_scores
 from anogan.data.scans import read_scan_mask
-from anogan.metrics.localization import quantile_threshold, rates_at, window_max
 from anogan.data.scans import scans_datamodule
-from anogan.data.stitch import Stitcher, to_patch_size
+from anogan.data.stitch import Stitcher, grid_coverage, to_patch_size
+from anogan.metrics.conformal import above, conformal_threshold
+from anogan.metrics.localization import rates, window_max
 
 WINDOWS = (5, 7, 9)
 VOTES = (1, 2, 3, 4)
@@ -65,10 +68,13 @@ def candidates(run: Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, 
     labels, test, normal = [], {}, {}
     for s, scan in enumerate(dm.scans):
         here = np.flatnonzero(ds.scan == s)
-        st = Stitcher(scan.shape).add(maps[here], list(zip(ds.y[here], ds.x[here])))
+        padded = tuple(max(n, dm.opts.patch_size) for n in scan.shape)  # scans smaller than a patch are padded
+        st = Stitcher(padded).add(maps[here], list(zip(ds.y[here], ds.x[here])))
         mean = st.result(crop=scan.shape)
         score = {f"mean w{w}": window_max(mean, w) for w in WINDOWS}
         score |= {f"min v{v} w{w}": window_max(st.consensus(v, crop=scan.shape), w) for v in VOTES for w in WINDOWS}
+        border = st.consensus(3, crop=scan.shape, coverage=grid_coverage(padded, dm.opts))
+        score[f"{RULE} border"] = window_max(border, 7)
         score |= {f"map q{q:g}": float(np.quantile(mean[np.isfinite(mean)], q)) for q in QUANTILES}
         if scan.normal:
             target = normal
@@ -105,10 +111,13 @@ def main(argv: list[str]) -> int:
             table.setdefault(name, []).append(value)
             print(f"  {name:14s} scan AUROC {value:.3f}" + ("   <- ScanMaps' rule" if name == RULE else ""))
         if RULE in normal:
-            threshold, _ = quantile_threshold(normal[RULE], 0.05, "normal scans")
-            rates = rates_at(scores[RULE], labels, threshold)
-            print(f"  flag at the normal scans' 0.95 quantile {threshold:.4g}: sensitivity "
-                  f"{rates['sensitivity']:.3f}, specificity {rates['specificity']:.3f}")
+            threshold, reason = conformal_threshold(normal[RULE], 0.05, "normal scans' scores")
+            if threshold is None:
+                print(f"  no flag: {reason}")
+            else:
+                found = rates(above(scores[RULE], threshold), labels)
+                print(f"  flag above the normal scans' conformal threshold {threshold:.4g} (target FPR 0.05): "
+                      f"sensitivity {found['sensitivity']:.3f}, specificity {found['specificity']:.3f}")
     if len(runs) > 1:
         print(f"mean (min) over the {len(runs)} runs:")
         for name, values in sorted(table.items(), key=lambda kv: -np.mean(kv[1])):

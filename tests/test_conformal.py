@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anogan.metrics.conformal import conformal_rank, conformal_threshold, min_calibration, p_values
+from anogan.metrics.conformal import (
+    above,
+    calibrate,
+    conformal_rank,
+    conformal_threshold,
+    leave_one_out_p_values,
+    min_calibration,
+    p_values,
+)
 
 ALPHA = 0.05
 
@@ -69,3 +77,29 @@ def test_p_values_of_new_normal_scores_are_valid_and_match_the_threshold():
     t, _ = conformal_threshold(c, ALPHA)
     s = np.concatenate([c, rng.random(500)])
     np.testing.assert_array_equal(s > t, p_values(c, s) <= ALPHA)  # flag = p-value at most alpha
+
+
+@pytest.mark.parametrize("n", [19, 20, 40, 256])
+def test_the_flag_above_the_threshold_is_the_p_value_at_most_alpha(n):
+    rng = np.random.default_rng(n)
+    normal, new = rng.random(n), rng.random(2000)
+    t, _ = conformal_threshold(normal, ALPHA)
+    np.testing.assert_array_equal(above(new, t), p_values(normal, new) <= ALPHA)
+    np.testing.assert_array_equal(above(normal, t), p_values(normal, normal) <= ALPHA)  # ties at t: not flagged
+    assert not above(new, None).any() and not above([np.nan], t).any()
+
+
+def test_leave_one_out_p_values_score_each_normal_item_against_the_others():
+    normal = np.array([3.0, 1.0, 2.0, 2.0, np.nan])
+    want = [p_values(np.delete(normal[:4], i), normal[i]) for i in range(4)]
+    np.testing.assert_allclose(leave_one_out_p_values(normal)[:4], want)
+    assert np.isnan(leave_one_out_p_values(normal)[4]) and np.isnan(leave_one_out_p_values([1.0])).all()
+
+
+def test_the_calibration_record_names_the_rule_the_count_and_the_reason():
+    record = calibrate(np.arange(40.0), ALPHA, "scan scores of normal scans")
+    assert (record["threshold"], record["rank"], record["n_calibration"]) == (38.0, 39, 40)
+    assert record["calibrated_on"] == "40 scan scores of normal scans" and "exchangeable" in record["rule"]
+    few = calibrate(np.r_[np.arange(12.0), np.nan], ALPHA, "scan scores of normal scans")
+    assert few["threshold"] is None and few["rank"] is None and few["n_calibration"] == 12
+    assert "at least 19" in few["reason"]

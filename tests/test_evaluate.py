@@ -26,7 +26,7 @@ def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     assert all(any(line.startswith(f" {name} ") for line in lines) for name in SCORE_NAMES)  # in full
     summary = lines[lines.index(f"Run directory: {out}"):]
     assert summary[1:3] == ["  metrics.json  the table above, as JSON",
-                            "  scores.h5     per image: label, every score, z, residual map"]
+                            "  scores.h5     per image: label, every score and its p-value, z, residual map"]
     assert "data.eval_train_samples=8" in " ".join(summary)  # evaluate again: the overrides as typed
     assert "litlogger" not in proc.stdout + proc.stderr and "litmodels" not in proc.stdout + proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -39,18 +39,27 @@ def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     y = rows["label"][test]
     for name, row in metrics["scores"].items():
         assert set(row) == {"auroc", "threshold", "precision", "recall", "sensitivity", "specificity", "auprc",
-                            "f1_max", "f1_max_threshold", "threshold_chosen_on", "calibrated"}
+                            "f1_max", "f1_max_threshold", "threshold_chosen_on", "calibrated", "degenerate"}
         assert "test labels" in row["threshold_chosen_on"]
         # the AUROC and AUPRC of the raw scores of the file's test rows (scikit-learn, independent of torchmetrics)
         s = rows[f"scores/{name}"]
         assert row["auroc"] == pytest.approx(roc_auc_score(y, s[test]), abs=1e-6), name
         assert row["auprc"] == pytest.approx(average_precision_score(y, s[test]), abs=1e-6), name
-        cal = row["calibrated"]
-        assert cal["threshold"] == pytest.approx(np.quantile(s[val], 0.95)) and cal["target_fpr"] == 0.05
-        called = s[test] >= cal["threshold"]
+        # the conformal threshold: the ceil((n + 1) * 0.95)-th smallest of the n validation scores (none for n < 19)
+        cal, k = row["calibrated"], int(np.ceil((val.sum() + 1) * 0.95 - 1e-9))
+        assert cal["target_fpr"] == 0.05 and cal["n_calibration"] == val.sum()
+        if k > val.sum():
+            assert cal["threshold"] is None and f"{val.sum()} normal validation images are too few" in cal["reason"]
+            continue
+        assert cal["threshold"] == pytest.approx(np.sort(s[val])[k - 1]) and cal["rank"] == k
+        called = s[test] > cal["threshold"]
         assert cal["sensitivity"] == pytest.approx(called[y == 1].mean())
         assert cal["specificity"] == pytest.approx(1 - called[y == 0].mean())
-    assert metrics["pixel_calibration"]["threshold"] == pytest.approx(np.quantile(rows["residual_map"][val], 0.99))
+        # the p-values of scores.h5 against the same scores: flagged exactly when p <= 0.05
+        np.testing.assert_array_equal(rows[f"p_value/{name}"][test] <= 0.05, called)
+    pixels = np.sort(rows["residual_map"][val].ravel())
+    k = int(np.ceil((pixels.size + 1) * 0.99))
+    assert metrics["pixel_calibration"]["threshold"] == pytest.approx(pixels[k - 1])
     assert metrics["scores"]["anomaly"]["auroc"] > 0.6  # the tiny GAN separates digits, even at 4 steps
     assert set(metrics["recorded"]["2"]) == set(SCORE_NAMES)
     n_test = metrics["n_normal"] + metrics["n_anomalous"]

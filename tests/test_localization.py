@@ -13,8 +13,7 @@ from anogan.metrics.localization import (
     f1_max,
     pick_rates,
     pixel_metrics,
-    quantile_threshold,
-    rates_at,
+    rates,
 )
 
 
@@ -118,22 +117,54 @@ def test_undefined_metrics_are_null_with_their_reason():
     for key in ("pixel_auprc", "pixel_best_dice", "pixel_aupro"):
         assert out[key] is None and "anomalous" in out[f"{key}_reason"]
     assert average_precision([0.1, 0.2], [1, 1])[0] is None
-    assert quantile_threshold([], 0.05, "normal scores")[0] is None
-    with pytest.raises(ValueError, match="target_fpr"):
-        quantile_threshold([1.0], 0.0, "normal scores")
 
 
-def test_rates_at_a_threshold_count_scores_at_or_above_it():
-    r = rates_at([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.5)
+def test_rates_count_the_decisions_and_name_what_leaves_them_undefined():
+    r = rates(np.array([0.1, 0.5, 0.5, 0.9]) >= 0.5, [0, 0, 1, 1])
     assert r == {"sensitivity": 1.0, "specificity": 0.5, "precision": 2 / 3, "f1": 0.8}
-    none = rates_at([0.1, 0.2], [0, 0], 0.5)  # no anomalous sample, nothing called anomalous
+    none = rates(np.array([0.1, 0.2]) > 0.5, [0, 0])  # no anomalous sample, nothing called anomalous
     assert none["sensitivity"] is None and none["sensitivity_reason"] == "undefined: no anomalous sample"
-    assert none["precision"] is None and "no sample scores at or above the threshold 0.5" in none["precision_reason"]
+    assert none["precision"] is None and "no sample called anomalous" in none["precision_reason"]
     assert none["specificity"] == 1.0 and "specificity_reason" not in none
     assert pick_rates(none, ("precision", "specificity")) == {
         "specificity": 1.0, "precision": None, "precision_reason": none["precision_reason"]}
-    t, _ = quantile_threshold(np.arange(101.0), 0.05, "normal scores")
-    assert t == pytest.approx(95.0)
+    with pytest.raises(ValueError, match="3 decisions but 2 labels"):
+        rates([True, False, True], [0, 1])
+
+
+def test_f1_max_threshold_is_the_best_threshold_itself_and_gives_that_f1():
+    """Scores a float32 cannot tell apart: the threshold of F1-max 1.0 is 300.00001, not 300 (F1 0.8 there)."""
+    s, y = np.array([300.0, 300.00001, 300.00002, 299.0]), np.array([0, 1, 1, 0])
+    f1, thr, _ = f1_max(s, y)
+    assert f1 == 1.0 and thr == 300.00001
+    assert rates(s >= thr, y)["f1"] == 1.0
+
+
+def test_pixel_metrics_leave_uncovered_pixels_out():
+    """A stitched map with a quarter of its pixels uncovered (NaN): AUPRO, AUPRC, Dice and the rates at a
+    threshold are those of the covered part alone, not those of a map whose NaN pixels count as normal
+    pixels never called anomalous (which stretches the FPR limit to 0.3 / 0.75)."""
+    rng = np.random.default_rng(5)
+    masks = np.zeros((4, 20, 20), bool)
+    masks[0, 3:7, 4:9] = masks[1, 12:16, 2:6] = masks[2, 5:9, 10:14] = True
+    maps = rng.random((4, 20, 20)) + 0.4 * masks
+    holed = maps.copy()
+    holed[:, :, 15:] = np.nan  # 25 % of the pixels
+    covered = [m[:, :15] for m in maps], [t[:, :15] for t in masks]
+    got = pixel_metrics(list(holed), list(masks), threshold=0.9)
+    want = pixel_metrics(*covered, threshold=0.9)
+    for key in ("pixel_auprc", "pixel_best_dice", "pixel_aupro"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert got["pixel_at_calibrated"] == want["pixel_at_calibrated"]
+    # before: the NaN pixels ranked lowest, as normal pixels never called anomalous, which shrinks every FPR
+    lowest = list(np.where(np.isnan(holed), -1.0, holed))
+    assert got["pixel_aupro"] < aupro(lowest, list(masks))[0] - 0.02
+    assert got["pixel_at_calibrated"]["specificity"] < rates(np.stack(lowest) > 0.9, masks)["specificity"] - 0.005
+    # a region partly under the hole counts its covered pixels; one wholly under it is left out
+    masks[3, 8:12, 12:18] = True
+    masks[3, 0:4, 16:20] = True
+    assert aupro(list(holed), list(masks))[0] == pytest.approx(
+        aupro([m[:, :15] for m in maps], [t[:, :15] for t in masks])[0], abs=1e-12)
 
 
 def test_constant_scores_give_one_threshold_and_chance_level_metrics():

@@ -19,9 +19,9 @@ from anogan.data.hdf5 import inspect_hdf5
 from anogan.data.patches import PatchOptions, positions, prepare_folder
 from anogan.data.scans import ScanError, ScansDataModule, list_scans
 from anogan.engine.pipeline import evaluate
-from anogan.callbacks.maps import calibration_from, parse_reduce, threshold_from
+from anogan.callbacks.maps import parse_reduce, read_patch_threshold, read_run_calibration
 from anogan.data.stitch import image_score, stitch
-from anogan.metrics.localization import pixel_auroc
+from anogan.metrics.localization import pixel_auroc, window_max_at
 from anogan.errors import InputError, MissingInputError
 
 
@@ -62,8 +62,42 @@ def test_the_consensus_map_takes_the_smallest_covering_patch_where_enough_patche
     assert st.result()[1, 3] == pytest.approx((5 + 5 + 5) / 3) and st.result()[0, 2] == pytest.approx(5.0)
 
 
+def test_the_border_band_is_named_as_unscored_or_scored_on_the_patches_placed_there():
+    """A 10x10 lesion at rows 2-11 of a 128x128 scan lies in the band one stride wide that only 2 patches
+    cover (1 at the corners), fewer than scan_min_votes = 3. By default the band is not scored, and the
+    scan's scan_scored_region says so (rows 16-111); with scan_border=include the consensus there is over
+    the patches the grid places, and the scan score finds the lesion."""
+    from anogan.callbacks.maps import region_text, summarise
+    from anogan.data.scans import Scan
+    from anogan.data.stitch import ScanAssembler, grid_coverage
+
+    opts = PatchOptions(patch_size=32, stride=16)
+    pos = np.array(positions((128, 128), opts, np.random.default_rng(0), "test"))
+    lesion = np.zeros((128, 128))
+    lesion[2:12, 60:70] = 1.0  # G cannot draw it: high in every patch that holds it
+    maps = np.stack([lesion[y : y + 32, x : x + 32] for y, x in pos])
+    coverage = grid_coverage((128, 128), opts)
+    assert coverage[0, 0] == 1 and coverage[0, 64] == 2 and coverage[64, 64] == 4 and coverage[5, 5] == 1
+    scan = Scan("s", None, 0, (128, 128), 1, np.dtype(np.uint8))
+
+    def scored(border: bool, n: int = len(pos)):
+        assembler = ScanAssembler([(128, 128)], np.zeros(n, int), pos[-n:, 0], pos[-n:, 1], opts, 3, border)
+        (stitched,) = assembler.add(np.arange(n), maps[-n:], np.zeros(n))
+        return stitched, summarise(scan, stitched, 1.0, 7, 3)
+
+    stitched, result = scored(border=False)
+    assert result.scan_score == 0.0 and region_text(result.region) == "16-111 16-111"  # the lesion is outside
+    assert np.isnan(stitched.consensus[:16]).all() and np.isfinite(stitched.consensus[16:112, 16:112]).all()
+    stitched, result = scored(border=True)
+    assert result.scan_score == pytest.approx(1.0) and 2 <= result.scan_score_at[0] <= 11
+    assert np.isfinite(stitched.consensus).all() and region_text(result.region) == "0-127 0-127"
+    # where the foreground test skipped a patch, a pixel still needs the votes its grid position allows:
+    # without patch (0, 0), rows 0-15 of columns 16-31 keep 1 of the 2 patches the grid places there
+    stitched, _ = scored(border=True, n=len(pos) - 1)
+    assert np.isnan(stitched.consensus[:16, 16:32]).all() and np.isfinite(stitched.consensus[:16, 32:]).all()
+
+
 def test_window_max_at_names_the_centre_of_the_best_square():
-    from anogan.metrics.localization import window_max_at
 
     m = np.zeros((20, 30))
     m[5:8, 10:13] = 2.0
@@ -87,8 +121,10 @@ def test_image_score_is_the_max_or_a_quantile_and_undefined_without_patches():
 
 def test_pixel_auroc_of_whole_scans_and_null_without_anomalous_pixels():
     m = np.array([[0.1, 0.9], [np.nan, 0.2]])
-    t = np.array([[False, True], [False, False]])
-    assert pixel_auroc([m], [t])["pixel_auroc"] == 1.0  # the uncovered pixel ranks lowest
+    t = np.array([[False, True], [True, False]])
+    r = pixel_auroc([m], [t])
+    assert r["pixel_auroc"] == 1.0  # the uncovered (anomalous) pixel is left out, and counted
+    assert (r["n_pixels"], r["n_uncovered_pixels"], r["n_uncovered_anomalous_pixels"]) == (4, 1, 1)
     r = pixel_auroc([m], [np.zeros_like(t)])
     assert r["pixel_auroc"] is None and "AUROC needs both" in r["reason"]
 
@@ -207,29 +243,29 @@ def test_scans_that_cannot_match_the_training_data_are_refused_with_the_fix(tmp_
 
 def test_calibrated_thresholds_come_from_the_checkpoints_run(tiny_run, tmp_path):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    cal = calibration_from(tiny_run / "checkpoints" / "last.ckpt", "anomaly")
-    assert cal == calibration_from(tiny_run / "metrics.json", "anomaly")
+    cal = read_run_calibration(tiny_run / "checkpoints" / "last.ckpt", "anomaly")
+    assert cal == read_run_calibration(tiny_run / "metrics.json", "anomaly")
     assert cal["image_threshold"] == metrics["scores"]["anomaly"]["calibrated"]["threshold"]
     assert cal["pixel_threshold"] == metrics["pixel_calibration"]["threshold"]
     assert (cal["region_threshold"], cal["region_window"]) == (metrics["region_calibration"]["threshold"], 7)
     assert "normal validation images" in cal["source"]
-    assert calibration_from(tmp_path / "run" / "checkpoints" / "last.ckpt", "anomaly") == {}  # no metrics.json
+    assert read_run_calibration(tmp_path / "run" / "checkpoints" / "last.ckpt", "anomaly") == {}  # no metrics.json
     (tmp_path / "old.json").write_text(json.dumps({"scores": {"anomaly": {"threshold": 1.0}}}))
-    assert calibration_from(tmp_path / "old.json", "anomaly") == {}  # written before calibration existed
+    assert read_run_calibration(tmp_path / "old.json", "anomaly") == {}  # written before calibration existed
 
 
 def test_threshold_from_a_labelled_evaluation(tiny_run, tmp_path):
-    value, where = threshold_from(tiny_run / "metrics.json", "anomaly")
+    value, where = read_patch_threshold(tiny_run / "metrics.json", "anomaly")
     assert value == json.loads((tiny_run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
     assert "Youden" in where
     rows = read_scores(tiny_run / "scores.h5")
-    q, _ = threshold_from(tiny_run / "scores.h5", "anomaly", 0.9)
+    q, _ = read_patch_threshold(tiny_run / "scores.h5", "anomaly", 0.9)
     assert q == pytest.approx(np.quantile(rows["scores/anomaly"][rows["split"] == 0], 0.9))
-    assert threshold_from(None, "anomaly")[0] is None
+    assert read_patch_threshold(None, "anomaly")[0] is None
     with pytest.raises(InputError, match="no score 'nope'"):
-        threshold_from(tiny_run / "metrics.json", "nope")
+        read_patch_threshold(tiny_run / "metrics.json", "nope")
     with pytest.raises(MissingInputError, match="threshold_from=.*missing.json does not exist"):
-        threshold_from(tmp_path / "missing.json", "anomaly")
+        read_patch_threshold(tmp_path / "missing.json", "anomaly")
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -258,7 +294,8 @@ def _consensus_score(maps, pos, shape, min_votes=3, window=7):
     return np.nanmax(means)
 
 
-def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch, capsys):
+def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run, tmp_path, monkeypatch, capsys,
+                                                                      caplog):
     from anogan.engine import pipeline
 
     rng = np.random.default_rng(3)
@@ -267,8 +304,11 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     extra = [f"prediction_callbacks.maps.threshold_from={tiny_run}/metrics.json", f"data.normal_path={tmp_path}/normal"]
     clean = tmp_path / "clean"
-    result = evaluate(_predict_cfg(ckpt, tmp_path / "scans", clean, extra))
+    with caplog.at_level("WARNING"):
+        result = evaluate(_predict_cfg(ckpt, tmp_path / "scans", clean, extra))
     assert "test/auroc/anomaly" not in result  # no labels, no AUROC
+    # 2 normal scans are too few for a conformal threshold at 0.05: null, no scan flagged, and the log says so
+    assert "scan_threshold is null, so scan_flagged flags no scan" in caplog.text and "at least 19" in caplog.text
     closing = capsys.readouterr().out.split("Run directory:")[-1]  # the closing lines name the outputs
     outputs = ("predictions.csv", "normal_scans.csv", "maps/", "scores.h5")
     assert all(f"  {name}" in closing for name in outputs), closing
@@ -288,7 +328,10 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
     for k, r in enumerate(normal):
         assert float(r["scan_score"]) == pytest.approx(_consensus_score(patch_maps[24 + 8 * k : 32 + 8 * k], pos,
                                                                          (40, 70)), rel=1e-5)
-    scan_threshold = np.quantile([float(r["scan_score"]) for r in normal], 0.95)
+    normal_scores = np.array([float(r["scan_score"]) for r in normal])
+    # each normal scan's p-value against the other one: 1 / 1 for the lower, 1 / 2 ... (#{normal >= s} / n)
+    assert sorted(float(r["scan_p_value"]) for r in normal) == [0.5, 1.0]
+    assert all(float(r["image_p_value"]) in (0.5, 1.0) and r["image_score"] for r in normal)
     for k, r in enumerate(rows):
         amap = np.load(clean / "maps" / "vol" / f"{k}.npy")
         assert amap.shape == (40, 70) and amap.dtype == np.float32 and np.isfinite(amap).all()
@@ -296,15 +339,35 @@ def test_scans_get_maps_predictions_and_flags_and_a_killed_run_resumes(tiny_run,
         own = np.arange(k * 8, (k + 1) * 8)
         scores = patches["scores/anomaly"][np.isin(patches["index"], own)]
         assert float(r["image_score"]) == pytest.approx(scores.max(), rel=1e-5)
+        # the patch columns say what they are; the old names keep their old values for one release
+        assert float(r["patch_threshold"]) == pytest.approx(threshold, rel=1e-5)
+        assert r["threshold"] == r["patch_threshold"]
+        assert int(r["patches_above_threshold"]) == int((scores > threshold).sum())
+        assert int(r["any_patch_flagged"]) == int((scores > threshold).any())
         assert int(r["flagged"]) == int(scores.max() >= threshold)
         assert int(r["n_above_threshold"]) == int((scores >= threshold).sum())
         assert len(r["top_patches"].split("; ")) == 5
-        # the scan decision: the best 7x7 mean of the consensus map, against the normal scans' 0.95 quantile
+        # the scan decision: the best 7x7 mean of the consensus map, its p-value against the normal scans
         assert float(r["scan_score"]) == pytest.approx(_consensus_score(patch_maps[own], pos, (40, 70)), rel=1e-5)
         y, x = (int(v) for v in r["scan_score_at"].split())
         assert 3 <= y < 40 - 3 and 3 <= x < 70 - 3
-        assert float(r["scan_threshold"]) == pytest.approx(scan_threshold, rel=1e-5)
-        assert int(r["scan_flagged"]) == int(float(r["scan_score"]) >= float(r["scan_threshold"]))
+        s = float(r["scan_score"])
+        assert float(r["scan_p_value"]) == pytest.approx((1 + (normal_scores >= s).sum()) / 3, rel=1e-6)
+        assert r["scan_threshold"] == "" and r["scan_flagged"] == "0" and "the flag needs >= 19" in r["note"]
+        # 3 of the grid's patches cover rows 0-39 of columns 38-47 and rows 8-31 of columns 16-63: its bounding box
+        assert r["scan_scored_region"] == "0-39 16-63"
+        normal_image = [patches["scores/anomaly"][np.isin(patches["index"], np.arange(24 + 8 * j, 32 + 8 * j))].max()
+                        for j in range(2)]
+        assert float(r["image_p_value"]) == pytest.approx((1 + (np.array(normal_image) >= scores.max()).sum()) / 3,
+                                                          rel=1e-5)
+    assert list(rows[0])[:9] == ["image", "height", "width", "patches", "scan_score", "scan_p_value",
+                                 "scan_threshold", "scan_flagged", "scan_score_at"]  # the scan decision first
+    # scores.h5: a p-value per patch and score against the normal scans' patches (split val)
+    val = patches["split"] == SPLITS["val"]
+    for name in ("anomaly", "residual"):
+        s = patches[f"scores/{name}"].astype(np.float64)
+        want = (1 + (s[val][None, :] >= s[:, None]).sum(1)) / (val.sum() + 1)
+        np.testing.assert_allclose(patches[f"p_value/{name}"], want, rtol=1e-6)
     # killed after two batches, then the same command: the same files, the mapped patches reused
     resumed = tmp_path / "resumed"
     cfg = _predict_cfg(ckpt, tmp_path / "scans", resumed, extra)
@@ -357,17 +420,20 @@ def test_stitched_maps_of_phantom_scans_beat_the_patch_maps(tmp_path):
     assert stitched["pixel_auroc"] >= patch_level >= 0.7
     threshold = json.loads((run / "metrics.json").read_text())["scores"]["anomaly"]["threshold"]
     assert all(int(r["flagged"]) == int(float(r["image_score"]) >= threshold) for r in rows)
-    # scan-level: the map metrics and the scan decision, flagged at the normal scans' 0.95 quantile
+    # scan-level: the map metrics and the scan decision against the normal scans
     assert stitched["pixel_auprc"] > 3 * stitched["n_anomalous_pixels"] / stitched["n_pixels"]
     assert 0.3 < stitched["pixel_aupro"] <= 1 and stitched["pixel_at_calibrated"]["dice"] is not None
     scan = stitched["scan"]
     assert (scan["n_abnormal"], scan["n_normal"]) == (6, 3) and scan["scan_score_auroc"] is not None
-    normal = [float(r["scan_score"]) for r in csv.DictReader(open(out / "normal_scans.csv"))]
+    normal = np.array([float(r["scan_score"]) for r in csv.DictReader(open(out / "normal_scans.csv"))])
     assert len(normal) == 3  # one normal volume of 3 scans, never seen by the GAN and not among the scored
     cal = stitched["calibration"]
-    assert cal["scan_threshold"] == pytest.approx(np.quantile(normal, 0.95)) and cal["n_normal_scans"] == 3
-    assert all(int(r["scan_flagged"]) == int(float(r["scan_score"]) >= cal["scan_threshold"]) for r in rows)
-    assert scan["at_flag"]["threshold"] == cal["scan_threshold"]
+    # 3 normal scans are too few for a flag at 0.05 (it needs 19): no threshold, no scan flagged, p-values
+    assert cal["scan_threshold"] is None and "at least 19" in cal["scan_threshold_reason"]
+    assert cal["n_normal_scans"] == 3 and all(r["scan_flagged"] == "0" for r in rows)
+    assert all(float(r["scan_p_value"]) == pytest.approx((1 + (normal >= float(r["scan_score"])).sum()) / 4, rel=1e-5)
+               for r in rows)
+    assert scan["at_flag"]["threshold"] is None and scan["at_flag"]["specificity"] == 1.0
     assert cal["pixel_threshold"] == stitched["pixel_at_calibrated"]["threshold"]
     assert "normal scans" in cal["pixel_source"]
     # benchmarks/scan_decision.py, run from elsewhere, rebuilds the same rule from scores.h5
@@ -395,6 +461,46 @@ def test_encoder_one_pass_maps_are_taken_at_z_equal_to_e_of_x():
     assert "fanogan" in out["scores"] and (out["steps_taken"] == 0).all()
     with pytest.raises(InputError, match="or 0 with inversion.init=encoder"):
         Inversion(G, D, steps=0)
+
+
+def test_the_scan_flag_is_the_conformal_threshold_of_19_normal_scans(tiny_run, tmp_path, caplog):
+    """19 normal scans, the fewest for scan_target_fpr 0.05: the threshold is the ceil(20 * 0.95) = 19-th
+    smallest normal scan score (their largest), a scan is flagged when its p-value (1 + #{normal >= s}) / 20
+    is <= 0.05, i.e. when it scores above every normal scan; map_metrics.json records the rule."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(8)
+    for k in range(4):
+        _save(tmp_path / "scans" / f"{k}.png", rng.integers(0, 255, (40, 70), dtype=np.uint8))
+        _save(tmp_path / "masks" / f"{k}.png", ((rng.random((40, 70)) < 0.02) * (k % 2)).astype(np.uint8) * 255)
+    for k in range(19):
+        _save(tmp_path / "normal" / f"{k:02d}.png", rng.integers(0, 255, (40, 48), dtype=np.uint8))
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        evaluate(_predict_cfg(tiny_run / "checkpoints" / "last.ckpt", tmp_path / "scans", out,
+                              [f"data.normal_path={tmp_path}/normal", f"data.masks={tmp_path}/masks"]))
+    normal = np.array([float(r["scan_score"]) for r in csv.DictReader(open(out / "normal_scans.csv"))])
+    assert normal.size == 19  # 4 patches each: rows 8-31 of columns 16-31 under all 4
+    metrics = json.loads((out / "map_metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["scan_threshold"] == pytest.approx(normal.max(), rel=1e-5) and cal["scan_rank"] == 19
+    assert (cal["n_normal_scans"], cal["n_normal_scans_scored"], cal["n_normal_scans_needed"]) == (19, 19, 19)
+    assert "conformal" in cal["rule"] and "exchangeable" in cal["rule"]
+    assert "scan flag calibrated on 19 normal scans" in caplog.text
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    for r in rows:
+        s, p = float(r["scan_score"]), float(r["scan_p_value"])
+        assert p == pytest.approx((1 + (normal >= s).sum()) / 20, rel=1e-6)
+        assert int(r["scan_flagged"]) == int(s > cal["scan_threshold"]) == int(p <= 0.05)
+    flagged = np.array([int(r["scan_flagged"]) for r in rows])
+    labels = np.array([k % 2 for k in range(4)])
+    flag = metrics["scan"]["at_flag"]
+    assert flag["threshold"] == cal["scan_threshold"] and flag["n_scans"] == 4
+    assert flag["specificity"] == pytest.approx(1 - flagged[labels == 0].mean())
+    assert flag["sensitivity"] == pytest.approx(flagged[labels == 1].mean())
+    scores = np.array([float(r["scan_score"]) for r in rows])
+    assert metrics["scan"]["scan_score_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert metrics["scan"]["scan_score_n_left_out"] == 0 and not metrics["scan"]["scan_score_degenerate"]
 
 
 def test_a_partial_score_file_of_other_scans_is_not_reused(tiny_run, tmp_path, monkeypatch):
@@ -492,10 +598,12 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
     assert (ddp / "train_ddp_process_1.log").exists()  # Lightning started the second process
     for name in ("predictions.csv", "normal_scans.csv"):
         assert list(csv.DictReader(open(ddp / name))) == list(csv.DictReader(open(one / name))), name
-    assert all(r["scan_flagged"] in ("0", "1") for r in csv.DictReader(open(one / "predictions.csv")))
+    # 2 normal scans: too few for a threshold at 0.05, so no scan is flagged; their p-values rank the scans
+    assert all(r["scan_flagged"] == "0" and r["scan_p_value"] for r in csv.DictReader(open(one / "predictions.csv")))
     # 32 x 48: two patches, at most 2 cover a pixel: no scan score (empty, with the reason), not calibrated on
     normal = {r["image"]: r for r in csv.DictReader(open(one / "normal_scans.csv"))}
     assert normal["small"]["scan_score"] == "" and "covered by >= 3 patches" in normal["small"]["note"]
+    assert normal["small"]["scan_scored_region"] == "" and normal["n"]["scan_scored_region"] == "0-39 16-63"
     for k in range(3):
         np.testing.assert_allclose(np.load(ddp / "maps" / f"{k}.npy"), np.load(one / "maps" / f"{k}.npy"), rtol=1e-5)
     a, b = (json.loads((d / "map_metrics.json").read_text()) for d in (one, ddp))
@@ -503,7 +611,7 @@ def test_ddp_scoring_of_scans_equals_one_process(tiny_run, tmp_path):
     for key in ("pixel_auprc", "pixel_best_dice", "pixel_aupro"):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert a["scan"]["n_abnormal"] == b["scan"]["n_abnormal"] == 3
-    assert a["calibration"]["scan_threshold"] == pytest.approx(b["calibration"]["scan_threshold"], rel=1e-6)
-    assert a["calibration"]["scan_threshold"] == pytest.approx(float(normal["n"]["scan_score"]), rel=1e-5)
+    assert a["calibration"] == b["calibration"] and a["calibration"]["scan_threshold"] is None
     assert (a["calibration"]["n_normal_scans"], a["calibration"]["n_normal_scans_scored"]) == (2, 1)
+    assert "at least 19" in a["calibration"]["scan_threshold_reason"]
     assert sorted(read_scores(ddp / "scores.h5")["index"].tolist()) == list(range(21 + 10))

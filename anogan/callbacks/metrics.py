@@ -9,6 +9,7 @@ Every metric here is built with ``normalization=None`` so that it ranks the raw 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,12 +18,17 @@ import numpy as np
 import torch
 
 from anogan.data import SPLITS
+from anogan.data.datamodule import calibration_rows
+from anogan.metrics import localization as LZ
+from anogan.metrics.conformal import calibrate
 from anogan.metrics.detection import auroc, calibrated_point, operating_point, pixel_auroc_metric
 from anogan.runtime.distributed import gather_rows, padded_duplicates
 from anogan.runtime.io import write_json_atomic
-from anogan.metrics import localization as LZ
 from anogan.nets.scores import SCORE_NAMES
 from anogan.errors import InputError
+
+log = logging.getLogger(__name__)
+
 
 class OutputCollector(L.Callback):
     """Keeps the per-image fields of every test step's output (on CPU) for the epoch-end callbacks.
@@ -66,13 +72,16 @@ class AnomalyMetrics(OutputCollector):
     """AUROC per score (logged as ``test/auroc/<score>``), the paper's table (printed, and written to
     ``metrics.json``), pixel-level AUROC of the residual maps where masks exist, and the AUROC after
     each recorded step count; AUPRC and F1-max per score; where masks exist pixel AUPRC, best Dice and
-    AUPRO (up to FPR ``aupro_fpr_limit``); and label-free operating points: per score the threshold at the
-    (1 - ``target_fpr``) quantile of the scores of the normal validation images the DataModule adds
-    (split = val), and a pixel threshold at the (1 - ``pixel_target_fpr``) quantile of their residual
-    pixels, with the test's rates (and pixel Dice) at them; and a region threshold at the (1 - ``target_fpr``)
-    quantile of their region scores (the largest mean of the residual map over a ``region_window`` square,
-    ``anogan.metrics.localization.window_max``): a patch-level region score. (``data=scans`` calibrates its scan
-    flag on whole normal scans instead, ``anogan.callbacks.ScanMaps``.)
+    AUPRO (up to FPR ``aupro_fpr_limit``); and label-free operating points, each the conformal threshold
+    (``anogan.metrics.conformal``: the ceil((n + 1)(1 - alpha))-th smallest of n normal values, flagging
+    value > it) of what the normal validation images the DataModule adds (split = val) give: per score at
+    ``target_fpr``; a pixel threshold at ``pixel_target_fpr`` over their residual pixels; a region threshold
+    at ``target_fpr`` over their region scores (the largest mean of the residual map over a ``region_window``
+    square, ``anogan.metrics.localization.window_max``, a patch-level region score); with the test's rates
+    (and pixel Dice) at them. A threshold is null with its reason when the normal values are too few for its
+    rate (fewer than 1 / rate - 1). (``data=scans`` calibrates its scan flag on whole normal scans instead,
+    ``anogan.callbacks.ScanMaps``.) A score that is constant over the test images is marked ``degenerate``
+    in metrics.json and named in the log (``anogan.metrics.detection.degenerate``).
 
     The residual maps of every mapped image are kept until the epoch ends (N x H x W float32) for the
     pixel metrics; ``pixel_thresholds`` bins the pixel curves (see ``anogan.metrics.localization``)."""
@@ -141,10 +150,16 @@ class AnomalyMetrics(OutputCollector):
             for name in SCORE_NAMES + tuple(sorted(set(data["scores"]) - set(SCORE_NAMES)))
             if name in data["scores"]
         }
-        val = (data["split"] == SPLITS["val"]) & (data["label"] == 0)
+        val = torch.from_numpy(calibration_rows(data["split"].numpy(), data["label"].numpy()))
         for name, row in table.items():
             row["calibrated"] = calibrated_point(data["scores"][name][test], labels, data["scores"][name][val],
                                                  self.target_fpr, "normal validation images")
+            if row["degenerate"] and trainer.is_global_zero:
+                log.warning("score %s is degenerate: %s (metrics.json marks it \"degenerate\")", name,
+                            row["degenerate_reason"])
+            reason = row["calibrated"].get("reason")
+            if reason and trainer.is_global_zero:
+                log.warning("no calibrated threshold for %s: %s (data.eval_val_samples)", name, reason)
         hp = pl_module.hparams
         result = {
             "lam": float(hp.lam),
@@ -157,6 +172,9 @@ class AnomalyMetrics(OutputCollector):
             result.update(self._pixel_auroc(trainer))
         result["pixel_calibration"] = self._pixel_calibration(data, val)
         result["region_calibration"] = self._region_calibration(data, val, test, labels)
+        for key in ("pixel_calibration", "region_calibration"):
+            if result[key].get("reason") and trainer.is_global_zero:
+                log.warning("no %s threshold: %s (data.eval_val_samples)", key.split("_")[0], result[key]["reason"])
         if self.has_masks:
             result.update(LZ.pixel_metrics(
                 list(data["map"][test].numpy()), list(data["mask"][test].numpy()), self.pixel_thresholds,
@@ -176,18 +194,15 @@ class AnomalyMetrics(OutputCollector):
             print_table(result)
 
     def _pixel_calibration(self, data: dict, val: torch.Tensor) -> dict:
-        """The pixel threshold calibrated without test labels: the (1 - pixel_target_fpr) quantile of the
-        residual pixels of the normal validation images (``data=scans`` flags scans with it)."""
-        threshold, reason = LZ.quantile_threshold(data["map"][val].numpy(), self.pixel_target_fpr,
-                                                  "residual pixels of normal validation images")
-        out = {"target_fpr": self.pixel_target_fpr, "threshold": threshold,
-               "calibrated_on": f"the residual pixels of {int(val.sum())} normal validation images"}
-        return out if threshold is not None else {**out, "reason": reason}
+        """The pixel threshold calibrated without test labels: the conformal threshold at pixel_target_fpr of
+        the residual pixels of the normal validation images (``data=scans`` uses it without normal scans)."""
+        return calibrate(data["map"][val].numpy(), self.pixel_target_fpr,
+                         f"residual pixels of {int(val.sum())} normal validation images")
 
     def _region_calibration(self, data: dict, val: torch.Tensor, test: torch.Tensor, labels: torch.Tensor) -> dict:
-        """The region threshold calibrated without test labels: the (1 - target_fpr) quantile of the region
-        scores (``window_max``) of the normal validation images, and the test images' rates when an image
-        is called anomalous at region score >= it."""
+        """The region threshold calibrated without test labels: the conformal threshold at target_fpr of the
+        region scores (``window_max``) of the normal validation images, and the test images' rates when an
+        image is called anomalous at region score > it."""
         def region(maps: torch.Tensor) -> torch.Tensor:
             values = [LZ.window_max(m, self.region_window) for m in maps.numpy()]
             return torch.tensor([np.nan if v is None else v for v in values], dtype=torch.float64)
@@ -234,7 +249,8 @@ def print_table(result: dict, console=None) -> None:
         return "null" if value is None else f"{value:{fmt}}"
 
     for name, row in result["scores"].items():
-        t.add_row(name, *(shown(row.get(c), ".4g" if c == "threshold" else ".4f") for c in cols))
+        shown_name = f"{name} (constant)" if row.get("degenerate") else name
+        t.add_row(shown_name, *(shown(row.get(c), ".4g" if c == "threshold" else ".4f") for c in cols))
     console = console or Console()
     console.print(t)
     if any("auprc" in row or "calibrated" in row for row in result["scores"].values()):

@@ -2,8 +2,12 @@
 
 Datasets (N rows): ``index``, ``label``, ``split``, one per score (``scores/<name>``), ``z``,
 ``z_reference``, ``mapping_loss`` (first, last step), ``recorded/<step>/<name>`` for
-``inversion.record_steps`` and, with ``store_maps``, ``residual_map`` and ``generated``; every floating
-dataset is float32.
+``inversion.record_steps``, with ``store_maps`` ``residual_map`` and ``generated``, and, written when
+the test epoch completes, one p-value per score (``p_value/<name>``): (1 + #{normal >= s}) / (n + 1)
+against the scores of the n calibration rows (``anogan.data.datamodule.calibration_rows``: the normal
+validation images, or the patches of ``data.normal_path``'s normal scans), the same scores the
+label-free thresholds are calibrated on (``anogan.metrics.conformal``; the group's ``calibrated_on``
+attribute names them; NaN without them; float64); every other floating dataset is float32.
 Attributes: what changes a row, the key of a resume: the mapping's settings (lam, steps, lr, seed,
 reference, record_steps, prior, init, early_stop, tol, patience, precision), the content hashes of the GAN
 (``gan``, ``anogan.runtime.checkpoints.gan_identity``) and of the one-pass scorers and encoder (``scorers``),
@@ -29,6 +33,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from anogan.data.datamodule import calibration_rows
+from anogan.metrics.conformal import p_values
 from anogan.runtime.distributed import gather_rows
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,8 @@ class ScoreFile(L.Callback):
         if trainer.is_global_zero:  # the one process that reads and writes the file (under DDP too)
             if self.partial.exists() and self.resume and self._matches(self.partial):
                 self._file = h5py.File(self.partial, "a")
+                if "p_value" in self._file:  # written at an epoch end that did not complete: written again
+                    del self._file["p_value"]
                 self._drop_torn_rows()
                 keys = zip(self._file["split"][()].tolist(), self._file["index"][()].tolist())
                 self._row = {k: i for i, k in enumerate(keys)}
@@ -199,8 +207,24 @@ class ScoreFile(L.Callback):
         f.flush()
         self._row.update({k: n0 + j for j, k in enumerate(k for k, is_new in zip(keys, new) if is_new)})
 
+    def _write_p_values(self) -> None:
+        """``p_value/<score>`` of every row against the calibration rows' scores of that score."""
+        f = self._file
+        if "p_value" in f:
+            del f["p_value"]
+        normal = calibration_rows(f["split"][()], f["label"][()])
+        group = f.create_group("p_value")
+        group.attrs["calibrated_on"] = (f"the {int(normal.sum())} rows of split val (normal validation images or "
+                                        "normal scans' patches)" if normal.any() else
+                                        "nothing: no normal validation row, so every p-value is NaN (undefined)")
+        for name in f["scores"]:
+            s = f[f"scores/{name}"][()]
+            p = p_values(s[normal], s)  # float64: "p <= alpha" is the flag, exactly (1 / 20 is not 0.05 in float32)
+            group.create_dataset(name, data=p, maxshape=(None,), chunks=(max(1, min(256, len(p))),))
+
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self._file is not None:
+            self._write_p_values()
             self._file.close()
             self._file = None
             if trainer.is_global_zero:

@@ -7,7 +7,8 @@ where the source is annotated, ``mask`` (H, W) bool.
 The test dataloader serves the test split followed by a sample of ``eval_train_samples`` training
 images (split = train), which the evaluation maps too for the paper's Fig. 3c, d, and a sample of
 ``eval_val_samples`` normal validation images (split = val), on which the evaluation calibrates its
-label-free thresholds (``anogan.metrics.localization``); test metrics use the test split only. All splits and
+label-free thresholds and p-values (``anogan.metrics.conformal``, ``calibration_rows``); test metrics use
+the test split only. All splits and
 samples are deterministic functions of ``seed``.
 """
 
@@ -28,6 +29,15 @@ from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def calibration_rows(split: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The rows (bool, the shape of ``split``) whose scores calibrate the label-free thresholds and
+    p-values: split = val and label 0 (the normal validation images) or -1 (unknown, known normal:
+    the patches of ``data=scans``'s ``data.normal_path`` scans). Never test or training rows (the GAN saw
+    the training images: their scores are not exchangeable with new normal images')."""
+    split, label = np.asarray(split), np.asarray(label)
+    return (split == SPLITS["val"]) & ((label == 0) | (label == -1))
 
 
 class ArrayDataset(Dataset):

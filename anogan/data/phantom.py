@@ -149,16 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m anogan.data.phantom OUT [--ckpt CKPT] [--test-only] [--normal N]``: write the phantom's
     scans and masks; with ``--ckpt`` exactly those of that training run (its recorded ``data.phantom``),
     with ``--test-only`` only its annotated test volumes (which the GAN never saw), with ``--normal N``
-    also N more healthy volumes into ``OUT/normal`` (``data.normal_path`` of ``data=scans``)."""
+    also N more healthy volumes into ``OUT/normal`` (``data.normal_path`` of ``data=scans``; the scan flag at
+    scan_target_fpr 0.05 needs at least 19 normal scans: ``--normal 5`` at 4 scans per volume)."""
     import argparse
+    import math
     import shutil
+
+    from anogan.metrics.conformal import min_calibration
 
     ap = argparse.ArgumentParser(prog="python -m anogan.data.phantom", description=main.__doc__.split("\n")[0])
     ap.add_argument("out", type=Path, help="folder to write scans/ and masks/ into")
     ap.add_argument("--ckpt", type=Path, default=None, help="a checkpoint of experiment=oct_phantom: its recipe")
     ap.add_argument("--test-only", action="store_true", help="keep only the annotated (test) volumes")
     ap.add_argument("--normal", type=int, default=0, metavar="N",
-                    help="also write N healthy volumes no model trained on into OUT/normal (data.normal_path)")
+                    help="also write N healthy volumes no model trained on into OUT/normal (data.normal_path; "
+                         "the scan flag at 0.05 needs >= 19 normal scans: 5 volumes of 4)")
     args = ap.parse_args(argv)
     if args.normal < 0:
         ap.error(f"--normal {args.normal}: pass a number of volumes >= 0")
@@ -178,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             if not (root / "masks" / vol.name).is_dir():
                 shutil.rmtree(vol)
     n = len(list((root / "scans").rglob("*.png")))
+    per_volume = recipe.get("scans", 4)
+    normal = args.normal * per_volume
     print(f"wrote {n} scans to {root / 'scans'} and their masks to {root / 'masks'}"
-          + (f"; {args.normal * recipe.get('scans', 4)} normal scans to {root / 'normal'}" if args.normal else ""))
+          + (f"; {normal} normal scans to {root / 'normal'}" if args.normal else ""))
+    needed = min_calibration(0.05)
+    if 0 < normal < needed:
+        print(f"note: {normal} normal scans are too few for the scan flag at scan_target_fpr 0.05, which needs at "
+              f"least {needed} (no scan would be flagged); pass --normal {math.ceil(needed / per_volume)}")
     return 0
 
 

@@ -157,12 +157,12 @@ def evaluation_overrides(cfg) -> list[str]:
 
 RUN_FILES = {
     "metrics.json": "the table above, as JSON",
-    "scores.h5": "per image: label, every score, z, residual map",
+    "scores.h5": "per image: label, every score and its p-value, z, residual map",
     "figures": "",
     "checkpoints": "",
     "samples": "G(z) during training:",
     "summary.csv": "one row per job of the multirun",
-    "predictions.csv": "data=scans: per scan, its image score, scan score and flags",
+    "predictions.csv": "data=scans: per scan, the scan decision (scan score, p-value, flag) and image score",
     "normal_scans.csv": "data=scans with data.normal_path: the scan scores the scan flag is calibrated on",
     "map_metrics.json": "data=scans with data.masks: pixel and scan-level metrics of the stitched maps",
     "maps": "data=scans: per scan, the stitched map (.npy) and its overlay (.png):",

@@ -22,7 +22,7 @@ import numpy as np
 
 from anogan.data.pixels import Normalisation, model_range, read_pages, unit
 from anogan.errors import InputError, MissingInputError
-from anogan.metrics.conformal import p_values
+from anogan.metrics.conformal import above, p_values
 
 FORMAT = 1  # the layout of the metadata below; a reader refuses a file of a format it does not know
 INPUT = "images"  # the graph's input: (batch, C, H, W) float32 in [-1, 1]
@@ -32,7 +32,7 @@ META_KEYS = (
     "thresholds", "pixel_calibration", "region_calibration", "normal_scores", "decision", "gan_identity", "source",
     "not_exported",
 )
-FLAG_RULE = "score >= threshold"  # as the evaluation counts its rates at a calibrated threshold
+FLAG_RULE = "score > threshold"  # the conformal flag (anogan.metrics.conformal.above): p-value <= target FPR
 EXTRA = "pip install 'anogan[export]' (onnx, onnxscript, onnxruntime)"
 
 
@@ -126,9 +126,10 @@ class OnnxDetector:
         return {k: p_values(self.normal_scores[k], scores[k]) for k in self.scores}
 
     def flags(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-        """{score: (B,) bool, ``score >= threshold`` (FLAG_RULE) at the stored threshold, or None where the
-        file holds no threshold for that score}; compared in float64, as the evaluation compares."""
-        return {k: None if self.thresholds[k] is None else np.asarray(scores[k], np.float64) >= self.thresholds[k]
+        """{score: (B,) bool, ``score > threshold`` (FLAG_RULE, ``anogan.metrics.conformal.above``) at the
+        stored threshold, or None where the file holds no threshold for that score}; in float64, as the
+        evaluation compares."""
+        return {k: None if self.thresholds[k] is None else above(scores[k], self.thresholds[k])
                 for k in self.scores}
 
     # -- image files --------------------------------------------------------------------------------

@@ -67,3 +67,45 @@ def p_values(normal_scores, scores) -> np.ndarray:
         return np.full(scores.shape, np.nan)
     at_least = n - np.searchsorted(normal, scores, side="left")  # #{normal >= s}
     return np.where(np.isnan(scores), np.nan, (1.0 + at_least) / (n + 1.0))
+
+
+def above(scores, threshold: float | None) -> np.ndarray:
+    """The flag of the conformal threshold: s > ``threshold`` (bool, the shape of ``scores``), the same
+    decision as ``p_values(normal, s) <= alpha``. A None threshold (too few normal scores for alpha) flags
+    nothing: no p-value can then reach alpha (the smallest is 1 / (n + 1) > alpha). NaN scores are not
+    flagged."""
+    scores = np.asarray(scores, np.float64)
+    if threshold is None:
+        return np.zeros(scores.shape, bool)
+    return scores > threshold
+
+
+def leave_one_out_p_values(normal_scores) -> np.ndarray:
+    """The p-value of each normal score against the other n - 1 (float64 (n,)): #{normal >= s_i} / n, itself
+    left out of the count; the p-value it would have had as a new item scored against the rest, valid under
+    the same exchangeability (against all n, itself included, none could fall below 2 / (n + 1)). NaN where
+    a score is NaN, and everywhere with fewer than 2 finite normal scores."""
+    normal = np.asarray(normal_scores, np.float64).ravel()
+    finite = np.sort(normal[np.isfinite(normal)])
+    n = finite.size
+    if n < 2:
+        return np.full(normal.shape, np.nan)
+    at_least = n - np.searchsorted(finite, normal, side="left")  # itself included
+    return np.where(np.isfinite(normal), at_least / n, np.nan)
+
+
+def calibrate(normal_scores, alpha: float, what: str) -> dict:
+    """The record of one conformal threshold, as written to metrics.json and map_metrics.json:
+    ``target_fpr`` (alpha), ``threshold`` (None with ``reason`` when there are too few scores),
+    ``n_calibration`` (the finite normal scores), ``rank`` (k, or None without a finite threshold),
+    ``calibrated_on`` (``what``), ``rule``. ``what`` names the scores (plural, e.g. "scan scores of
+    normal scans")."""
+    values = np.asarray(normal_scores, np.float64).ravel()
+    n = int(np.isfinite(values).sum())
+    threshold, reason = conformal_threshold(values, alpha, what)
+    out = {"target_fpr": alpha, "threshold": threshold, "n_calibration": n,
+           "rank": conformal_rank(n, alpha) if threshold is not None else None, "calibrated_on": f"{n} {what}",
+           "rule": ("conformal: the rank-th smallest of the n_calibration normal scores, rank = ceil((n + 1)(1 - "
+                    "target_fpr)); a score above it is flagged (p-value <= target_fpr), so that a new normal item "
+                    "is flagged with probability <= target_fpr when it and the normal items are exchangeable")}
+    return out if threshold is not None else {**out, "reason": reason}

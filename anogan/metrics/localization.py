@@ -1,4 +1,4 @@
-"""Detection and localisation metrics beyond AUROC, and operating points chosen without test labels.
+"""Detection and localisation metrics beyond AUROC, and the rates at an operating point.
 
 Pure functions of scores, anomaly maps and masks (no Lightning), used by ``AnomalyMetrics`` (patch maps,
 ``metrics.json``) and ``ScanMaps`` (stitched maps, ``map_metrics.json``). Every metric returns
@@ -16,8 +16,8 @@ Pure functions of scores, anomaly maps and masks (no Lightning), used by ``Anoma
   IJCV 129, 2021, sec. 5.2 (and their evaluation code). The regions are the connected components of the
   masks (8-connectivity, ``scipy.ndimage.label``), per image; at a threshold t, PRO(t) is the mean over
   all regions of the fraction of the region's pixels with map >= t, and FPR(t) the fraction of normal
-  pixels (mask 0) with map >= t; the curve (FPR, PRO) starts at (0, 0) and is integrated with the
-  trapezoid rule, linearly interpolated at ``fpr_limit``.
+  pixels (mask 0) with map >= t (over the pixels a stitched map defines: ``covered_pixels``); the curve
+  (FPR, PRO) starts at (0, 0) and is integrated with the trapezoid rule, linearly interpolated at ``fpr_limit``.
 
 Exact by default: every distinct value is a threshold. ``thresholds=n`` evaluates the curves at n
 evenly spaced thresholds over ``[low, high]`` instead (bounded time and memory for large images); then
@@ -93,18 +93,19 @@ def f1_max(scores, labels, thresholds: int | None = None, low: float = 0.0, high
     precision, recall = precision[: len(thr)].double(), recall[: len(thr)].double()  # drop the (R 0, P 1) end
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros(()))
     best = int(torch.argmax(f1))
-    # torchmetrics compares in float32: the float64 threshold that calls the same items is the smallest
-    # score whose float32 value reaches the curve's threshold (float32 rounding is monotone)
-    called = s[s.float() >= thr[best].float()]
-    return float(f1[best]), float(called.min()) if called.numel() else float(thr[best]), None
+    # the curve's own threshold (float64, a score of the data when exact): ``scores >= it`` gives F1 f1[best]
+    return float(f1[best]), float(thr[best]), None
 
 
-def rates_at(scores, labels, threshold: float) -> dict[str, float | str | None]:
-    """Sensitivity, specificity, precision and F1 (Dice on pixels) when ``scores >= threshold`` is called
-    anomalous; each None where its denominator is 0, with ``<key>_reason`` saying why (no positive, no
-    negative, nothing called)."""
-    s, y = _as_arrays(scores, labels)
-    pred = s >= threshold
+def rates(called, labels) -> dict[str, float | str | None]:
+    """Sensitivity, specificity, precision and F1 (Dice on pixels) of the decisions ``called`` (bool, True =
+    called anomalous) against 0/1 ``labels`` (equal shapes); each None where its denominator is 0, with
+    ``<key>_reason`` saying why (no positive, no negative, nothing called). With a conformal threshold t,
+    ``called = anogan.metrics.conformal.above(scores, t)``."""
+    pred = torch.as_tensor(np.asarray(called, bool)).flatten()
+    y = torch.as_tensor(np.asarray(labels)).flatten().long()
+    if pred.shape != y.shape:
+        raise ValueError(f"{pred.numel()} decisions but {y.numel()} labels")
     tp = int((pred & (y == 1)).sum())
     fp = int((pred & (y == 0)).sum())
     fn = int((~pred & (y == 1)).sum())
@@ -112,7 +113,7 @@ def rates_at(scores, labels, threshold: float) -> dict[str, float | str | None]:
     out, why = {}, {
         "sensitivity": (tp, tp + fn, "undefined: no anomalous sample"),
         "specificity": (tn, tn + fp, "undefined: no normal sample"),
-        "precision": (tp, tp + fp, f"undefined: no sample scores at or above the threshold {threshold:.6g}"),
+        "precision": (tp, tp + fp, "undefined: no sample called anomalous"),
         "f1": (2 * tp, 2 * tp + fp + fn, "undefined: no anomalous sample and none called anomalous"),
     }
     for key, (a, b, reason) in why.items():
@@ -123,21 +124,23 @@ def rates_at(scores, labels, threshold: float) -> dict[str, float | str | None]:
 
 
 def pick_rates(rates: dict, keys: Sequence[str]) -> dict:
-    """``keys`` of a ``rates_at`` result, each with its ``<key>_reason`` where it has one."""
+    """``keys`` of a ``rates`` result, each with its ``<key>_reason`` where it has one."""
     return {k: v for k, v in rates.items() if k in keys or k.removesuffix("_reason") in keys}
 
 
 def aupro(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: float = FPR_LIMIT,
           thresholds: int | None = None, low: float = 0.0, high: float = 1.0) -> Result:
     """AUPRO up to ``fpr_limit`` (MVTec AD), normalised by it: in [0, 1], 1 = every region fully found
-    before any normal pixel. ``maps``, ``masks``: per image (H, W) arrays (maps float, masks bool);
-    NaN map values (pixels no patch covers) rank lowest. None with the reason when the masks hold no
-    anomalous region or no normal pixel. Exact (every distinct value a threshold) or binned."""
+    before any normal pixel. ``maps``, ``masks``: per image (H, W) arrays (maps float, masks bool).
+    Pixels a map leaves undefined (NaN: no scored patch covers them) are left out: the false-positive
+    rate is over the covered normal pixels, a region's overlap over its covered pixels, and a region with
+    no covered pixel is left out (``covered_pixels`` counts them). None with the reason when the covered
+    pixels hold no anomalous region or no normal pixel. Exact (every distinct value a threshold) or binned."""
     from scipy import ndimage
 
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit={fpr_limit} must lie in (0, 1]")
-    values, region, sizes = [], [], [np.zeros(0)]
+    values, region = [], []
     n_regions = 0
     eight = np.ones((3, 3), int)  # 8-connectivity, as MVTec AD's evaluation code
     for m, t in zip(maps, masks):
@@ -145,23 +148,26 @@ def aupro(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], fpr_limit: fl
         m = np.asarray(m, np.float64)
         if m.shape != t.shape:
             raise ValueError(f"a map of shape {m.shape} and its mask of shape {t.shape} differ")
-        lab, k = ndimage.label(t, structure=eight)
-        values.append(np.where(np.isfinite(m), m, -np.inf).ravel())
-        region.append(np.where(lab > 0, lab + n_regions, 0).ravel())  # 0: normal; r > 0: region r
-        sizes.append(np.bincount(lab.ravel(), minlength=k + 1)[1:])
+        lab, k = ndimage.label(t, structure=eight)  # regions of the whole mask, then their covered pixels
+        covered = np.isfinite(m)
+        values.append(m[covered])
+        region.append(np.where(lab > 0, lab + n_regions, 0)[covered])  # 0: normal; r > 0: region r
         n_regions += k
     if not values:
         return None, "undefined: no map"
-    values, region, sizes = np.concatenate(values), np.concatenate(region), np.concatenate(sizes)
-    n_normal = int((region == 0).sum())
+    values, region = np.concatenate(values), np.concatenate(region)
+    sizes = np.bincount(region, minlength=n_regions + 1).astype(np.float64)  # covered pixels per region
+    n_normal, n_regions = int(sizes[0]), int((sizes[1:] > 0).sum())
     if n_regions == 0:
-        return None, f"undefined: the masks hold no anomalous region ({values.size} pixels), and PRO needs one"
+        return None, (f"undefined: the masks hold no anomalous region on the {values.size} covered pixels, and PRO "
+                      "needs one")
     if n_normal == 0:
-        return None, "undefined: the masks hold no normal pixel, and the false-positive rate needs one"
+        return None, ("undefined: the masks hold no normal pixel where the maps are defined, and the false-positive "
+                      "rate needs one")
     # each pixel's step in the curve when the threshold falls to its value: a normal pixel moves FPR by
     # 1 / n_normal, a pixel of region r moves PRO by 1 / (n_regions |r|)
     d_fpr = (region == 0) / n_normal
-    d_pro = np.where(region > 0, 1.0 / (n_regions * np.concatenate([[1.0], sizes])[region]), 0.0)
+    d_pro = np.where(region > 0, 1.0 / (n_regions * np.maximum(sizes[region], 1.0)), 0.0)
     if thresholds is None:
         order = np.argsort(-values, kind="stable")
         v = values[order]
@@ -220,36 +226,48 @@ def window_max_at(amap: np.ndarray, window: int) -> tuple[float, tuple[int, int]
     return float(best[y, x]), (int(y), int(x))
 
 
-def quantile_threshold(normal_values, target_fpr: float, what: str) -> tuple[float | None, str | None]:
-    """The (1 - ``target_fpr``) quantile of scores (or map pixels) of normal images (linear
-    interpolation): calling >= it anomalous flags about ``target_fpr`` of such images. None with the
-    reason when there are no normal values."""
-    if not 0 < target_fpr < 1:
-        raise ValueError(f"target_fpr={target_fpr} must lie in (0, 1), e.g. 0.05")
-    v = np.asarray(normal_values, np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return None, f"undefined: no {what} to calibrate on"
-    return float(np.quantile(v, 1 - target_fpr)), None
+def covered_pixels(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(values, labels, counts): the map values (float64) and mask labels (bool) of the pixels the maps
+    define, flattened over all maps, and ``{"n_pixels", "n_anomalous_pixels", "n_uncovered_pixels",
+    "n_uncovered_anomalous_pixels"}``. A stitched map is NaN where no scored patch covers the pixel (the
+    foreground test skipped it): such pixels have no score, and every pixel metric leaves them out
+    instead of counting them as called normal (which would shrink the false-positive rates by the covered
+    share); the counts say how many were left out, anomalous ones included (missed by construction)."""
+    values, labels, n, pos, uncovered, uncovered_pos = [], [], 0, 0, 0, 0
+    for m, t in zip(maps, masks):
+        m, t = np.asarray(m, np.float64), np.asarray(t, bool)
+        if m.shape != t.shape:
+            raise ValueError(f"a map of shape {m.shape} and its mask of shape {t.shape} differ")
+        covered = np.isfinite(m)
+        values.append(m[covered])
+        labels.append(t[covered])
+        n, pos = n + t.size, pos + int(t.sum())
+        uncovered, uncovered_pos = uncovered + int((~covered).sum()), uncovered_pos + int((t & ~covered).sum())
+    counts = {"n_pixels": n, "n_anomalous_pixels": pos, "n_uncovered_pixels": uncovered,
+              "n_uncovered_anomalous_pixels": uncovered_pos}
+    if not values:
+        return np.zeros(0), np.zeros(0, bool), counts
+    return np.concatenate(values), np.concatenate(labels), counts
 
 
 def pixel_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], thresholds: int | None = None,
                   low: float = 0.0, high: float = 1.0, fpr_limit: float = FPR_LIMIT,
                   threshold: float | None = None) -> dict:
-    """Pixel AUPRC, best Dice (with its threshold) and AUPRO of ``maps`` against ``masks`` (lists of (H, W);
-    NaN map pixels rank lowest), pooled over all pixels; with a calibrated ``threshold`` also the
-    sensitivity, specificity, precision and Dice at it. Keys ``pixel_auprc``, ``pixel_best_dice``,
-    ``pixel_best_dice_threshold``, ``pixel_aupro`` (with ``pixel_aupro_fpr_limit``), each None with a
-    ``<key>_reason`` where undefined; ``pixel_binned`` says how the curves were evaluated."""
-    flat_maps = np.concatenate([np.asarray(m, np.float64).ravel() for m in maps]) if len(maps) else np.zeros(0)
-    flat_maps = np.where(np.isfinite(flat_maps), flat_maps, low - 1.0)
-    flat_masks = np.concatenate([np.asarray(t, bool).ravel() for t in masks]) if len(masks) else np.zeros(0, bool)
+    """Pixel AUPRC, best Dice (with its threshold) and AUPRO of ``maps`` against ``masks`` (lists of (H, W)),
+    pooled over the pixels the maps define (NaN pixels left out, see ``covered_pixels``); with a calibrated
+    (conformal) ``threshold`` also the sensitivity, specificity, precision and Dice when map > threshold is
+    called anomalous. Keys ``pixel_auprc``, ``pixel_best_dice``, ``pixel_best_dice_threshold``,
+    ``pixel_aupro`` (with ``pixel_aupro_fpr_limit``), each None with a ``<key>_reason`` where undefined;
+    ``pixel_binned`` says how the curves were evaluated."""
+    from anogan.metrics.conformal import above
+
+    flat_maps, flat_masks, _ = covered_pixels(maps, masks)
     out: dict = {}
-    value, reason = average_precision(flat_maps, flat_masks, thresholds, low, high, "test masks' pixels")
+    value, reason = average_precision(flat_maps, flat_masks, thresholds, low, high, "test masks' covered pixels")
     out["pixel_auprc"] = value
     if reason:
         out["pixel_auprc_reason"] = reason
-    dice, at, reason = f1_max(flat_maps, flat_masks, thresholds, low, high, "test masks' pixels")
+    dice, at, reason = f1_max(flat_maps, flat_masks, thresholds, low, high, "test masks' covered pixels")
     out["pixel_best_dice"], out["pixel_best_dice_threshold"] = dice, at
     if reason:
         out["pixel_best_dice_reason"] = reason
@@ -261,30 +279,24 @@ def pixel_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], thres
                            f"binned: {int(thresholds)} thresholds evenly spaced over [{low:g}, {high:g}] (bin width "
                            f"{(high - low) / (int(thresholds) - 1):.3g}); best Dice is a lower bound of the exact one")
     if threshold is not None and flat_maps.size:
-        rates = rates_at(flat_maps, flat_masks, threshold)
-        if "f1_reason" in rates:
-            rates["dice_reason"] = rates.pop("f1_reason")
-        out["pixel_at_calibrated"] = {"threshold": threshold, "dice": rates.pop("f1"), **rates}
+        found = rates(above(flat_maps, threshold), flat_masks)
+        if "f1_reason" in found:
+            found["dice_reason"] = found.pop("f1_reason")
+        out["pixel_at_calibrated"] = {"threshold": threshold, "dice": found.pop("f1"), **found}
     return out
 
 
 def pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> dict:
-    """The AUROC of stitched maps against their masks over all pixels of the scans (torchmetrics,
-    ``normalization=None``). Pixels no scored patch covers (NaN: skipped by the foreground test) count
-    as the lowest score, i.e. as called normal. Returns ``{"pixel_auroc": float or None, "reason"?,
-    "n_pixels", "n_anomalous_pixels", "n_uncovered_pixels"}``: None when the masks hold one class only."""
+    """The AUROC of stitched maps against their masks over the pixels the maps define (torchmetrics,
+    ``normalization=None``; pixels no scored patch covers are left out, ``covered_pixels``). Returns
+    ``{"pixel_auroc": float or None, "reason"?, "n_pixels", "n_anomalous_pixels", "n_uncovered_pixels",
+    "n_uncovered_anomalous_pixels"}``: None when the covered pixels hold one class only."""
     from torchmetrics.classification import BinaryAUROC
 
+    values, labels, counts = covered_pixels(maps, masks)
+    pos = int(labels.sum())
+    if pos == 0 or pos == labels.size:
+        return {"pixel_auroc": None, "reason": (f"the masks hold {pos} anomalous of the {labels.size} covered pixels: "
+                                                "AUROC needs both"), **counts}
     metric = BinaryAUROC(normalization=None, sync_on_compute=False)  # the caller holds every pixel (DDP: rank 0)
-    n = pos = uncovered = 0
-    for m, t in zip(maps, masks):
-        m = np.asarray(m, np.float64)
-        covered = np.isfinite(m)
-        # residual maps are >= 0, so -1 ranks an uncovered pixel below every covered one
-        metric.update(torch.from_numpy(np.where(covered, m, -1.0).ravel()), torch.from_numpy(t.ravel()).long())
-        n, pos, uncovered = n + t.size, pos + int(t.sum()), uncovered + int((~covered).sum())
-    out = {"n_pixels": n, "n_anomalous_pixels": pos, "n_uncovered_pixels": uncovered}
-    if pos == 0 or pos == n:
-        return {"pixel_auroc": None, "reason": f"the masks hold {pos} anomalous of {n} pixels: AUROC needs both",
-                **out}
-    return {"pixel_auroc": float(metric.compute()), **out}
+    return {"pixel_auroc": float(metric(torch.from_numpy(values), torch.from_numpy(labels).long())), **counts}
