@@ -1,18 +1,10 @@
 """The patch library: B-scans and masks (or a MedMNIST .npz, or IDX files) cut into patches and written
-as an HDF5 patch file in the schema of ``anogan.data.hdf5``; its command is ``python -m
-anogan.data.prepare`` (``anogan/data/prepare.py``), whose help describes the inputs.
+as an HDF5 patch file in the schema of ``anogan.data.hdf5`` (``prepare_folder``, ``prepare_arrays``); its
+command is ``python -m anogan.data.prepare``, whose docstring and help describe the inputs. As in the
+paper, unannotated volumes go to training and annotated ones to test, where a patch is anomalous when it
+holds at least ``min_anomalous_pixels`` mask pixels.
 
-    python -m anogan.data.prepare folder SCANS OUT.h5 [--masks MASKS] [--patch-size 64] [--stride 32]
-    python -m anogan.data.prepare npz octmnist.npz OUT.h5 --normal-classes 3 [--patch-size 28]
-    python -m anogan.data.prepare idx DIR OUT.h5 --normal-classes 0
-
-``folder``: one sub-folder of PNG / TIFF B-scans (8 or 16 bit; a multi-page TIFF holds one B-scan per
-page) per volume; ``--masks`` a parallel folder with one binary mask image per annotated scan (same
-relative path, same size, same pages; palette masks are read by index). As in the paper,
-volumes without annotation (no mask sub-folder) go to training, annotated volumes to test, where a patch
-is anomalous when it holds at least ``--min-anomalous-pixels`` mask pixels.
-
-The output is written to a temporary file beside OUT and renamed when complete, so a failure leaves no
+The output is written to a temporary file beside it and renamed when complete, so a failure leaves no
 partial output. Every input error is a ``PrepareError`` naming the file and the fix.
 """
 
