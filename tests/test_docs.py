@@ -101,7 +101,12 @@ def parse_module_command(words: list[str], monkeypatch) -> None:
     assert importlib.util.find_spec(module) is not None, f"no module {module}"
     if not args or any(re.fullmatch(r"\[[^=\]]*\]", a) for a in args):
         return
-    main = getattr(importlib.import_module(module), "main", None)
+    loaded = importlib.import_module(module)
+    if not hasattr(loaded, "ArgumentParser") and not hasattr(loaded, "argparse") and hasattr(loaded, "parse"):
+        loaded.parse([a.strip("[]") for a in args])  # key=value settings (python -m anogan.export), optional
+        # ones in [brackets]: InputError for an unknown key
+        return
+    main = getattr(loaded, "main", None)
     assert main is not None, f"{module} has no main(argv) to parse {args}"
     parse_args = argparse.ArgumentParser.parse_args
 

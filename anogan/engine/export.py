@@ -138,8 +138,9 @@ def run_scorers(ckpt_path: str | os.PathLike, lam: float, encoder_ckpt_path: str
         run = Path(ckpt_path).resolve().parent.parent
         raise InputError(
             f"{ckpt_path}: no encoder.ckpt or acae.ckpt beside it, so nothing scores in one pass (AnoGAN's mapping "
-            f"takes gradient steps and is not exported); train f-AnoGAN's encoder for this GAN: python train.py "
-            f"{STAGE_GROUPS['encoder']} ckpt_path=auto hydra.run.dir={run} (or {STAGE_GROUPS['acae']}), then export")
+            f"takes gradient steps and is not exported); train f-AnoGAN's encoder (or the aCAE: "
+            f"{STAGE_GROUPS['acae']}) for this GAN, then export: python train.py {STAGE_GROUPS['encoder']} "
+            f"ckpt_path=auto hydra.run.dir={run}")
     return scorers, G, D
 
 
