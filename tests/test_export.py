@@ -30,6 +30,7 @@ from anogan.errors import InputError
 RTOL, MAP_ATOL = 1e-4, 1e-6
 SCORES = ["fanogan", "fanogan_latent", "acae_residual", "acae_discrimination", "acae_anomaly"]
 EXPORT_RUN = [*TINY, "encoder=izif", "encoder.max_steps=10", "acae=dcgan", "acae.max_epochs=1", "logger=none",
+              "data.val_fraction=0.2",  # 28 normal validation images: >= 19 for a conformal threshold at 0.05
               "inversion.init=encoder", "inversion.steps=0"]
 
 
