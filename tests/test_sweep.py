@@ -39,7 +39,11 @@ def test_local_launcher_multirun_writes_summary_and_figures(tiny_ckpt, tmp_path)
         for name, row in metrics["scores"].items():
             assert float(r[f"auroc/{name}"]) == pytest.approx(row["auroc"])
             assert float(r[f"auprc/{name}"]) == pytest.approx(row["auprc"])
-            assert float(r[f"calibrated_sensitivity/{name}"]) == pytest.approx(row["calibrated"]["sensitivity"])
+            calibrated = row["calibrated"]
+            if calibrated["threshold"] is None:  # 14 normal validation digits: too few for a conformal 5 % threshold
+                assert "at least 19" in calibrated["reason"] and not r.get(f"calibrated_sensitivity/{name}")
+            else:
+                assert float(r[f"calibrated_sensitivity/{name}"]) == pytest.approx(calibrated["sensitivity"])
     # submitit ran each job as its own process: one submission folder with a result per job
     results = list((sweep / ".submitit").glob("*/*_result.pkl"))
     assert len(results) == 4
