@@ -50,9 +50,13 @@ def _aurocs(run_dir) -> dict:
 
 def _assert_float32(run_dir) -> dict:
     rows = read_scores(run_dir / "scores.h5")
-    floats = {k: v.dtype for k, v in rows.items() if not k.startswith("@") and v.dtype.kind == "f"}
+    floats = {k: v.dtype for k, v in rows.items() if not k.startswith(("@", "p_value/")) and v.dtype.kind == "f"}
     assert {"z", "scores/residual", "scores/fanogan", "scores/acae_anomaly", "scores/pixel_knn"} <= set(floats)
     assert set(floats.values()) == {np.dtype("float32")}, floats
+    # the p-values are not outputs of the mapping: exact fractions (1 + k) / (n + 1), float64, in (0, 1]
+    p = {k: v for k, v in rows.items() if k.startswith("p_value/")}
+    assert "p_value/anomaly" in p and all(v.dtype == np.float64 for v in p.values()), {k: v.dtype for k, v in p.items()}
+    assert all(((v > 0) & (v <= 1)).all() for v in p.values())
     return rows
 
 
