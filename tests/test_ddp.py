@@ -20,8 +20,8 @@ from anogan.runtime.checkpoints import read_checkpoint
 from anogan.engine.pipeline import evaluate
 
 EVAL = ["inversion.steps=3", "inversion.record_steps=[1]"]
-# 31 test + 8 training + 20 normal validation images (the 19 a conformal 5 % threshold needs): an odd count, so the DistributedSampler repeats one
-# image to give both processes the same share
+# 31 test + 8 training + 20 normal validation images (a conformal 5 % threshold needs 19): an odd count,
+# so the DistributedSampler repeats one image to give both processes the same share
 DATA = ["data.eval_train_samples=8", "data.eval_batch_size=16", "data.num_workers=0", "data.batch_size=16"]
 
 

@@ -48,6 +48,7 @@ from anogan.data.stitch import ScanAssembler, StitchedScan, image_score, to_patc
 from anogan.errors import InputError, MissingInputError
 from anogan.metrics.conformal import above, leave_one_out_p_values, min_calibration, p_values
 from anogan.metrics.localization import pixel_auroc, pixel_metrics, window_max_at
+from anogan.metrics.restarts import failure_line, failure_summary, first_start_failed
 from anogan.metrics.scan_level import calibrate_scans, scan_metrics
 from anogan.runtime.distributed import gather_rows
 from anogan.runtime.io import atomic_path, write_json_atomic
@@ -57,10 +58,10 @@ log = logging.getLogger(__name__)
 COLUMNS = ("image", "height", "width", "patches",
            "scan_score", "scan_p_value", "scan_threshold", "scan_flagged", "scan_score_at", "scan_scored_region",
            "image_score", "image_p_value", "score", "top_patches",
-           "patch_threshold", "patches_above_threshold", "any_patch_flagged", "note",
+           "patch_threshold", "patches_above_threshold", "any_patch_flagged", "failed_first_starts", "note",
            *("threshold", "n_above_threshold", "flagged"))  # the old names of the patch columns: one more release
 NORMAL_COLUMNS = ("image", "height", "width", "patches", "scan_score", "scan_p_value", "scan_score_at",
-                  "scan_scored_region", "image_score", "image_p_value", "note")
+                  "scan_scored_region", "image_score", "image_p_value", "failed_first_starts", "note")
 BORDERS = ("exclude", "include")
 DEFAULT_MIN_VOTES = 3  # scan_min_votes=null: chosen on the phantom's development seeds (docs/oct.md)
 
@@ -85,6 +86,7 @@ class ScanResult:
     note: str = ""
     mask: np.ndarray | None = None
     map: np.ndarray | None = None
+    failed_first_starts: int | None = None  # patches whose first start failed (inversion.restarts >= 2)
 
 
 def summarise(scan, stitched: StitchedScan, q: float, window: int, min_votes: int) -> ScanResult:
@@ -152,6 +154,10 @@ def scan_columns(result: ScanResult, normal: np.ndarray | None, threshold: float
             "scan_threshold": _text(threshold), "scan_flagged": int(above(result.scan_score, threshold))}
 
 
+def _count(n: int | None) -> str:
+    return "" if n is None else str(n)
+
+
 def normal_rows(results: list[ScanResult]) -> list[dict]:
     """The rows of normal_scans.csv: each normal scan's scores and its p-values against the others (leave
     one out: what it would get as a scored scan, ``leave_one_out_p_values``)."""
@@ -161,7 +167,7 @@ def normal_rows(results: list[ScanResult]) -> list[dict]:
              "scan_score": _text(r.scan_score), "scan_p_value": _text(float(sp)),
              "scan_score_at": "" if r.scan_score_at is None else "{} {}".format(*r.scan_score_at),
              "scan_scored_region": region_text(r.region), "image_score": _text(r.image_score),
-             "image_p_value": _text(float(ip)), "note": r.note}
+             "image_p_value": _text(float(ip)), "failed_first_starts": _count(r.failed_first_starts), "note": r.note}
             for r, sp, ip in zip(results, scan_p, image_p)]
 
 
@@ -269,6 +275,7 @@ class ScanMaps(L.Callback):
                                        dm.opts, self.min_votes, self.border)
         self.results: dict[int, ScanResult] = {}
         self.normal_pixels: list[np.ndarray] = []
+        self.patch_losses = None  # (patches, R) every start's final loss, with inversion.restarts >= 2
         self.progress = None
         if trainer.is_global_zero:
             from tqdm.auto import tqdm
@@ -283,10 +290,17 @@ class ScanMaps(L.Callback):
                              f"{sorted(outputs['scores'])}; choose one of them")
         rows = {"split": outputs["split"], "index": outputs["index"], "map": outputs["residual_map"],
                 "score": outputs["scores"][self.score]}
+        if outputs.get("restart_losses") is not None:
+            rows["restart_losses"] = outputs["restart_losses"]
         if trainer.world_size > 1:
             rows = gather_rows(pl_module, rows)
         if not trainer.is_global_zero:
             return
+        if "restart_losses" in rows:  # before the scans these patches complete are finished
+            losses = rows["restart_losses"].detach().double().cpu().numpy()
+            if self.patch_losses is None:
+                self.patch_losses = np.full((len(self.ds.scan), losses.shape[1]), np.nan)
+            self.patch_losses[rows["index"].cpu().numpy()] = losses  # by patch: a repeat rewrites the same
         maps = to_patch_size(rows["map"].detach().float().cpu(), self.p)  # GAN-sized maps back to scan pixels
         for stitched in self.assembler.add(rows["index"].cpu().numpy(), maps.numpy(),
                                            rows["score"].detach().double().cpu().numpy()):
@@ -299,6 +313,9 @@ class ScanMaps(L.Callback):
 
         scan = self.scans[stitched.scan]
         result = summarise(scan, stitched, self.q, self.window, self.min_votes)
+        if self.patch_losses is not None:
+            mine = self.patch_losses[np.asarray(self.ds.scan) == stitched.scan]
+            result.failed_first_starts = int(first_start_failed(mine).sum())
         if scan.normal:
             self.normal_pixels.append(stitched.mean[np.isfinite(stitched.mean)])
         else:
@@ -381,7 +398,8 @@ class ScanMaps(L.Callback):
                "image_p_value": "" if normal_image is None or result.image_score is None else
                _text(float(p_values(normal_image, result.image_score))),
                "score": self.score if self.q == 1 else f"{self.score} q{self.q:g}",
-               **patch_columns(result, self.threshold, self.top_k), "note": result.note}
+               **patch_columns(result, self.threshold, self.top_k),
+               "failed_first_starts": _count(result.failed_first_starts), "note": result.note}
         if normal_scan is not None and result.scan_score is not None and calibration.get("scan_threshold") is None:
             row["note"] = "; ".join(filter(None, (row["note"], (
                 f"no scan_threshold: {calibration['n_normal_scans_scored']} normal scans, the flag needs >= "
@@ -412,7 +430,28 @@ class ScanMaps(L.Callback):
                           "n_uncovered_anomalous_pixels of them anomalous)",
                 **pixel_auroc(maps, masks),
                 **pixel_metrics(maps, masks, threshold=(record or {}).get("pixel_threshold")),
-                "scan": scan, "calibration": record}
+                "scan": scan, "calibration": record, "mapping_failures": self._mapping_failures()}
+
+    def _mapping_failures(self) -> dict:
+        """How often the first of ``inversion.restarts`` starts failed (``anogan.metrics.restarts``), over
+        the patches of the normal scans, of the test scans whose mask marks a lesion and of those whose
+        mask is empty; logged with several starts."""
+        scan_of = np.asarray(self.ds.scan)
+
+        def group(r: ScanResult) -> str | None:
+            if r.normal:
+                return "patches_of_normal_scans"
+            if r.mask is None:
+                return None
+            return "patches_of_scans_with_lesion" if r.mask.any() else "patches_of_scans_without_lesion"
+
+        kinds = {s: group(r) for s, r in self.results.items()}
+        names = ("patches_of_normal_scans", "patches_of_scans_without_lesion", "patches_of_scans_with_lesion")
+        out = failure_summary(self.patch_losses, {g: np.isin(scan_of, [s for s, k in kinds.items() if k == g])
+                                                  for g in names})
+        if out["groups"] is not None:
+            log.info(failure_line(out))
+        return out
 
     def _calibration_record(self, scan_calibration: dict) -> dict | None:
         """What ``map_metrics.json`` says the thresholds are and what each was calibrated on: the image

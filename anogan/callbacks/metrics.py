@@ -21,6 +21,7 @@ from anogan.data import SPLITS
 from anogan.data.datamodule import calibration_rows
 from anogan.metrics import localization as LZ
 from anogan.metrics.conformal import calibrate
+from anogan.metrics.restarts import failure_line, failure_summary
 from anogan.metrics.detection import auroc, calibrated_point, operating_point, pixel_auroc_metric
 from anogan.runtime.distributed import gather_rows, padded_duplicates
 from anogan.runtime.io import write_json_atomic
@@ -117,6 +118,8 @@ class AnomalyMetrics(OutputCollector):
 
     def collect_extra(self, outputs: dict, keep: dict) -> None:
         keep["map"] = outputs["residual_map"].detach().float().cpu()
+        if outputs.get("restart_losses") is not None:
+            keep["restart_losses"] = outputs["restart_losses"].detach().float().cpu()
         if "mask" in outputs:
             keep["mask"] = outputs["mask"].detach().cpu().bool()
         n = len(outputs["index"])
@@ -179,6 +182,7 @@ class AnomalyMetrics(OutputCollector):
             result.update(LZ.pixel_metrics(
                 list(data["map"][test].numpy()), list(data["mask"][test].numpy()), self.pixel_thresholds,
                 0.0, 2.0 * self.channels, self.aupro_fpr_limit, result["pixel_calibration"]["threshold"]))
+        result["mapping_failures"] = self._mapping_failures(data, test, val, trainer)
         if data["recorded"]:
             result["recorded"] = {
                 str(t): {name: auroc(v[test], labels) for name, v in d.items()}
@@ -192,6 +196,19 @@ class AnomalyMetrics(OutputCollector):
         if trainer.is_global_zero:
             write_json_atomic(result, self.path)
             print_table(result)
+
+    @staticmethod
+    def _mapping_failures(data: dict, test: torch.Tensor, val: torch.Tensor, trainer) -> dict:
+        """How often the first of ``inversion.restarts`` starts ended clearly above the best one, per
+        group (``anogan.metrics.restarts``); logged when there are several starts."""
+        losses = data.get("restart_losses")
+        label = data["label"]
+        out = failure_summary(None if losses is None else losses.numpy(), {
+            "test_normal": (test & (label == 0)).numpy(), "test_anomalous": (test & (label == 1)).numpy(),
+            "normal_validation": val.numpy()})
+        if out["groups"] is not None and trainer.is_global_zero:
+            log.info(failure_line(out))
+        return out
 
     def _pixel_calibration(self, data: dict, val: torch.Tensor) -> dict:
         """The pixel threshold calibrated without test labels: the conformal threshold at pixel_target_fpr of

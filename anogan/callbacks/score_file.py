@@ -1,7 +1,8 @@
 """``scores.h5``: one row per evaluated image, written batch by batch so a killed evaluation resumes.
 
 Datasets (N rows): ``index``, ``label``, ``split``, one per score (``scores/<name>``), ``z``,
-``z_reference``, ``mapping_loss`` (first, last step), ``recorded/<step>/<name>`` for
+``z_reference``, ``mapping_loss`` (first, last step), with ``inversion.restarts`` R > 1 ``restart_losses``
+(N, R: every start's final loss; the kept one is the lowest), ``recorded/<step>/<name>`` for
 ``inversion.record_steps``, with ``store_maps`` ``residual_map`` and ``generated``, and, written when
 the test epoch completes, one p-value per score (``p_value/<name>``): (1 + #{normal >= s}) / (n + 1)
 against the scores of the n calibration rows (``anogan.data.datamodule.calibration_rows``: the normal
@@ -9,7 +10,7 @@ validation images, or the patches of ``data.normal_path``'s normal scans), the s
 label-free thresholds are calibrated on (``anogan.metrics.conformal``; the group's ``calibrated_on``
 attribute names them; NaN without them; float64); every other floating dataset is float32.
 Attributes: what changes a row, the key of a resume: the mapping's settings (lam, steps, lr, seed,
-reference, record_steps, prior, init, early_stop, tol, patience, precision), the content hashes of the GAN
+reference, record_steps, prior, init, early_stop, tol, patience, precision, restarts), the content hashes of the GAN
 (``gan``, ``anogan.runtime.checkpoints.gan_identity``) and of the one-pass scorers and encoder (``scorers``),
 and the evaluation's data config (``data``, JSON; minus loader settings that change no row).
 
@@ -38,7 +39,8 @@ from anogan.metrics.conformal import p_values
 from anogan.runtime.distributed import gather_rows
 
 log = logging.getLogger(__name__)
-_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init", "early_stop", "tol", "patience", "precision")
+_SETTINGS = ("lam", "steps", "lr", "seed", "reference", "prior", "init", "early_stop", "tol", "patience", "precision",
+             "restarts")
 _KEY = (*_SETTINGS, "record_steps", "scorers", "gan", "data")
 # data settings that change how images are loaded, not which images or their pixels
 _LOADER_ONLY = ("batch_size", "eval_batch_size", "num_workers")
@@ -108,7 +110,7 @@ class ScoreFile(L.Callback):
     def _matches(self, path: Path) -> bool:
         try:
             with h5py.File(path, "r") as f:
-                stored = {k: f.attrs[k] for k in _KEY}
+                stored = {k: f.attrs.get(k) for k in _KEY}  # a key the file lacks differs from any setting
                 stored["record_steps"] = list(f.attrs["record_steps"])
         except (OSError, KeyError):
             log.warning("%s is unreadable (killed while writing?); mapping from scratch", path)
@@ -158,13 +160,16 @@ class ScoreFile(L.Callback):
             "mapping_loss": take("mapping_loss"),
             "from_file": True,
         }
+        if "restart_losses" in f:
+            out["restart_losses"] = take("restart_losses")
         return out
 
     # -- writing -----------------------------------------------------------------------------------
     def _columns(self, outputs: dict) -> dict[str, np.ndarray]:
         cols = {k: outputs[k] for k in ("index", "label", "split", "z", "mapping_loss")}
-        if outputs.get("z_reference") is not None:
-            cols["z_reference"] = outputs["z_reference"]
+        for k in ("z_reference", "restart_losses"):
+            if outputs.get(k) is not None:
+                cols[k] = outputs[k]
         cols.update({f"scores/{k}": v for k, v in outputs["scores"].items()})
         for t, d in outputs["recorded"].items():
             cols.update({f"recorded/{t}/{k}": v for k, v in d.items()})

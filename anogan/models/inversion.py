@@ -50,10 +50,13 @@ def load_gan(ckpt: str | os.PathLike | dict) -> tuple[Generator, Discriminator, 
 
 
 def check_settings(lam: float, steps: int, record_steps: Sequence[int] | None = None,
-                   lr: float | None = None, init: str = "random") -> list[int]:
+                   lr: float | None = None, init: str = "random", restarts: int = 1) -> list[int]:
     """Refuse mapping settings outside their domain (before any work is done), naming the config key;
     the sorted record_steps. ``steps=0`` is allowed with ``init=encoder`` only: z = E(x) unchanged,
     f-AnoGAN's one pass."""
+    if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:
+        raise InputError(f"inversion.restarts={restarts} must be an integer >= 1 (starts per image; 1: the paper's "
+                         "one random z_1)")
     if lr is not None and not lr > 0:
         raise InputError(f"inversion.lr={lr} must be > 0 (Adam's learning rate on z; the default is 0.05)")
     if not 0 <= lam <= 1:
@@ -94,6 +97,12 @@ class Inversion(L.LightningModule):
         record_steps: also report the scores after each of these step counts (<= steps).
         seed: z_1 of image i is a function of (seed, i) only (i: the batch's ``z_key`` where the data
             gives one, e.g. data=scans' patch key, else its ``index``).
+        restarts: starts per image (1: the paper). Each image is mapped from ``restarts`` initial z as
+            extra rows of the same batch (start 0 is the one ``restarts=1`` maps; with ``init=encoder``
+            it is E(x), the others are drawn from the prior), and the start with the lowest final loss
+            is kept, for the AnoGAN and the reference mapping separately: a mapping that ends in a poor
+            local minimum from one start is replaced by a better one. Costs ``restarts`` times the
+            step loop's work. ``map_batch`` then also returns every start's final loss.
         init: ``random`` (z_1 from the prior, as in the paper) or ``encoder`` (z_1 = E(x), f-AnoGAN's
             encoder, kept in the prior's support); with ``steps=0`` the scores and residual map are taken
             at z = E(x) without optimisation (f-AnoGAN's one-pass maps, e.g. for whole scans).
@@ -137,9 +146,10 @@ class Inversion(L.LightningModule):
         patience: int = 20,
         precision: str = "32-true",
         fast_nets: bool | None = None,
+        restarts: int = 1,
     ):
         super().__init__()
-        record = check_settings(lam, steps, record_steps, lr, init)
+        record = check_settings(lam, steps, record_steps, lr, init, restarts)
         check_precision(precision)
         if init not in ("random", "encoder"):
             raise InputError(f"inversion.init={init!r} must be 'random' or 'encoder'")
@@ -174,15 +184,17 @@ class Inversion(L.LightningModule):
             self.encoder.eval()
         return self
 
-    def initial_z(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """z_1 (B, z_dim): from (seed, index) for ``init=random``; E(x) for ``init=encoder``."""
+    def initial_z(self, x: torch.Tensor, index: torch.Tensor, restarts: int = 1) -> torch.Tensor:
+        """z_1 (restarts * B, z_dim), start-major (``anogan.nets.prior.initial_z``): from (seed, index) for
+        ``init=random``; for ``init=encoder`` start 0 is E(x) and the others are the prior's draws."""
         hp = self.hparams
+        random = initial_z(hp.prior, hp.seed, index.cpu(), self.generator.z_dim, restarts).to(x)
         if hp.init == "encoder":
             with torch.no_grad():
                 z1 = self.encoder(x)
                 project_to_support(hp.prior, z1)
-            return z1
-        return initial_z(hp.prior, hp.seed, index.cpu(), self.generator.z_dim).to(x)
+            return torch.cat([z1, random[len(x):]])
+        return random
 
     def _losses(self, G: Generator, D: Discriminator, z: torch.Tensor, xs: torch.Tensor, fx: torch.Tensor,
                 n_main: int):
@@ -256,14 +268,24 @@ class Inversion(L.LightningModule):
         The AnoGAN and the reference mapping run as one batch of 2B rows of z. The step loop does
         no host synchronisation (no ``.item()``), except once every ``patience`` steps with early_stop.
 
+        With ``restarts`` R > 1 every image is mapped from R starts in one batch of R B images and each
+        output is the kept start's (``best_start``); ``restart_losses`` (B, R) holds every start's final
+        AnoGAN mapping loss, and ``restart`` (B,) the start kept.
+
         Runs with any surrounding autocast (a mixed-precision Trainer's) switched off: z, Adam and every
         output are float32; only G and D's forward passes follow ``precision``."""
+        restarts = int(self.hparams.get("restarts", 1))
         with torch.autocast(x.device.type, enabled=False):
-            return self._map_batch(x.float(), index)
+            x = x.float()
+            z1 = self.initial_z(x, index, restarts)
+            if restarts == 1:
+                return self._map_batch(x, z1)
+            return best_start(self._map_batch(x.repeat(restarts, 1, 1, 1), z1), restarts)
 
-    def _map_batch(self, x: torch.Tensor, index: torch.Tensor) -> dict:
-        """The step loop: ``steps`` Adam steps on every row of z still mapping, scored at each recorded
-        step and at the last one. Rows [0, B) are the AnoGAN mapping, rows [B, 2B) the reference one."""
+    def _map_batch(self, x: torch.Tensor, z1: torch.Tensor) -> dict:
+        """The step loop from z_1 ``z1`` (B, z_dim): ``steps`` Adam steps on every row of z still mapping,
+        scored at each recorded step and at the last one. Rows [0, B) are the AnoGAN mapping, rows
+        [B, 2B) the reference one."""
         hp = self.hparams
         G, D = self._mapping_nets()
         losses_of = self._loss_fn()
@@ -273,7 +295,7 @@ class Inversion(L.LightningModule):
         with torch.no_grad(), self.autocast(x):
             fx, logits_x = D.features_and_logits(x)  # f(x) once per batch, not per step
         fx, logits_x = fx.float(), logits_x.float()
-        z = self.initial_z(x, index).float().repeat(m, 1).requires_grad_(True)
+        z = z1.float().repeat(m, 1).requires_grad_(True)
         rows = _Rows(z, torch.optim.Adam([z], lr=hp.lr), x.repeat(m, 1, 1, 1), fx, B)
         stop = _EarlyStop(z, B, hp.tol, hp.patience) if hp.early_stop else None
         record, recorded, first_loss = set(hp.record_steps), {}, None
@@ -361,6 +383,51 @@ class Inversion(L.LightningModule):
 
     def configure_optimizers(self):
         return None
+
+
+# the scores of the AnoGAN mapping and of the reference mapping; every other score is one pass over x
+_ANOGAN_SCORES, _REFERENCE_SCORES = ("residual", "discrimination", "anomaly"), ("reference_discrimination",
+                                                                              "reference_anomaly")
+
+
+def best_start(out: dict, restarts: int) -> dict:
+    """``map_batch``'s outputs for B images from those of the R B rows of their ``restarts`` starts
+    (start-major, ``Inversion.initial_z``): per image the AnoGAN mapping's outputs (its scores, residual
+    map, G(z), z, loss, steps) of the start with the lowest final mapping loss, and the reference
+    mapping's (``reference_*``, ``z_reference``) of the start with the lowest final reference loss
+    (``reference_anomaly``); each recorded step's scores from the start lowest at that step; the one-pass
+    scores (D(x), f-AnoGAN, aCAE, baselines) from start 0, where every start has the same. Adds
+    ``restart_losses`` (B, R): every start's final AnoGAN mapping loss, and ``restart`` (B,): the start
+    kept. Ties keep the lower start, so a start that equals start 0 never replaces it."""
+    n = out["mapping_loss"].shape[0] // restarts
+    rows = torch.arange(n, device=out["mapping_loss"].device)
+
+    def pick(loss: torch.Tensor) -> torch.Tensor:  # row of the kept start of each image
+        return loss.view(restarts, n).argmin(0) * n + rows
+
+    def scores(d: dict, main: torch.Tensor, ref: torch.Tensor | None) -> dict:
+        return {k: v[main] if k in _ANOGAN_SCORES else v[ref] if k in _REFERENCE_SCORES else v[:n]
+                for k, v in d.items()}
+
+    losses = out["mapping_loss"][:, 1]
+    main = pick(losses)
+    ref = pick(out["scores"]["reference_anomaly"]) if "reference_anomaly" in out["scores"] else None
+    recorded = {t: scores(d, pick(d["anomaly"]), pick(d["reference_anomaly"]) if ref is not None else None)
+                for t, d in out["recorded"].items()}
+    taken = out["steps_taken"]
+    return {
+        **out,
+        "scores": scores(out["scores"], main, ref),
+        "recorded": recorded,
+        "residual_map": out["residual_map"][main],
+        "generated": out["generated"][main],
+        "z": out["z"][main],
+        "z_reference": out["z_reference"][ref] if ref is not None else None,
+        "mapping_loss": out["mapping_loss"][main],
+        "steps_taken": torch.stack([taken[main, 0], *([taken[ref, 1]] if ref is not None else [])], 1),
+        "restart_losses": losses.view(restarts, n).T.contiguous(),
+        "restart": (main - rows) // n,
+    }
 
 
 class _Pass(NamedTuple):

@@ -26,16 +26,19 @@ def sample_prior(
     raise InputError(f"unknown prior {prior!r}; expected one of {PRIORS} (model.prior)")
 
 
-def initial_z(prior: str, seed: int, index: torch.Tensor, z_dim: int) -> torch.Tensor:
+def initial_z(prior: str, seed: int, index: torch.Tensor, z_dim: int, restarts: int = 1) -> torch.Tensor:
     """z_1 of each image: a function of (seed, dataset index) only, never of batch or rank.
 
-    index: (B,) int -> (B, z_dim) on CPU (move it where needed)."""
+    index: (B,) int -> (restarts * B, z_dim) on CPU (move it where needed), restart-major: rows
+    [r B, (r + 1) B) are the r-th start of each image, the r-th draw of the image's generator, so start 0
+    is the same whatever ``restarts`` (``inversion.restarts``)."""
     gen = torch.Generator()
-    rows = []
+    rows: list[list[torch.Tensor]] = [[] for _ in range(restarts)]
     for i in index.tolist():  # B tiny generator seeds; the draws themselves are vectorised
         gen.manual_seed(seed * 1_000_003 + int(i))
-        rows.append(sample_prior(prior, gen, 1, z_dim))
-    return torch.cat(rows) if rows else torch.empty(0, z_dim)
+        for r in range(restarts):
+            rows[r].append(sample_prior(prior, gen, 1, z_dim))
+    return torch.cat([z for start in rows for z in start]) if len(index) else torch.empty(0, z_dim)
 
 
 def project_to_support(prior: str, z: torch.Tensor) -> None:
