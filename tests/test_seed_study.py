@@ -1,0 +1,88 @@
+"""benchmarks/oct_seed_study.py: the seed study's rows, summary and resume, with the train / draw / map
+commands replaced by writers of their outputs (the commands themselves are tested in test_oct_phantom.py
+and test_predict.py)."""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import oct_seed_study as study  # noqa: E402
+
+
+def _map_metrics(seed: int) -> dict:
+    return {"n_scans": 24, "pixel_auroc": 0.9 + seed / 1000, "pixel_auprc": 0.1, "pixel_aupro": 0.8,
+            "scan": {"scan_score_auroc": 0.8 + seed / 100, "image_score_auroc": 0.7,
+                     "at_flag": {"sensitivity": 0.75, "specificity": 1.0}},
+            "calibration": {"scan_threshold": 0.3, "n_normal_scans": 20},
+            "mapping_failures": {"restarts": 2, "tol": 0.1, "groups": {
+                "patches_of_normal_scans": {"n": 10, "first_start_failed": 1},
+                "patches_of_scans_without_lesion": {"n": 20, "first_start_failed": seed},
+                "patches_of_scans_with_lesion": {"n": 30, "first_start_failed": 0}}}}
+
+
+@pytest.fixture
+def fake_commands(monkeypatch):
+    calls = []
+
+    def run(cmd, log, threads):
+        calls.append(cmd)
+        if cmd[1] == "evaluate.py":
+            here = Path(next(c for c in cmd if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+            seed = int(here.parent.name)
+            here.mkdir(parents=True)
+            (here / "map_metrics.json").write_text(json.dumps(_map_metrics(seed)))
+        elif cmd[1] == "train.py":
+            here = Path(next(c for c in cmd if c.startswith("hydra.run.dir=")).split("=", 1)[1])
+            here.mkdir(parents=True)
+            (here / "metrics.json").write_text("{}")
+        else:
+            (Path(cmd[3]) / "normal").mkdir(parents=True)
+        return 1.5
+
+    monkeypatch.setattr(study, "_run", run)
+    return calls
+
+
+def test_one_row_per_seed_the_summary_and_a_resume_that_redoes_nothing(tmp_path, fake_commands, capsys):
+    out = tmp_path / "study"
+    study.main(["--seeds", "1,100-102", "--out", str(out), "--name", "r2", "--eval", "inversion.restarts=2"])
+    rows = list(csv.DictReader(open(out / "r2.csv")))
+    assert [int(r["seed"]) for r in rows] == [1, 100, 101, 102]
+    assert [r["role"] for r in rows] == ["development", "reported", "reported", "reported"]
+    assert float(rows[1]["scan_auroc"]) == pytest.approx(1.8) and rows[2]["failed_first_starts_healthy_scans"] == "101"
+    assert rows[0]["n_patches"] == "60"
+    evals = [c for c in fake_commands if c[1] == "evaluate.py"]
+    assert len(evals) == 4 and all("inversion.restarts=2" in c for c in evals)
+    # the summary is over the reported seeds only: the development seed 1 is left out
+    summary = json.loads((out / "r2_summary.json").read_text())
+    assert summary["seeds"] == [100, 101, 102]
+    s = summary["summary"]["scan_auroc"]
+    assert (s["min"], s["median"], s["max"]) == pytest.approx((1.8, 1.81, 1.82)) and s["spread"] == pytest.approx(0.02)
+    run = json.loads((out / "r2_run.json").read_text())
+    assert {"commit", "command", "machine", "load_average_start", "wall_s"} <= set(run)
+    assert "scan_auroc: min 1.800, median 1.810" in capsys.readouterr().out
+    # the same command again: every row exists, nothing runs; another name maps the same GANs again
+    fake_commands.clear()
+    study.main(["--seeds", "1,100-102", "--out", str(out), "--name", "r2"])
+    assert fake_commands == []
+    study.main(["--seeds", "100", "--out", str(out), "--name", "r1"])
+    assert [c[1] for c in fake_commands] == ["evaluate.py"]
+
+
+def test_seeds_are_ranges_or_lists_and_repeats_are_refused():
+    assert study.seeds_arg("100-103,7") == [100, 101, 102, 103, 7]
+    with pytest.raises(argparse.ArgumentTypeError, match="distinct"):
+        study.seeds_arg("3,3")
+
+
+def test_a_number_no_seed_has_is_null_with_its_reason():
+    row = study.row_of(5, {**_map_metrics(5), "scan": {"scan_score_auroc": 0.9, "image_score_auroc": 0.8,
+                                                      "at_flag": None}}, 1.0, 2.0)
+    assert row["flag_sensitivity"] is None
+    s = study.summary([row])["flag_sensitivity"]
+    assert s["min"] is None and s["reason"] == "no seed has this number"
