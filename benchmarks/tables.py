@@ -59,6 +59,8 @@ class Results:
         return self.dir / name / file
 
     def run(self, name: str) -> dict:
+        """``name``/run.json; stops naming the file when it is missing, lacks one of ``RUN_KEYS`` or lists a
+        transcribed file that is not there."""
         path = self.dir / name / "run.json"
         if not path.is_file():
             raise SystemExit(f"error: {path} is missing: every result directory needs a run.json "
