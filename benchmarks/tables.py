@@ -1,0 +1,552 @@
+"""The results tables of README.md and docs/*.md, written from the result files under benchmarks/results/.
+
+Each published run keeps its numbers in ``benchmarks/results/<name>/``: the files as the run wrote them
+(a sweep's ``benchmark.csv``, a ``metrics.json``, a script's CSV) and a ``run.json`` saying where they
+come from (``RUN_KEYS``: commit, date, command, machine, load, wall time, the files transcribed from the
+docs rather than kept from the run, a note). Each table sits in its markdown file between
+``<!-- table:NAME -->`` and ``<!-- /table -->``; this script writes what lies between: the table, then a
+caption naming its result directory with the commit, date, machine, load and wall time of its run.json.
+
+    python benchmarks/tables.py                  # write every table
+    python benchmarks/tables.py --check          # exit 1 naming every table that differs from its files
+    python benchmarks/tables.py --record NAME -- python train.py ...   # run, time and record a new result
+
+``--record`` runs the command and writes ``benchmarks/results/NAME/run.json`` (the checkout's commit, the
+date, the machine, the load average before and after, the wall time); copy the run's own files beside it,
+then add or adapt the table's function here and its markers in the doc (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path("benchmarks") / "results"  # relative to the root of the checkout
+RUN_KEYS = ("commit", "date", "command", "machine", "load", "wall_s", "transcribed", "note")
+BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+FASHION_MNIST = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot")
+
+
+# ---- reading a result directory -------------------------------------------------------------------------
+
+class Results:
+    """The result directories under ``root``/benchmarks/results: ``run(name)`` its run.json (checked),
+    ``csv(name, file)`` a CSV's rows as dicts of strings, ``json(name, file)``, ``text(name, file)``;
+    ``read`` holds the (name, file) pairs read so far, so that a caption names the transcribed files a table
+    used."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.dir = self.root / RESULTS
+        self.read: set[tuple[str, str]] = set()
+
+    def _path(self, name: str, file: str) -> Path:
+        self.read.add((name, file))
+        return self.dir / name / file
+
+    def run(self, name: str) -> dict:
+        """``name``/run.json; stops naming the file when it is missing, lacks one of ``RUN_KEYS`` or lists a
+        transcribed file that is not there."""
+        path = self.dir / name / "run.json"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} is missing: every result directory needs a run.json "
+                             f"({', '.join(RUN_KEYS)})")
+        run = json.loads(path.read_text())
+        missing = [k for k in RUN_KEYS if k not in run]
+        if missing:
+            raise SystemExit(f"error: {path} lacks {', '.join(missing)} (every run.json holds {', '.join(RUN_KEYS)})")
+        absent = [f for f in run["transcribed"] if not (self.dir / name / f).is_file()]
+        if absent:
+            raise SystemExit(f"error: {path} lists transcribed files that are not there: {', '.join(absent)}")
+        return run
+
+    def csv(self, name: str, file: str) -> list[dict[str, str]]:
+        with open(self._path(name, file), newline="") as f:
+            return list(csv.DictReader(f))
+
+    def json(self, name: str, file: str):
+        return json.loads(self._path(name, file).read_text())
+
+    def text(self, name: str, file: str) -> str:
+        return self._path(name, file).read_text()
+
+
+# ---- formatting -----------------------------------------------------------------------------------------
+
+def f2(x) -> str:
+    return f"{float(x):.2f}"
+
+
+def f3(x) -> str:
+    return f"{float(x):.3f}"
+
+
+def cell3(x: str) -> str:
+    """A CSV field as a table cell: a number with 3 decimals, a word as it is (e.g. "not evaluated"), empty as
+    empty."""
+    try:
+        return f3(x)
+    except ValueError:
+        return x
+
+
+def mean_std(mean, std) -> str:
+    return f"{float(mean):.3f} ± {float(std):.3f}"
+
+
+def span(lo: str, hi: str) -> str:
+    """``lo–hi``, or ``lo`` alone when both are the same."""
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def duration(seconds) -> str:
+    """Seconds as ``35 min 26 s``; a [low, high] pair as ``2 min 3 s – 2 min 12 s``."""
+    if isinstance(seconds, (list, tuple)):
+        return " – ".join(duration(s) for s in seconds)
+    s = round(float(seconds))
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    parts = [f"{h} h"] * bool(h) + [f"{m} min"] * bool(h or m) + [f"{s} s"] * bool(s or not (h or m))
+    return " ".join(parts)
+
+
+def bold(cell: str) -> str:
+    return f"**{cell}**"
+
+
+def bold_best(cells: list[str], values: list[float]) -> list[str]:
+    """``cells`` with the one(s) of the largest value in bold."""
+    best = max(values)
+    return [bold(c) if v == best else c for c, v in zip(cells, values)]
+
+
+def markdown(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
+    """A markdown table; columns from ``numeric_from`` on are right-aligned (``None``: none is)."""
+    align = ["---" if numeric_from is None or i < numeric_from else "---:" for i in range(len(header))]
+    return ["|" + "|".join(f" {c} " if c else " " for c in r) + "|" for r in (header, align, *rows)]
+
+
+def short(commit: str) -> str:
+    return commit[:7]
+
+
+def result_link(name: str, doc: str) -> str:
+    """A markdown link from ``doc`` (relative to the root) to the result directory ``name``."""
+    target = os.path.relpath(RESULTS / name, Path(doc).parent).replace(os.sep, "/")
+    return f"[`{(RESULTS / name).as_posix()}/`]({target}/)"
+
+
+def caption(results: Results, sources: tuple[str, ...], doc: str) -> str:
+    """The line under a table: where its numbers come from, with the commit, date, machine, load and wall
+    time of each source's run.json; the transcribed files the table read (``results.read``) are named as such."""
+    parts = []
+    for name in sources:
+        run = results.run(name)
+        facts = [f"commit {short(run['commit'])}", run["date"], run["machine"], f"load {run['load']}"]
+        if run["wall_s"] is not None:
+            facts.append(f"wall {duration(run['wall_s'])}")
+        part = f"{result_link(name, doc)}: {', '.join(facts)}."
+        transcribed = [f for f in run["transcribed"] if (name, f) in results.read]
+        if transcribed:
+            part += f" **Transcribed from the docs, raw output not kept:** {', '.join(transcribed)}."
+        parts.append(part)
+    return f"<sub>By `python benchmarks/tables.py` from {' '.join(parts)}</sub>"
+
+
+# ---- the tables -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Table:
+    doc: str  # the markdown file, relative to the root
+    sources: tuple[str, ...]  # result directories under benchmarks/results/
+    build: Callable[[Results], list[str]]  # the table's lines
+    caption: bool = True  # False: the table states the commit of each row itself
+
+
+TABLES: dict[str, Table] = {}
+
+
+def table(name: str, doc: str, *sources: str, caption: bool = True):
+    """Register the function below as the builder of table ``name`` of ``doc``."""
+    def register(build: Callable[[Results], list[str]]):
+        TABLES[name] = Table(doc, sources, build, caption)
+        return build
+    return register
+
+
+def _glance_row(results: Results, source: str, preset: str, command: str, wall: str, headline: str,
+                details: str) -> list[str]:
+    run = results.run(source)
+    return [preset, command, wall, headline, f"{short(run['commit'])}, {run['date']}", details]
+
+
+@table("results_at_a_glance", "README.md", "quickstart", "oct_phantom", "oct_phantom_scan_decision",
+       "oct_phantom_scan_decision_65aa7b2", "fanogan_preset", "fashion_mnist_benchmark", caption=False)
+def results_at_a_glance(r: Results) -> list[str]:
+    def wall(name: str) -> str:
+        run = r.run(name)
+        return f"{duration(run['wall_s'])}, load {run['load']}"
+
+    quick = r.json("quickstart", "metrics.json")["scores"]
+    phantom = r.csv("oct_phantom", "train_metrics.csv")
+    scans = r.csv("oct_phantom_scan_decision", "per_seed.csv")
+    reported = [s for s in scans if s["role"] == "reported"]
+    before = [float(s["scan_score_auroc"]) for s in r.csv("oct_phantom_scan_decision_65aa7b2", "scan_decision.csv")
+              if s["role"] == "reported"]
+    scan_walls = [float(s["scans_wall_s"]) for s in scans]
+    preset = {row["g_steps"]: row for row in r.csv("fanogan_preset", "g_steps.csv")}
+    preset = preset[max(preset, key=int)]
+    fashion = {row["score"]: row for row in r.csv("fashion_mnist_benchmark", "benchmark.csv")
+               if row["normal_classes"] == "mean"}
+
+    knn10, jobs = fashion["latent_knn10"], r.csv("fashion_mnist_benchmark", "summary.csv")
+
+    def minmax(rows: list[dict], key: str) -> str:
+        values = sorted(float(x[key]) for x in rows)
+        return span(f3(values[0]), f3(values[-1]))
+
+    rows = [
+        _glance_row(r, "quickstart", "digits (the quickstart)", "`python train.py`", wall("quickstart"),
+                    f"AUROC `anomaly` {quick['anomaly']['auroc']:.4f}, `reference_discrimination` "
+                    f"{quick['reference_discrimination']['auroc']:.4f}", "[results.md](docs/results.md)"),
+        _glance_row(r, "oct_phantom", "OCT-like phantom, patches", "`python train.py experiment=oct_phantom`",
+                    wall("oct_phantom"), f"pixel AUROC {minmax(phantom, 'pixel_auroc')}, image AUROC "
+                    f"{minmax(phantom, 'image_auroc')} (seeds {phantom[0]['seed']}–{phantom[-1]['seed']})",
+                    "[oct.md](docs/oct.md)"),
+        _glance_row(r, "oct_phantom_scan_decision", "phantom scans, `data=scans`",
+                    "`python evaluate.py ... data=scans` ([oct.md](docs/oct.md))",
+                    f"{duration([min(scan_walls), max(scan_walls)])} for 44 B-scans, load "
+                    f"{r.run('oct_phantom_scan_decision')['load']}",
+                    f"scan AUROC {' / '.join(f3(s['scan_score_auroc']) for s in reported)} (seeds "
+                    f"{reported[0]['seed']}–{reported[-1]['seed']}; {span(f3(min(before)), f3(max(before)))} at "
+                    f"{short(r.run('oct_phantom_scan_decision_65aa7b2')['commit'])})", "[oct.md](docs/oct.md)"),
+        _glance_row(r, "fanogan_preset", "f-AnoGAN, sized for a CPU", "`python train.py experiment=fanogan`",
+                    wall("fanogan_preset"), f"AUROC `fanogan` {f3(preset['fanogan'])}, AnoGAN `anomaly` "
+                    f"{f3(preset['anomaly'])}; G's samples {preset['sample_quality_ratio']}x the normal images' "
+                    "distance", "[method.md](docs/method.md#the-fanogan-preset-g-needs-g-steps)"),
+        _glance_row(r, "fashion_mnist_benchmark", "Fashion-MNIST one-class, 10 classes x 3 seeds",
+                    "`python train.py -m experiment=fashion_mnist_benchmark`",
+                    f"{duration(r.run('fashion_mnist_benchmark')['wall_s'])} ({len(jobs)} jobs, 2 at a time via SLURM)",
+                    f"mean AUROC `latent_knn10` {mean_std(knn10['mean'], knn10['std'])}, 1-NN on pixels "
+                    f"{f3(fashion['pixel_knn']['mean'])}, AnoGAN {f3(fashion['anomaly']['mean'])}",
+                    "[benchmark.md](docs/benchmark.md)"),
+    ]
+    sources = TABLES["results_at_a_glance"].sources
+    links = ", ".join(f"[{name}]({(RESULTS / name).as_posix()}/)" for name in sources)
+    transcribed = ", ".join(dict.fromkeys(name for name, file in sorted(r.read) if file in r.run(name)["transcribed"]))
+    return markdown(["preset", "command", "wall time", "headline", "measured", "details"], rows, None) + [
+        "", f"<sub>By `python benchmarks/tables.py` from the result directories {links} of `benchmarks/results/`; "
+        f"measured: each one's run.json. Transcribed from the docs, raw output not kept (wholly or partly): "
+        f"{transcribed}.</sub>"]
+
+
+QUICKSTART_SCORES = {"residual": "residual", "discrimination": "discrimination", "anomaly": "anomaly (AnoGAN)",
+                     "reference_discrimination": "reference_discrimination",
+                     "reference_anomaly": "reference_anomaly (GAN_R)",
+                     "discriminator": "discriminator (P_D, as the log-odds -D(x))"}
+
+
+@table("quickstart_timings", "docs/results.md", "quickstart")
+def quickstart_timings(r: Results) -> list[str]:
+    published = short(r.run("quickstart")["commit"])
+    rows = [[t["commit"], bold(duration(t["wall_s"])) if t["commit"] == published else duration(t["wall_s"]),
+             f"{t['cpu_s']} s ({t['cpu_share_percent']} %)", duration(t["training_s"]), t["load"]]
+            for t in r.csv("quickstart", "timings.csv")]
+    return markdown(["commit", "wall-clock", "CPU time (share of one core)", "of which training",
+                     "load average (start, during, end)"], rows, None)
+
+
+@table("quickstart_scores", "docs/results.md", "quickstart")
+def quickstart_scores(r: Results) -> list[str]:
+    scores = r.json("quickstart", "metrics.json")["scores"]
+    rows = [[label, *(f"{scores[s][k]:.4f}" for k in ("auroc", "precision", "recall", "specificity")),
+             f"{scores[s]['threshold']:.4g}"] for s, label in QUICKSTART_SCORES.items()]
+    return markdown(["score", "AUROC", "precision", "recall (= sensitivity)", "specificity", "threshold"], rows,
+                    None)
+
+
+@table("fashion_mnist_recipe", "docs/benchmark.md", "fashion_mnist_recipe")
+def fashion_mnist_recipe(r: Results) -> list[str]:
+    rows = r.csv("fashion_mnist_recipe", "validation.csv")
+    classes = [k for k in rows[0] if k.startswith("class_")]
+    body = [[(bold(x["candidate"]) if x["kept"] else x["candidate"]) + (f" (`{x['score']}`)" if x["score"] else ""),
+             *(f3(x[c]) for c in classes),
+             bold(f3(x["mean"])) if x["kept"] else f3(x["mean"])] for x in rows]
+    header = ["candidate (k: k-th nearest training image)", f"class {classes[0].split('_')[1]}",
+              *(c.split("_")[1] for c in classes[1:]), "mean"]
+    return markdown(header, body)
+
+
+FASHION_COLUMNS = {"anomaly": "AnoGAN `anomaly`", "fanogan": "f-AnoGAN `fanogan`", "fanogan_latent": "`fanogan_latent`",
+                   "feature_knn": "`feature_knn`", "latent_knn10": "**`latent_knn10`**", "pixel_pca": "PCA `pixel_pca`",
+                   "pixel_knn": "1-NN `pixel_knn`", "pixel_knn10": "10-NN `pixel_knn10`"}
+
+
+@table("fashion_mnist_benchmark", "docs/benchmark.md", "fashion_mnist_benchmark")
+def fashion_mnist_benchmark(r: Results) -> list[str]:
+    cells: dict[str, dict[str, dict]] = {}
+    for row in r.csv("fashion_mnist_benchmark", "benchmark.csv"):
+        cells.setdefault(row["normal_classes"], {})[row["score"]] = row
+    classes = sorted((c for c in cells if c != "mean"), key=lambda c: int(c.strip("[]")))
+    body = []
+    for c in [*classes, "mean"]:
+        means = [float(cells[c][s]["mean"]) for s in FASHION_COLUMNS]
+        text = [mean_std(cells[c][s]["mean"], cells[c][s]["std"]) for s in FASHION_COLUMNS]
+        label = f"**mean ({len(classes)} classes)**" if c == "mean" else f"{c[1:-1]} {FASHION_MNIST[int(c[1:-1])]}"
+        body.append([label, *bold_best(text, means)])
+    return markdown(["normal class", *FASHION_COLUMNS.values()], body)
+
+
+@table("fashion_mnist_oneclass", "docs/benchmark.md", "fashion_mnist_oneclass")
+def fashion_mnist_oneclass(r: Results) -> list[str]:
+    # the script's own auroc.md: its 3 decimals come from the unrounded AUROCs, auroc.csv keeps 4
+    return [line for line in r.text("fashion_mnist_oneclass", "auroc.md").splitlines() if line.startswith("|")]
+
+
+TRAIN_HEADER = ["seed", "image AUROC (anomaly)", "AUPRC", "F1-max", "Youden point sens. / spec. (test labels)",
+                "calibrated at 5 % FPR: sens. / spec. / prec.", "pixel AUROC", "pixel AUPRC", "best Dice",
+                "AUPRO (0.3)", "Dice at the calibrated pixel threshold"]
+
+
+def train_rows(rows: list[dict]) -> list[list[str]]:
+    """The patch-level metrics of phantom training runs, one row per seed (train_metrics.csv's columns)."""
+    return [[x["seed"], f3(x["image_auroc"]), f3(x["image_auprc"]), f3(x["f1_max"]),
+             f"{f2(x['youden_sensitivity'])} / {f2(x['youden_specificity'])}",
+             f"{f2(x['calibrated_sensitivity'])} / {f2(x['calibrated_specificity'])} / {f2(x['calibrated_precision'])}",
+             f3(x["pixel_auroc"]), f3(x["pixel_auprc"]), f3(x["pixel_best_dice"]), f3(x["pixel_aupro"]),
+             f3(x["dice_at_pixel_threshold"]) + (f" (spec. {float(x['pixel_threshold_specificity']):.4f})"
+                                                 if x.get("pixel_threshold_specificity") else "")]
+            for x in rows]
+
+
+@table("oct_phantom", "docs/oct.md", "oct_phantom")
+def oct_phantom(r: Results) -> list[str]:
+    return markdown(TRAIN_HEADER, train_rows(r.csv("oct_phantom", "train_metrics.csv")), None)
+
+
+def _seed(x: dict) -> str:
+    return f"{x['seed']} (development)" if x["role"] == "development" else x["seed"]
+
+
+def _flag(x: dict, rule: str, threshold: bool = True) -> str:
+    rates = f"{f2(x[f'{rule}_sensitivity'])} / {f2(x[f'{rule}_specificity'])}"
+    return f"{rates} ({f3(x[f'{rule}_threshold'])})" if threshold else rates
+
+
+PIXEL_HEADER = ["seed", "pixel AUROC (stitched)", "pixel AUPRC", "best Dice", "AUPRO (0.3)",
+                "Dice at the calibrated pixel threshold", "scan AUROC: `scan_score`"]
+
+
+def _pixel_cells(x: dict) -> list[str]:
+    return [_seed(x), *(f3(x[k]) for k in ("pixel_auroc", "pixel_auprc", "pixel_best_dice", "pixel_aupro",
+                                            "dice_at_pixel_threshold")), bold(f3(x["scan_score_auroc"]))]
+
+
+@table("oct_phantom_scan_decision_65aa7b2", "docs/oct.md", "oct_phantom_scan_decision_65aa7b2")
+def oct_phantom_scan_decision_65aa7b2(r: Results) -> list[str]:
+    rows = [[*_pixel_cells(x), f3(x["image_score_auroc"]), _flag(x, "quantile12"), _flag(x, "quantile20")]
+            for x in r.csv("oct_phantom_scan_decision_65aa7b2", "scan_decision.csv")]
+    return markdown([*PIXEL_HEADER, "scan AUROC: most anomalous patch",
+                     "`scan_flagged`, 12 normal scans: sens. / spec. (`scan_threshold`)",
+                     "`scan_flagged`, 20 normal scans"], rows, None)
+
+
+@table("oct_phantom_train_65aa7b2", "docs/oct.md", "oct_phantom_scan_decision_65aa7b2")
+def oct_phantom_train_65aa7b2(r: Results) -> list[str]:
+    return markdown(TRAIN_HEADER, train_rows(r.csv("oct_phantom_scan_decision_65aa7b2", "train_metrics.csv")), None)
+
+
+@table("oct_phantom_scan_decision", "docs/oct.md", "oct_phantom_scan_decision")
+def oct_phantom_scan_decision(r: Results) -> list[str]:
+    rows = []
+    for x in r.csv("oct_phantom_scan_decision", "per_seed.csv"):
+        flag = f"{f2(x['flag_sensitivity'])} / {f2(x['flag_specificity'])} ({f3(x['scan_threshold'])})"
+        before = f"{_flag(x, 'quantile12', False)}, {_flag(x, 'quantile20', False)}"
+        rows.append([*_pixel_cells(x), f3(x["scan_border_include_auroc"]), f3(x["image_score_auroc"]), flag, before])
+    return markdown([*PIXEL_HEADER, "scan AUROC: `scan_border=include`", "scan AUROC: most anomalous patch",
+                     "`scan_flagged`, 20 normal scans (conformal): sens. / spec. (`scan_threshold`)",
+                     "before: 95 % quantile of 12 / 20 normal scans: sens. / spec."], rows, None)
+
+
+@table("oct_phantom_scan_decision_train", "docs/oct.md", "oct_phantom_scan_decision")
+def oct_phantom_scan_decision_train(r: Results) -> list[str]:
+    kept = {x["seed"]: x for x in r.csv("oct_phantom_scan_decision", "per_seed.csv")}
+    rows = [{**x, "image_auroc": kept[x["seed"]]["train_image_auroc"],
+             "calibrated_sensitivity": kept[x["seed"]]["train_calibrated_sensitivity"],
+             "calibrated_specificity": kept[x["seed"]]["train_calibrated_specificity"],
+             "pixel_auroc": kept[x["seed"]]["train_pixel_auroc"]}
+            for x in r.csv("oct_phantom_scan_decision", "train_metrics.csv")]
+    header = [h.replace("5 % FPR:", "5 % FPR (conformal):") for h in TRAIN_HEADER]
+    return markdown(header, train_rows(rows), None)
+
+
+@table("scans_speed", "docs/oct.md", "scans_speed")
+def scans_speed(r: Results) -> list[str]:
+    load = r.run("scans_speed")["load"]
+    rows = [[f"{x['device']} (load {load})", x["patches_per_scan"], x["steps"],
+             f"{x['whole_scans_per_s']} ({x['whole_s_per_scan']} s per scan)", x["mapping_scans_per_s"], x["ratio"]]
+            for x in r.csv("scans_speed", "speed.csv")]
+    return markdown(["device", "patches per scan", "steps", "whole path (scans/s)", "mapping alone (scans/s)",
+                     "ratio"], rows)
+
+
+@table("fanogan_line_by_line_preset", "docs/method.md", "fanogan_line_by_line")
+def fanogan_line_by_line_preset(r: Results) -> list[str]:
+    rows = [[x["code"], duration(x["wall_s"]),
+             *(f3(x[k]) for k in ("fanogan", "fanogan_latent", "anomaly", "residual", "discrimination"))]
+            for x in r.csv("fanogan_line_by_line", "preset.csv")]
+    return markdown(["", "wall", "`fanogan`", "`fanogan_latent`", "AnoGAN `anomaly`", "`residual`",
+                     "`discrimination`"], rows)
+
+
+@table("fanogan_line_by_line_fashion_mnist", "docs/method.md", "fanogan_line_by_line")
+def fanogan_line_by_line_fashion_mnist(r: Results) -> list[str]:
+    rows = r.csv("fanogan_line_by_line", "fashion_mnist.csv")
+    best_of = ("fanogan", "fanogan_latent")  # bold: the best encoder of the class
+    best = {(x["class"], k): max(float(y[k]) for y in rows if y["class"] == x["class"]) for x in rows for k in best_of}
+    body = [[x["class"], x["code"], x["encoder"],
+             *(bold(f3(x[k])) if float(x[k]) == best[x["class"], k] else f3(x[k]) for k in best_of),
+             f"{x['gan_wall_s']} s" if x["gan_wall_s"] else "(same GAN)", f"{x['e_wall_s']} s"] for x in rows]
+    return markdown(["class", "code", "encoder", "`fanogan`", "`fanogan_latent`", "GAN wall", "E wall"], body, 3)
+
+
+@table("fanogan_preset", "docs/method.md", "fanogan_preset")
+def fanogan_preset(r: Results) -> list[str]:
+    rows = [[f"{x['g_steps']} ({x['critic_iterations']}), {x['what']}", x["samples"], x["sample_quality_ratio"],
+             cell3(x["anomaly"]), cell3(x["fanogan"])]
+            for x in r.csv("fanogan_preset", "g_steps.csv")]
+    return markdown(["G steps (critic steps per G step)", "G's samples", "`sample_quality.json` ratio",
+                     "AnoGAN `anomaly`", "`fanogan`"], rows, 2)
+
+
+@table("export_speed", "docs/deploy.md", "export_speed")
+def export_speed(r: Results) -> list[str]:
+    rows = r.csv("export_speed", "speed.csv")
+    sizes = [f"{x['size']}x{x['size']}" for x in rows]
+    return markdown(["batch 64, 2 threads", *sizes], [
+        ["onnxruntime (images/s)", *(x["onnxruntime_images_per_s"] for x in rows)],
+        ["PyTorch eager (images/s)", *(x["torch_images_per_s"] for x in rows)],
+        ["onnxruntime / PyTorch", *(bold(x["ratio"]) for x in rows)]], None)
+
+
+# ---- writing and checking the docs ----------------------------------------------------------------------
+
+def render(name: str, results: Results) -> str:
+    """What lies between table ``name``'s markers: the table and its caption, each line ending in a newline."""
+    t = TABLES[name]
+    results.read.clear()
+    lines = t.build(results)
+    if t.caption:
+        lines = [*lines, "", caption(results, t.sources, t.doc)]
+    return "\n".join(lines) + "\n"
+
+
+def update(root: Path) -> tuple[dict[Path, str], list[str]]:
+    """({doc: its text with every table rewritten}, ["doc: table" of each table whose text changed]). A marker
+    naming no table of its doc, a table without its markers or with two pairs of them, stops with an error."""
+    results, new, stale = Results(root), {}, []
+    docs = {t.doc for t in TABLES.values()} | {"README.md"} | {f"docs/{p.name}" for p in (root / "docs").glob("*.md")}
+    for doc in sorted(docs):
+        text = (root / doc).read_text()
+        blocks = list(BLOCK.finditer(text))
+        found = [m.group("name") for m in blocks]
+        unknown = [n for n in found if n not in TABLES or TABLES[n].doc != doc]
+        if unknown:
+            raise SystemExit(f"error: {doc}: benchmarks/tables.py has no table {', '.join(unknown)} for {doc}")
+        wrong = [n for n, t in TABLES.items() if t.doc == doc and found.count(n) != 1]
+        if wrong:
+            raise SystemExit(f"error: {doc} must hold the markers <!-- table:NAME --> ... <!-- /table --> once for "
+                             f"{', '.join(wrong)}")
+        parts, last = [], 0
+        for m in blocks:
+            body = render(m.group("name"), results)
+            if body != m.group("body"):
+                stale.append(f"{doc}: {m.group('name')}")
+            parts += [text[last:m.start("body")], body]
+            last = m.end("body")
+        new[root / doc] = "".join(parts) + text[last:]
+    return new, stale
+
+
+def machine() -> str:
+    """The CPU count and architecture, the GPUs nvidia-smi lists, the torch version: what a wall time depends on."""
+    parts = [f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.system()})"]
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30).stdout.split("\n")
+        parts += [g.strip() for g in gpus if g.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        parts.append(f"torch {importlib.metadata.version('torch')}")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return ", ".join(parts)
+
+
+def record(name: str, command: list[str], root: Path = ROOT) -> Path:
+    """Run ``command`` in ``root`` and write results/``name``/run.json with its commit, date, machine, load and
+    wall time; the run's exit status is returned through SystemExit when it fails."""
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    load0, t0 = os.getloadavg()[0], time.monotonic()
+    status = subprocess.run(command, cwd=root).returncode
+    wall, load1 = time.monotonic() - t0, os.getloadavg()[0]
+    if status:
+        raise SystemExit(f"error: {' '.join(command)} exited with {status}; no run.json written")
+    out = root / RESULTS / name
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"commit": commit, "date": datetime.date.today().isoformat(), "command": " ".join(command),
+           "machine": machine(),
+           "load": f"{load0:.2f} before, {load1:.2f} after (1-minute average)", "wall_s": round(wall, 1),
+           "transcribed": [], "note": "uncommitted changes to tracked files: " + dirty.replace("\n", ", ") if dirty
+           else ""}
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    return out / "run.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each table that differs")
+    p.add_argument("--root", type=Path, default=ROOT, help="the checkout: README.md, docs/, benchmarks/results/")
+    p.add_argument("--record", metavar="NAME", help="run the command after -- and write results/NAME/run.json")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="with --record: -- COMMAND ...")
+    a = p.parse_args(argv)
+    if a.record:
+        command = a.command[1:] if a.command[:1] == ["--"] else a.command
+        if not command:
+            p.error("--record NAME needs a command after --")
+        print(f"wrote {record(a.record, command, a.root)}")
+        return 0
+    if a.command:
+        p.error(f"unexpected arguments: {' '.join(a.command)}")
+    new, stale = update(a.root)
+    if a.check:
+        for s in stale:
+            print(f"stale: {s} (python benchmarks/tables.py rewrites it from benchmarks/results/)")
+        return 1 if stale else 0
+    for path, text in new.items():
+        if path.read_text() != text:
+            path.write_text(text)
+    for s in stale:
+        print(f"wrote {s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
