@@ -161,12 +161,16 @@ def main(argv: list[str] | None = None) -> None:
         writer.writeheader()
         writer.writerows(rows)
     reported = [r for r in rows if r["role"] == "reported"] or rows
-    run = {"commit": _commit(), "command": " ".join(["python", "benchmarks/oct_seed_study.py", *sys.argv[1:]]),
-           "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-           "started": started, "wall_s": round(time.time() - t0, 1), "load_average_start": load0,
-           "load_average_end": os.getloadavg(), "jobs": args.jobs, "threads_per_job": args.threads,
-           "train_overrides": args.train, "eval_overrides": args.eval,
-           "note": "wall_s counts only the seeds run by this call (rows that existed were read, not rerun)"}
+    load1 = os.getloadavg()
+    run = {"commit": _commit(), "date": started,
+           "command": " ".join(["python", "benchmarks/oct_seed_study.py", *(sys.argv[1:] if argv is None else argv)]),
+           "machine": f"{platform.node()}: {os.cpu_count()} cores, {args.jobs} seed(s) at once, {args.threads} "
+                      "thread(s) each",
+           "load": f"1-min load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end",
+           "wall_s": round(time.time() - t0, 1), "transcribed": [],
+           "note": "wall_s counts the seeds this call ran (rows that existed were read, not rerun); per seed "
+                   f"train_wall_s and scans_wall_s in {args.name}.csv. train overrides: {args.train}; "
+                   f"evaluate overrides: {args.eval}"}
     (args.out / f"{args.name}_run.json").write_text(json.dumps(run, indent=1))
     result = {"seeds": [r["seed"] for r in reported], "summary": summary(reported)}
     (args.out / f"{args.name}_summary.json").write_text(json.dumps(result, indent=1))

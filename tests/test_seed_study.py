@@ -64,7 +64,8 @@ def test_one_row_per_seed_the_summary_and_a_resume_that_redoes_nothing(tmp_path,
     s = summary["summary"]["scan_auroc"]
     assert (s["min"], s["median"], s["max"]) == pytest.approx((1.8, 1.81, 1.82)) and s["spread"] == pytest.approx(0.02)
     run = json.loads((out / "r2_run.json").read_text())
-    assert {"commit", "command", "machine", "load_average_start", "wall_s"} <= set(run)
+    assert {"commit", "date", "command", "machine", "load", "wall_s", "transcribed", "note"} <= set(run)
+    assert run["command"].endswith("--name r2 --eval inversion.restarts=2")
     assert "scan_auroc: min 1.800, median 1.810" in capsys.readouterr().out
     # the same command again: every row exists, nothing runs; another name maps the same GANs again
     fake_commands.clear()
