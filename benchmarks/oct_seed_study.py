@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import json
 import os
 import platform
@@ -162,10 +163,10 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     reported = [r for r in rows if r["role"] == "reported"] or rows
     load1 = os.getloadavg()
-    run = {"commit": _commit(), "date": started,
+    run = {"commit": _commit(), "date": started[:10], "started": started,
            "command": " ".join(["python", "benchmarks/oct_seed_study.py", *(sys.argv[1:] if argv is None else argv)]),
-           "machine": f"{platform.node()}: {os.cpu_count()} cores, {args.jobs} seed(s) at once, {args.threads} "
-                      "thread(s) each",
+           "machine": f"{os.cpu_count()}-core {platform.machine()} CPU (torch {importlib.metadata.version('torch')}), "
+                      f"{args.jobs} seed(s) at once, {args.threads} thread(s) each",
            "load": f"1-min load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end",
            "wall_s": round(time.time() - t0, 1), "transcribed": [],
            "note": "wall_s counts the seeds this call ran (rows that existed were read, not rerun); per seed "

@@ -393,6 +393,24 @@ def oct_phantom_scan_decision_train(r: Results) -> list[str]:
     return markdown(header, train_rows(rows), None)
 
 
+@table("oct_restarts_dev", "docs/oct.md", "oct_restarts_dev", "oct_phantom_scan_decision")
+def oct_restarts_dev(r: Results) -> list[str]:
+    """The development seeds mapped from one start (per_seed.csv) and from two (``inversion.restarts=2``)."""
+    one = [x for x in r.csv("oct_phantom_scan_decision", "per_seed.csv") if x["role"] == "development"]
+    two = r.csv("oct_restarts_dev", "r2.csv")
+    rows = [[x["seed"], "1", f3(x["scan_score_auroc"]), f3(x["pixel_auroc"]), f3(x["pixel_aupro"]),
+             f"{f2(x['flag_sensitivity'])} / {f2(x['flag_specificity'])}", "not counted (one start)",
+             duration(x["scans_wall_s"])] for x in one]
+    rows += [[x["seed"], "2", f3(x["scan_auroc"]), f3(x["pixel_auroc"]), f3(x["pixel_aupro"]),
+              f"{f2(x['flag_sensitivity'])} / {f2(x['flag_specificity'])}",
+              " / ".join(x[f"failed_first_starts_{g}_scans"] for g in ("normal", "healthy", "fluid")),
+              duration(x["scans_wall_s"])] for x in two]
+    return markdown(["seed", "restarts", "scan AUROC: `scan_score`", "pixel AUROC (stitched)", "AUPRO (0.3)",
+                     "`scan_flagged`: sens. / spec.",
+                     "first starts failed: patches of normal / healthy / fluid scans", "wall, 44 B-scans"],
+                    sorted(rows, key=lambda row: (int(row[0]), row[1])), None)
+
+
 @table("scans_speed", "docs/oct.md", "scans_speed")
 def scans_speed(r: Results) -> list[str]:
     load = r.run("scans_speed")["load"]

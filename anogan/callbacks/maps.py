@@ -435,7 +435,10 @@ class ScanMaps(L.Callback):
     def _mapping_failures(self) -> dict:
         """How often the first of ``inversion.restarts`` starts failed (``anogan.metrics.restarts``), over
         the patches of the normal scans, of the test scans whose mask marks a lesion and of those whose
-        mask is empty; logged with several starts."""
+        mask is empty; logged with several starts. Null with the reason when no start was compared (one
+        start per patch, or no patch mapped)."""
+        if getattr(self, "patch_losses", None) is None:
+            return failure_summary(None, {})
         scan_of = np.asarray(self.ds.scan)
 
         def group(r: ScanResult) -> str | None:
