@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
            "command": " ".join(["python", "benchmarks/oct_seed_study.py", *(sys.argv[1:] if argv is None else argv)]),
            "machine": f"{os.cpu_count()}-core {platform.machine()} CPU (torch {importlib.metadata.version('torch')}), "
                       f"{args.jobs} seed(s) at once, {args.threads} thread(s) each",
-           "load": f"1-min load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end",
+           "load": f"{load0[0]:.2f} at the start, {load1[0]:.2f} at the end (1-minute average)",
            "wall_s": round(time.time() - t0, 1), "transcribed": [],
            "note": "wall_s counts the seeds this call ran (rows that existed were read, not rerun); per seed "
                    f"train_wall_s and scans_wall_s in {args.name}.csv. train overrides: {args.train}; "

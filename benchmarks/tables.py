@@ -193,8 +193,8 @@ def _glance_row(results: Results, source: str, preset: str, command: str, wall: 
     return [preset, command, wall, headline, f"{short(run['commit'])}, {run['date']}", details]
 
 
-@table("results_at_a_glance", "README.md", "quickstart", "oct_phantom", "oct_phantom_scan_decision",
-       "oct_phantom_scan_decision_65aa7b2", "fanogan_preset", "fashion_mnist_benchmark", caption=False)
+@table("results_at_a_glance", "README.md", "quickstart", "oct_phantom", "oct_seed_study", "fanogan_preset",
+       "fashion_mnist_benchmark", caption=False)
 def results_at_a_glance(r: Results) -> list[str]:
     def wall(name: str) -> str:
         run = r.run(name)
@@ -202,11 +202,7 @@ def results_at_a_glance(r: Results) -> list[str]:
 
     quick = r.json("quickstart", "metrics.json")["scores"]
     phantom = r.csv("oct_phantom", "train_metrics.csv")
-    scans = r.csv("oct_phantom_scan_decision", "per_seed.csv")
-    reported = [s for s in scans if s["role"] == "reported"]
-    before = [float(s["scan_score_auroc"]) for s in r.csv("oct_phantom_scan_decision_65aa7b2", "scan_decision.csv")
-              if s["role"] == "reported"]
-    scan_walls = [float(s["scans_wall_s"]) for s in scans]
+    study, seeds = r.json("oct_seed_study", "scans_summary.json"), r.csv("oct_seed_study", "scans.csv")
     preset = {row["g_steps"]: row for row in r.csv("fanogan_preset", "g_steps.csv")}
     preset = preset[max(preset, key=int)]
     fashion = {row["score"]: row for row in r.csv("fashion_mnist_benchmark", "benchmark.csv")
@@ -226,13 +222,13 @@ def results_at_a_glance(r: Results) -> list[str]:
                     wall("oct_phantom"), f"pixel AUROC {minmax(phantom, 'pixel_auroc')}, image AUROC "
                     f"{minmax(phantom, 'image_auroc')} (seeds {phantom[0]['seed']}–{phantom[-1]['seed']})",
                     "[oct.md](docs/oct.md)"),
-        _glance_row(r, "oct_phantom_scan_decision", "phantom scans, `data=scans`",
-                    "`python evaluate.py ... data=scans` ([oct.md](docs/oct.md))",
-                    f"{duration([min(scan_walls), max(scan_walls)])} for 44 B-scans, load "
-                    f"{r.run('oct_phantom_scan_decision')['load']}",
-                    f"scan AUROC {' / '.join(f3(s['scan_score_auroc']) for s in reported)} (seeds "
-                    f"{reported[0]['seed']}–{reported[-1]['seed']}; {span(f3(min(before)), f3(max(before)))} at "
-                    f"{short(r.run('oct_phantom_scan_decision_65aa7b2')['commit'])})", "[oct.md](docs/oct.md)"),
+        _glance_row(r, "oct_seed_study", f"phantom scans (`data=scans`), {len(seeds)} fresh seeds",
+                    f"`python benchmarks/oct_seed_study.py --seeds {seeds[0]['seed']}-{seeds[-1]['seed']} --jobs 2`",
+                    f"{wall('oct_seed_study')} (each seed: train, draw, map 44 B-scans; 2 seeds at a time)",
+                    f"scan AUROC min {f3(study['summary']['scan_auroc']['min'])}, median "
+                    f"{f3(study['summary']['scan_auroc']['median'])}; stitched pixel AUROC median "
+                    f"{f3(study['summary']['pixel_auroc']['median'])}",
+                    "[oct.md](docs/oct.md#ten-fresh-seeds-the-seed-study)"),
         _glance_row(r, "fanogan_preset", "f-AnoGAN, sized for a CPU", "`python train.py experiment=fanogan`",
                     wall("fanogan_preset"), f"AUROC `fanogan` {f3(preset['fanogan'])}, AnoGAN `anomaly` "
                     f"{f3(preset['anomaly'])}; G's samples {preset['sample_quality_ratio']}x the normal images' "
@@ -409,6 +405,72 @@ def oct_restarts_dev(r: Results) -> list[str]:
                      "`scan_flagged`: sens. / spec.",
                      "first starts failed: patches of normal / healthy / fluid scans", "wall, 44 B-scans"],
                     sorted(rows, key=lambda row: (int(row[0]), row[1])), None)
+
+
+@table("oct_seed_study", "docs/oct.md", "oct_seed_study")
+def oct_seed_study(r: Results) -> list[str]:
+    """The ten fresh seeds of benchmarks/oct_seed_study.py, one row each, then the minimum, median and maximum."""
+    seeds = r.csv("oct_seed_study", "scans.csv")
+    summary = r.json("oct_seed_study", "scans_summary.json")["summary"]
+    def flag(x: dict) -> str:
+        return f"{f2(x['flag_sensitivity'])} / {f2(x['flag_specificity'])}"
+
+    rows = [[x["seed"], f3(x["scan_auroc"]), f3(x["image_score_auroc"]), f3(x["pixel_auroc"]), f3(x["pixel_auprc"]),
+             f3(x["pixel_aupro"]), f"{flag(x)} ({f3(x['scan_threshold'])})",
+             f"{duration(x['train_wall_s'])} + {duration(x['scans_wall_s'])}"] for x in seeds]
+    for stat in ("min", "median", "max"):
+        at = {k: v[stat] for k, v in summary.items()}
+        cell = {k: "null" if v is None else f3(v) for k, v in at.items()}
+        rows.append([bold(stat), bold(cell["scan_auroc"]), cell["image_score_auroc"], bold(cell["pixel_auroc"]),
+                     cell["pixel_auprc"], cell["pixel_aupro"], flag(at),
+                     f"{duration(at['train_wall_s'])} + {duration(at['scans_wall_s'])}"])
+    below = [x["seed"] for x in seeds if float(x["scan_auroc"]) < 0.9]
+    scan_median, pixel_median = summary["scan_auroc"]["median"], summary["pixel_auroc"]["median"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    wall = r.run("oct_seed_study")["wall_s"]
+    named = (": seed " if len(below) == 1 else ": seeds ") + ", ".join(below) if below else ""
+    aim = (f"The aim: scan AUROC ≥ 0.9 on every seed, {verdict(not below)} ({len(below)} of {len(seeds)} below"
+           f"{named}); its median ≥ 0.97, {verdict(scan_median >= 0.97)} ({scan_median:.3f}); the stitched pixel "
+           f"AUROC's median ≥ 0.97, {verdict(pixel_median >= 0.97)} ({pixel_median:.3f}); the whole study within "
+           f"90 minutes, {verdict(wall <= 5400)} ({duration(wall)}).")
+    return markdown(["seed", "scan AUROC: `scan_score`", "scan AUROC: most anomalous patch", "pixel AUROC (stitched)",
+                     "pixel AUPRC", "AUPRO (0.3)", "`scan_flagged`: sens. / spec. (`scan_threshold`)",
+                     "wall: training + 44 B-scans"], rows, None) + ["", aim]
+
+
+@table("oct_seed_study_fluid", "docs/oct.md", "oct_seed_study")
+def oct_seed_study_fluid(r: Results) -> list[str]:
+    """The study's fluid scans that score below their seed's top healthy scan against the others (medians)."""
+    scans = r.csv("oct_seed_study", "scans_fluid_scans.csv")
+
+    def median(rows: list[dict], key: str) -> float:
+        values = sorted(float(x[key]) for x in rows)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    rows = []
+    for label, below in (("below their seed's top healthy scan", "1"), ("above it", "0")):
+        group = [x for x in scans if x["below_top_healthy"] == below]
+        rows.append([f"{label}: {len(group)}", *(f"{median(group, k):.0f}" for k in
+                                                  ("fluid_pixels", "blobs", "largest_blob", "fluid_rows")),
+                     *(f3(median(group, k)) for k in ("map_in_fluid", "map_around_fluid", "scan_score"))])
+    return markdown(["fluid scans", "fluid pixels", "blobs", "largest blob (pixels)", "rows spanned",
+                     "averaged map on the fluid", "around it (4 pixels)", "`scan_score`"], rows)
+
+
+@table("test_suite", "README.md", "test_suite")
+def test_suite(r: Results) -> list[str]:
+    """The full test suite as CI runs it: pytest's closing counts and wall time, and its slowest tests."""
+    lines = r.text("test_suite", "pytest.txt").splitlines()
+    counts = next(line for line in reversed(lines) if re.search(r"\d+ passed", line)).strip("= ")
+    slowest = [line.split() for line in lines if re.match(r"\s*[\d.]+s (call|setup|teardown) ", line)]
+    rows = [["`python -m pytest -q` (what CI runs)", counts.split(" in ")[0], duration(r.run("test_suite")["wall_s"])]]
+    rows += [[f"its slowest: `{name.split('::')[-1]}`", "1", duration(seconds.rstrip("s"))]
+             for seconds, _, name in slowest[:2]]
+    return markdown(["command", "tests", "wall"], rows, 2)
 
 
 @table("scans_speed", "docs/oct.md", "scans_speed")

@@ -87,3 +87,43 @@ def test_a_number_no_seed_has_is_null_with_its_reason():
     assert row["flag_sensitivity"] is None
     s = study.summary([row])["flag_sensitivity"]
     assert s["min"] is None and s["reason"] == "no seed has this number"
+
+
+def test_the_fluid_scans_table_describes_each_fluid_scan_against_its_seeds_top_healthy_scan(tmp_path):
+    """benchmarks/oct_fluid_scans.py on a constructed seed folder: a fluid scan of two blobs scoring below the
+    top healthy scan, one above it, and the healthy scans left out of the rows."""
+    import numpy as np
+    from PIL import Image
+
+    import oct_fluid_scans as fluid
+
+    seed = tmp_path / "study" / "7"
+    (seed / "scans" / "maps" / "v").mkdir(parents=True)
+    (seed / "phantom" / "masks" / "v").mkdir(parents=True)
+    scores = {"v/healthy_a": 0.30, "v/healthy_b": 0.40, "v/fluid_low": 0.35, "v/fluid_high": 0.90}
+    for name in scores:
+        mask = np.zeros((16, 16), np.uint8)
+        if name == "v/fluid_low":
+            mask[2:4, 2:5] = 255  # 6 pixels
+            mask[10, 10] = 255  # a second blob of 1
+        if name == "v/fluid_high":
+            mask[5:9, 5:9] = 255
+        Image.fromarray(mask).save(seed / "phantom" / "masks" / f"{name}.png")
+        score_map = np.full((16, 16), 0.1, np.float32)
+        score_map[mask > 0] = 0.8
+        np.save(seed / "scans" / "maps" / f"{name}.npy", score_map)
+    with open(seed / "scans" / "predictions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "scan_score"])
+        writer.writeheader()
+        writer.writerows({"image": k, "scan_score": v} for k, v in scores.items())
+    assert fluid.main([str(tmp_path / "study")]) == 0
+    rows = {r["scan"]: r for r in csv.DictReader(open(tmp_path / "study" / "scans_fluid_scans.csv"))}
+    assert set(rows) == {"v/fluid_low", "v/fluid_high"}
+    low, high = rows["v/fluid_low"], rows["v/fluid_high"]
+    assert (low["below_top_healthy"], high["below_top_healthy"]) == ("1", "0")
+    assert float(low["top_healthy_score"]) == 0.4
+    assert (low["fluid_pixels"], low["blobs"], low["largest_blob"], low["fluid_rows"]) == ("7", "2", "6", "9")
+    assert float(low["map_in_fluid"]) == pytest.approx(0.8) and float(low["map_around_fluid"]) == pytest.approx(0.1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):  # no seed folder there: argparse's error, exit status 2
+        fluid.main([str(tmp_path / "empty")])
