@@ -194,7 +194,7 @@ def _glance_row(results: Results, source: str, preset: str, command: str, wall: 
 
 
 @table("results_at_a_glance", "README.md", "quickstart", "oct_phantom", "oct_seed_study", "fanogan_preset",
-       "fashion_mnist_benchmark", caption=False)
+       "test_suite", "fashion_mnist_benchmark", caption=False)
 def results_at_a_glance(r: Results) -> list[str]:
     def wall(name: str) -> str:
         run = r.run(name)
@@ -209,6 +209,8 @@ def results_at_a_glance(r: Results) -> list[str]:
                if row["normal_classes"] == "mean"}
 
     knn10, jobs = fashion["latent_knn10"], r.csv("fashion_mnist_benchmark", "summary.csv")
+    preset_test = next(float(line.split()[0].rstrip("s")) for line in r.text("test_suite", "pytest.txt").splitlines()
+                       if "test_the_cpu_fanogan_preset_learns_the_normal_class" in line)
 
     def minmax(rows: list[dict], key: str) -> str:
         values = sorted(float(x[key]) for x in rows)
@@ -230,7 +232,9 @@ def results_at_a_glance(r: Results) -> list[str]:
                     f"{f3(study['summary']['pixel_auroc']['median'])}",
                     "[oct.md](docs/oct.md#ten-fresh-seeds-the-seed-study)"),
         _glance_row(r, "fanogan_preset", "f-AnoGAN, sized for a CPU", "`python train.py experiment=fanogan`",
-                    wall("fanogan_preset"), f"AUROC `fanogan` {f3(preset['fanogan'])}, AnoGAN `anomaly` "
+                    f"{duration(preset_test)} as its end-to-end test in the full suite at "
+                    f"{short(r.run('test_suite')['commit'])} (load {r.run('test_suite')['load'].split(';')[0]})",
+                    f"AUROC `fanogan` {f3(preset['fanogan'])}, AnoGAN `anomaly` "
                     f"{f3(preset['anomaly'])}; G's samples {preset['sample_quality_ratio']}x the normal images' "
                     "distance", "[method.md](docs/method.md#the-fanogan-preset-g-needs-g-steps)"),
         _glance_row(r, "fashion_mnist_benchmark", "Fashion-MNIST one-class, 10 classes x 3 seeds",
@@ -405,6 +409,18 @@ def oct_restarts_dev(r: Results) -> list[str]:
                      "`scan_flagged`: sens. / spec.",
                      "first starts failed: patches of normal / healthy / fluid scans", "wall, 44 B-scans"],
                     sorted(rows, key=lambda row: (int(row[0]), row[1])), None)
+
+
+@table("oct_z_spread_dev", "docs/oct.md", "oct_z_spread_dev")
+def oct_z_spread_dev(r: Results) -> list[str]:
+    """One development seed's scans mapped from the initial z of two ``seed`` values (benchmarks/oct_z_spread.py)."""
+    summary = r.json("oct_z_spread_dev", "summary.json")
+    rows = [[f"`seed={i}`", f3(e["scan_auroc"]), f"{f2(e['flag_sensitivity'])} / {f2(e['flag_specificity'])}"]
+            for i, e in enumerate(summary["evaluations"])]
+    return markdown(["initial z", "scan AUROC: `scan_score`", "`scan_flagged`: sens. / spec."], rows, None) + [
+        "", f"Over its {summary['n_scans']} test and normal scans, `scan_score` moves by a median of "
+            f"{summary['median_range']:.3f} and at most {summary['max_range']:.3f}; "
+            f"{summary['test_scans_whose_flag_changes']} test scans change their flag."]
 
 
 @table("oct_seed_study", "docs/oct.md", "oct_seed_study")

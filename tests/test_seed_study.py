@@ -127,3 +127,39 @@ def test_the_fluid_scans_table_describes_each_fluid_scan_against_its_seeds_top_h
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):  # no seed folder there: argparse's error, exit status 2
         fluid.main([str(tmp_path / "empty")])
+
+
+def test_the_z_spread_compares_the_same_scans_under_other_initial_z(tmp_path):
+    """benchmarks/oct_z_spread.py: per scan the range of scan_score over the evaluations, the test scans whose
+    flag changes, each evaluation's scan AUROC; fewer than two runs or other scans are refused."""
+    import oct_z_spread as z
+
+    def run(name: str, test: dict, normal: dict, auroc: float) -> Path:
+        here = tmp_path / name
+        here.mkdir()
+        for file, scans in (("predictions.csv", test), ("normal_scans.csv", normal)):
+            with open(here / file, "w", newline="") as f:
+                writer = csv.DictWriter(f, ["image", "scan_score", "scan_flagged"])
+                writer.writeheader()
+                writer.writerows({"image": k, "scan_score": "" if s is None else s,
+                                  "scan_flagged": int(bool(s and s > 0.5))} for k, s in scans.items())
+        flag = {"sensitivity": 1.0, "specificity": 0.5}
+        (here / "map_metrics.json").write_text(json.dumps({"scan": {"scan_score_auroc": auroc, "at_flag": flag}}))
+        return here
+
+    a = run("a", {"f1": 0.6, "h1": 0.3, "tiny": None}, {"n1": 0.2}, 1.0)
+    b = run("b", {"f1": 0.4, "h1": 0.35, "tiny": None}, {"n1": 0.25}, 0.5)
+    assert z.main([str(a), str(b), "--out", str(tmp_path / "out")]) == 0
+    rows = {(r["set"], r["scan"]): r for r in csv.DictReader(open(tmp_path / "out" / "per_scan.csv"))}
+    assert float(rows[("test", "f1")]["range"]) == pytest.approx(0.2)
+    assert rows[("test", "f1")]["flag_changes"] == "1" and rows[("test", "h1")]["flag_changes"] == "0"
+    assert rows[("test", "tiny")]["range"] == ""  # no score: no range, not 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["max_range"] == pytest.approx(0.2) and summary["median_range"] == pytest.approx(0.05)
+    assert summary["test_scans_whose_flag_changes"] == 1
+    assert [e["scan_auroc"] for e in summary["evaluations"]] == [1.0, 0.5]
+    with pytest.raises(SystemExit, match="at least two"):
+        z.spread([a])
+    other = run("c", {"f2": 0.6, "h1": 0.3, "tiny": None}, {"n1": 0.2}, 1.0)
+    with pytest.raises(SystemExit, match="same scans"):
+        z.spread([a, other])
