@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="scans", help="the evaluation's --name in the study (default: scans)")
     p.add_argument("--out", type=Path, help="the CSV to write (default: STUDY/NAME_fluid_scans.csv)")
     a = p.parse_args(argv)
+    if not a.study.is_dir():
+        p.error(f"{a.study} is not a folder: give the --out folder of benchmarks/oct_seed_study.py")
     seeds = sorted(int(d.name) for d in a.study.iterdir()
                    if d.name.isdigit() and (d / a.name / "predictions.csv").is_file())
     if not seeds:

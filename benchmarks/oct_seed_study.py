@@ -53,7 +53,10 @@ def seeds_arg(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
         lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        try:
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--seeds {text!r}: give whole numbers, e.g. 100-109 or 3,5,7") from None
     if not out or len(set(out)) != len(out):
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: give distinct seeds, e.g. 100-109 or 3,5,7")
     return out
@@ -139,7 +142,7 @@ def _commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--seeds", type=seeds_arg, required=True, help="e.g. 100-109 (development seeds: 0-2)")
     p.add_argument("--out", type=Path, required=True, help="study directory (a seed's row there is not redone)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once (2 on the 2-core machine)")
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
                    "(its row), OUT/NAME.csv, OUT/NAME_summary.json, OUT/NAME_run.json; the trained GANs are shared")
     args = p.parse_args(argv)
     if args.jobs < 1 or args.normal < 1:
-        p.error("--jobs and --normal must be >= 1")
+        p.error(f"--jobs {args.jobs} --normal {args.normal}: both must be >= 1, e.g. --jobs 2 --normal 5")
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     started, load0, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg(), time.time()

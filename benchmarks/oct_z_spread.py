@@ -38,10 +38,27 @@ def _scores(run: Path) -> dict[str, dict]:
     return out
 
 
+def _settings(run: Path) -> set[str] | None:
+    """The evaluation's command-line overrides (``.hydra/overrides.yaml``) other than ``seed`` and the run
+    directory; None when the run has no such file."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    overrides = [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
+    return {o for o in overrides if not o.startswith(("seed=", "hydra.run.dir="))}
+
+
 def spread(runs: list[Path]) -> tuple[list[dict], dict]:
     """(per-scan rows, summary) over the evaluations ``runs`` (>= 2) of the same scans."""
     if len(runs) < 2:
         raise SystemExit("error: give at least two evaluations of the same scans (other seed=...)")
+    if len({r.resolve() for r in runs}) < len(runs):
+        raise SystemExit("error: a run directory is given twice: give evaluations of the same scans with other seed=")
+    settings = [_settings(r) for r in runs]
+    for run, other in zip(runs[1:], settings[1:]):
+        if settings[0] is not None and other is not None and other != settings[0]:
+            raise SystemExit(f"error: {runs[0]} and {run} differ in more than seed= and the run directory "
+                             f"({sorted(settings[0] ^ other)}): compare evaluations that differ only in seed=")
     scores = [_scores(r) for r in runs]
     names = sorted(scores[0])
     if any(sorted(s) != names for s in scores[1:]):
@@ -81,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     (a.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    aurocs = ", ".join("null" if e["scan_auroc"] is None else f"{e['scan_auroc']:.3f}" for e in summary["evaluations"])
     print(f"scan_score range over {len(a.runs)} initial z: median {summary['median_range']:.3f}, max "
-          f"{summary['max_range']:.3f}; scan AUROC {[e['scan_auroc'] for e in summary['evaluations']]}; "
-          f"{summary['test_scans_whose_flag_changes']} test scans change their flag")
+          f"{summary['max_range']:.3f}; scan AUROC {aurocs}; {summary['test_scans_whose_flag_changes']} test scans "
+          "change their flag")
     return 0
 
 

@@ -125,8 +125,10 @@ def test_the_fluid_scans_table_describes_each_fluid_scan_against_its_seeds_top_h
     assert (low["fluid_pixels"], low["blobs"], low["largest_blob"], low["fluid_rows"]) == ("7", "2", "6", "9")
     assert float(low["map_in_fluid"]) == pytest.approx(0.8) and float(low["map_around_fluid"]) == pytest.approx(0.1)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit):  # no seed folder there: argparse's error, exit status 2
-        fluid.main([str(tmp_path / "empty")])
+    for bad in ("empty", "missing"):  # no seed folder there, no folder: argparse's error, exit status 2
+        with pytest.raises(SystemExit) as stop:
+            fluid.main([str(tmp_path / bad)])
+        assert stop.value.code == 2
 
 
 def test_the_z_spread_compares_the_same_scans_under_other_initial_z(tmp_path):
@@ -163,3 +165,16 @@ def test_the_z_spread_compares_the_same_scans_under_other_initial_z(tmp_path):
     other = run("c", {"f2": 0.6, "h1": 0.3, "tiny": None}, {"n1": 0.2}, 1.0)
     with pytest.raises(SystemExit, match="same scans"):
         z.spread([a, other])
+    with pytest.raises(SystemExit, match="given twice"):
+        z.spread([a, tmp_path / "a"])
+    for here, overrides in ((a, ["data=scans", "seed=0"]), (b, ["data=scans", "seed=1", "inversion.restarts=2"])):
+        (here / ".hydra").mkdir()
+        (here / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    with pytest.raises(SystemExit, match=r"more than seed=.*inversion.restarts=2"):
+        z.spread([a, b])
+
+
+@pytest.mark.parametrize("bad", ["abc", "5-3", "3,3", "1-x"])
+def test_bad_seeds_are_refused_with_an_example(bad):
+    with pytest.raises(argparse.ArgumentTypeError, match="e.g. 100-109"):
+        study.seeds_arg(bad)
