@@ -39,11 +39,12 @@ def fluid_rows(folder: Path, seed: int, name: str = "scans") -> list[dict]:
     """The rows of one seed's folder (``OUT/S``): one per test scan whose mask marks fluid."""
     with open(folder / name / "predictions.csv", newline="") as f:
         scans = list(csv.DictReader(f))
-    healthy = [float(r["scan_score"]) for r in scans if r["scan_score"] and not _mask(folder, r["image"]).any()]
+    masks = {r["image"]: _mask(folder, r["image"]) for r in scans}
+    healthy = [float(r["scan_score"]) for r in scans if r["scan_score"] and not masks[r["image"]].any()]
     top = max(healthy) if healthy else None
     out = []
     for r in scans:
-        mask = _mask(folder, r["image"])
+        mask = masks[r["image"]]
         if not mask.any():
             continue
         labels, n = ndimage.label(mask)

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+
+from tables import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVELOPMENT = (0, 1, 2)
@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     load1 = os.getloadavg()
     run = {"commit": _commit(), "date": started[:10], "started": started,
            "command": " ".join(["python", "benchmarks/oct_seed_study.py", *(sys.argv[1:] if argv is None else argv)]),
-           "machine": f"{os.cpu_count()}-core {platform.machine()} CPU (torch {importlib.metadata.version('torch')}), "
-                      f"{args.jobs} seed(s) at once, {args.threads} thread(s) each",
+           "machine": f"{machine()}, {args.jobs} seed(s) at once, {args.threads} thread(s) each",
            "load": f"{load0[0]:.2f} at the start, {load1[0]:.2f} at the end (1-minute average)",
            "wall_s": round(time.time() - t0, 1), "transcribed": [],
            "note": "wall_s counts the seeds this call ran (rows that existed were read, not rerun); per seed "

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -463,9 +464,7 @@ def oct_seed_study_fluid(r: Results) -> list[str]:
     scans = r.csv("oct_seed_study", "scans_fluid_scans.csv")
 
     def median(rows: list[dict], key: str) -> float:
-        values = sorted(float(x[key]) for x in rows)
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        return statistics.median(float(x[key]) for x in rows)
 
     rows = []
     for label, below in (("below their seed's top healthy scan", "1"), ("above it", "0")):
@@ -477,7 +476,7 @@ def oct_seed_study_fluid(r: Results) -> list[str]:
                      "averaged map on the fluid", "around it (4 pixels)", "`scan_score`"], rows)
 
 
-@table("test_suite", "README.md", "test_suite")
+@table("test_suite", "docs/results.md", "test_suite")
 def test_suite(r: Results) -> list[str]:
     """The full test suite as CI runs it: pytest's closing counts and wall time, and its slowest tests."""
     lines = r.text("test_suite", "pytest.txt").splitlines()

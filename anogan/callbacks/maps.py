@@ -222,6 +222,7 @@ class ScanMaps(L.Callback):
                  scan_border: str = "exclude", scan_target_fpr: float = 0.05, pixel_target_fpr: float = 0.01,
                  overlay: bool = True):
         self.dirpath, self.predictions, self.metrics = Path(dirpath), Path(predictions), Path(metrics)
+        self.patch_losses = None  # (patches, R) every start's final loss, with inversion.restarts >= 2
         self.score, self.q, self.top_k, self.overlay = score, parse_reduce(reduce), int(top_k), overlay
         # checked here, before any scan is mapped
         self.threshold, self.threshold_source = read_patch_threshold(threshold_from, score, threshold_quantile)
@@ -437,7 +438,7 @@ class ScanMaps(L.Callback):
         the patches of the normal scans, of the test scans whose mask marks a lesion and of those whose
         mask is empty; logged with several starts. Null with the reason when no start was compared (one
         start per patch, or no patch mapped)."""
-        if getattr(self, "patch_losses", None) is None:
+        if self.patch_losses is None:
             return failure_summary(None, {})
         scan_of = np.asarray(self.ds.scan)
 
