@@ -296,19 +296,41 @@ FASHION_COLUMNS = {"anomaly": "AnoGAN `anomaly`", "fanogan": "f-AnoGAN `fanogan`
                    "pixel_knn": "1-NN `pixel_knn`", "pixel_knn10": "10-NN `pixel_knn10`"}
 
 
-@table("fashion_mnist_benchmark", "docs/benchmark.md", "fashion_mnist_benchmark")
-def fashion_mnist_benchmark(r: Results) -> list[str]:
+def g_learned(jobs: list[dict], normal_classes: str | None = None) -> str:
+    """What the sample-quality figure says of G over the completed ``jobs`` of a benchmark sweep (summary.csv
+    rows; those of ``normal_classes`` only, when given): the range of ``sample_nn_ratio`` and how many
+    jobs' G learned the class (ratio at most the warning ratio), e.g. ``1.33–1.41 (3/3)``; ``not
+    measured`` when no job has the figure."""
+    rows = [j for j in jobs if j["status"] == "COMPLETED" and j.get("sample_nn_ratio")
+            and (normal_classes is None or j["data.normal_classes"] == normal_classes)]
+    if not rows:
+        return "not measured"
+    ratios = sorted(float(j["sample_nn_ratio"]) for j in rows)
+    learned = sum(j["g_learned"] == "True" for j in rows)
+    return f"{span(f2(ratios[0]), f2(ratios[-1]))} ({learned}/{len(rows)})"
+
+
+def benchmark_table(r: Results, name: str, columns: dict[str, str]) -> list[str]:
+    """A Fashion-MNIST benchmark sweep's table: per normal class and the class mean, the AUROC mean ± std
+    over seeds of each score of ``columns`` (the best of the row in bold), and what G's sample-quality
+    figure says (``g_learned``)."""
     cells: dict[str, dict[str, dict]] = {}
-    for row in r.csv("fashion_mnist_benchmark", "benchmark.csv"):
+    for row in r.csv(name, "benchmark.csv"):
         cells.setdefault(row["normal_classes"], {})[row["score"]] = row
+    jobs = r.csv(name, "summary.csv")
     classes = sorted((c for c in cells if c != "mean"), key=lambda c: int(c.strip("[]")))
     body = []
     for c in [*classes, "mean"]:
-        means = [float(cells[c][s]["mean"]) for s in FASHION_COLUMNS]
-        text = [mean_std(cells[c][s]["mean"], cells[c][s]["std"]) for s in FASHION_COLUMNS]
+        means = [float(cells[c][s]["mean"]) for s in columns]
+        text = [mean_std(cells[c][s]["mean"], cells[c][s]["std"]) for s in columns]
         label = f"**mean ({len(classes)} classes)**" if c == "mean" else f"{c[1:-1]} {FASHION_MNIST[int(c[1:-1])]}"
-        body.append([label, *bold_best(text, means)])
-    return markdown(["normal class", *FASHION_COLUMNS.values()], body)
+        body.append([label, *bold_best(text, means), g_learned(jobs, None if c == "mean" else c)])
+    return markdown(["normal class", *columns.values(), "G's samples: ratio (G learned)"], body)
+
+
+@table("fashion_mnist_benchmark", "docs/benchmark.md", "fashion_mnist_benchmark")
+def fashion_mnist_benchmark(r: Results) -> list[str]:
+    return benchmark_table(r, "fashion_mnist_benchmark", FASHION_COLUMNS)
 
 
 @table("fashion_mnist_oneclass", "docs/benchmark.md", "fashion_mnist_oneclass")

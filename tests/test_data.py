@@ -51,6 +51,30 @@ def test_test_loader_serves_test_split_then_a_training_sample():
     assert (batch["label"][split == SPLITS["train"]] == 0).all()
 
 
+def test_evaluate_on_val_scores_the_labelled_validation_split_and_calibrates_on_nothing():
+    """data.evaluate_on=val: the validation split (all classes, labelled) takes the test split's place in the
+    test loader, served as split = test so that every metric describes it; no normal validation sample is
+    added for calibration (those images are the scored ones); training and validation are unchanged."""
+    ref = DigitsDataModule(normal_classes=[3], image_size=28, seed=1)
+    ref.setup()
+    dm = DigitsDataModule(normal_classes=[3], image_size=28, seed=1, evaluate_on="val", eval_train_samples=10,
+                          eval_batch_size=2000)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    test = batch["split"] == SPLITS["test"]
+    assert torch.equal(batch["index"][test], ref.val_set.rows)
+    assert torch.equal(batch["label"][test], ref.val_set.labels) and set(batch["label"][test].tolist()) == {0, 1}
+    assert not (batch["split"] == SPLITS["val"]).any() and int((batch["split"] == SPLITS["train"]).sum()) == 10
+    assert torch.equal(dm.train_set.rows, ref.train_set.rows) and int(dm.val_set[0]["split"]) == SPLITS["val"]
+    assert len(dm.val_sample()) == 0 and len(ref.val_sample()) > 0
+    # data.test_subset draws from the split scored
+    sub = DigitsDataModule(normal_classes=[3], image_size=28, seed=1, evaluate_on="val", test_subset=50)
+    sub.setup()
+    assert len(sub.test_set) == 50 and set(sub.test_set.dataset.rows.tolist()) == set(ref.val_set.rows.tolist())
+    with pytest.raises(InputError, match=r"data.evaluate_on='tset': expected test \(the test split\) or val"):
+        DigitsDataModule(evaluate_on="tset")
+
+
 def test_unknown_normal_class_is_named():
     dm = DigitsDataModule(normal_classes=[12])
     with pytest.raises(InputError, match=r"normal_classes=\[12\].*no image of class \[12\]"):

@@ -76,6 +76,27 @@ def test_evaluate_script_end_to_end(tiny_ckpt, tmp_path):
     assert not (out / "scores.h5.partial").exists()
 
 
+def test_evaluate_on_val_scores_the_validation_images_and_says_so(tiny_ckpt, tmp_path):
+    """data.evaluate_on=val: metrics.json describes the labelled validation images (evaluated_on: val), and
+    no threshold is calibrated, with its reason (they would be calibrated on the images scored)."""
+    out = tmp_path / "eval_val"
+    cfg = compose_cfg("evaluate", [f"ckpt_path={tiny_ckpt}", "inversion.steps=1", "++data.evaluate_on=val",
+                                   "++data.eval_train_samples=0", "trainer.enable_progress_bar=false"], out)
+    evaluate(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = read_scores(out / "scores.h5")
+    assert metrics["evaluated_on"] == "val" and not (rows["split"] == SPLITS["val"]).any()
+    from anogan.data import DigitsDataModule
+
+    ref = DigitsDataModule(normal_classes=[0], image_size=32, seed=0)
+    ref.setup()
+    assert sorted(rows["index"].tolist()) == sorted(ref.val_set.rows.tolist())
+    assert (metrics["n_normal"], metrics["n_anomalous"]) == (int((ref.val_set.labels == 0).sum()),
+                                                            int(ref.val_set.labels.sum()))
+    cal = metrics["scores"]["anomaly"]["calibrated"]
+    assert cal["threshold"] is None and cal["n_calibration"] == 0 and cal["reason"]
+
+
 class _Crash(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 1:

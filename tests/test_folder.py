@@ -168,6 +168,15 @@ def test_bad_folder_settings_are_named_by_their_config_key(tmp_path, setting, me
         FolderDataModule(normal_dir=str(tmp_path), abnormal_dir=str(tmp_path), **setting)
 
 
+def test_evaluate_on_val_refuses_a_validation_split_of_normal_images_only(tmp_path):
+    """Folders hold out normal images only for validation: no AUROC is defined there, said where the
+    setting enters, with the settings that work."""
+    dm = FolderDataModule(**make_folders(tmp_path), image_size=32, evaluate_on="val")
+    with pytest.raises(InputError, match=r"data.evaluate_on=val: the validation split of FolderDataModule holds "
+                                         r"\d+ image\(s\) with labels \[0\].*use data.evaluate_on=test"):
+        dm.setup()
+
+
 def test_a_mvtec_category_that_is_not_there_names_the_ones_that_are(tmp_path):
     make_mvtec(tmp_path, n_train=2, n_good=1, defects={"cut": 1})
     with pytest.raises(InputError, match=r"data.category=nope: no folder .*; the categories there are widget"):

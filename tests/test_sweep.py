@@ -132,6 +132,24 @@ def test_the_summary_carries_auprc_f1_calibrated_rates_and_pixel_metrics_with_re
         "auprc/anomaly")
 
 
+def test_the_summary_says_whether_each_job_g_learned_its_class(tmp_path):
+    """sample_quality.json (written after training) gives each row sample_nn_ratio, sample_spread_ratio and
+    g_learned (the ratio against the run's warning ratio); a job without the file leaves them empty."""
+    sweep = tmp_path / "sweep"
+    metrics = {"lam": 0.1, "steps": 5, "scores": {"anomaly": {"auroc": 0.8}}}
+    for num, ratio in ((0, 1.2), (1, 2.9), (2, None)):
+        job = _fake_job(sweep, num, [f"seed={num}"], metrics)
+        if ratio is not None:
+            (job / "sample_quality.json").write_text(json.dumps({"ratio": ratio, "spread_ratio": 0.9,
+                                                                 "warn_ratio": 1.5}))
+    main([str(sweep)])
+    rows = {r["job"]: r for r in read_summary(sweep)}
+    assert (float(rows["0"]["sample_nn_ratio"]), rows["0"]["g_learned"]) == (1.2, "True")
+    assert (float(rows["1"]["sample_nn_ratio"]), rows["1"]["g_learned"]) == (2.9, "False")
+    assert float(rows["1"]["sample_spread_ratio"]) == 0.9
+    assert rows["2"]["sample_nn_ratio"] == rows["2"]["g_learned"] == ""
+
+
 def test_a_recorded_step_scores_like_a_job_that_stops_there(tiny_ckpt, tmp_path):
     """Why one job per lam suffices: AUROC after 2 of 4 recorded steps == AUROC of a 2-step job."""
     sweep = tmp_path / "sweep"

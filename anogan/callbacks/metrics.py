@@ -167,6 +167,8 @@ class AnomalyMetrics(OutputCollector):
         result = {
             "lam": float(hp.lam),
             "steps": int(hp.steps),
+            # the split scored: test, or val (data.evaluate_on=val: a development run's labelled validation images)
+            "evaluated_on": str(getattr(getattr(trainer, "datamodule", None), "evaluate_on", "test")),
             "n_normal": n_normal,
             "n_anomalous": n_anomalous,
             "scores": table,
@@ -255,7 +257,8 @@ def print_table(result: dict, console=None) -> None:
     cols = {"auroc": "AUROC", "precision": "prec.", "recall": "recall", "sensitivity": "sens.",
             "specificity": "spec.", "threshold": "threshold"}
     t = Table(title=f"AnoGAN evaluation (lam={result['lam']}, steps={result['steps']}, "
-              f"{result['n_normal']} normal / {result['n_anomalous']} anomalous)",
+              f"{result['n_normal']} normal / {result['n_anomalous']} anomalous"
+              f"{' validation images' if result.get('evaluated_on') == 'val' else ''})",
               caption="at the threshold of maximal Youden index; prec. = precision, sens. = sensitivity, "
               "spec. = specificity", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
     t.add_column("score", no_wrap=True)

@@ -8,12 +8,14 @@ The test dataloader serves the test split followed by a sample of ``eval_train_s
 images (split = train), which the evaluation maps too for the paper's Fig. 3c, d, and a sample of
 ``eval_val_samples`` normal validation images (split = val), on which the evaluation calibrates its
 label-free thresholds and p-values (``anogan.metrics.conformal``, ``calibration_rows``); test metrics use
-the test split only. All splits and
-samples are deterministic functions of ``seed``.
+the test split only. With ``evaluate_on="val"`` (``data.evaluate_on=val``) the labelled validation split
+takes the test split's place and no threshold is calibrated: development runs that choose a recipe
+without looking at a test label. All splits and samples are deterministic functions of ``seed``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -29,6 +31,8 @@ from anogan.errors import InputError
 
 log = logging.getLogger(__name__)
 SPLITS = {"train": 0, "val": 1, "test": 2}
+# data.evaluate_on: the split the evaluation scores (val: development runs, no test label looked at)
+EVALUATE_ON = ("test", "val")
 
 
 def calibration_rows(split: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -78,8 +82,12 @@ class OneClassDataModule(L.LightningDataModule):
         eval_train_samples: int = 64,
         test_subset: int | None = None,
         eval_val_samples: int = 256,
+        evaluate_on: str = "test",
     ):
         super().__init__()
+        if evaluate_on not in EVALUATE_ON:
+            raise InputError(f"data.evaluate_on={evaluate_on!r}: expected test (the test split) or val (the "
+                             "labelled validation split, to choose a recipe without the test labels)")
         if not 0 <= val_fraction < 1:
             raise InputError(f"data.val_fraction={val_fraction} must lie in [0, 1)")
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
@@ -96,6 +104,7 @@ class OneClassDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.eval_train_samples, self.test_subset = eval_train_samples, test_subset
         self.eval_val_samples = eval_val_samples
+        self.evaluate_on = evaluate_on
         self.train_set = self.val_set = self.test_set = None
 
     # -- subclasses --------------------------------------------------------------------------------
@@ -110,8 +119,26 @@ class OneClassDataModule(L.LightningDataModule):
             if len(self.train_set) == 0:
                 raise InputError(f"{type(self).__name__}: no normal image in the training split; train on "
                                  f"{self.more_normal}")
+            if self.evaluate_on == "val":
+                self.test_set = self._val_as_test()
             if self.test_subset is not None and self.test_subset < len(self.test_set):
                 self.test_set = Subset(self.test_set, self._sample(len(self.test_set), self.test_subset, 1))
+
+    def _val_as_test(self) -> Dataset:
+        """``data.evaluate_on=val``: the validation split served as the test split (its items' ``split`` is
+        test, so every score and metric of the evaluation describes it), for development runs that choose
+        a recipe without looking at the test labels. Raises InputError when it does not hold both normal
+        (label 0) and anomalous (label 1) images: no AUROC is defined on it."""
+        labels = set(np.unique(np.asarray(self.val_set.labels) if self.val_set is not None else []).tolist())
+        if not {0, 1} <= labels:
+            raise InputError(
+                f"data.evaluate_on=val: the validation split of {type(self).__name__} holds "
+                f"{len(self.val_set) if self.val_set is not None else 0} image(s) with labels {sorted(labels)}, "
+                "not both normal and anomalous ones, so no AUROC is defined on it; use data.evaluate_on=test, or "
+                "a source whose validation split is labelled by class (fashion_mnist, mnist, digits)")
+        view = copy.copy(self.val_set)
+        view.split = SPLITS["test"]
+        return view
 
     def _rng(self, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream])
@@ -155,7 +182,11 @@ class OneClassDataModule(L.LightningDataModule):
 
     def val_sample(self) -> Dataset:
         """The deterministic sample of at most ``eval_val_samples`` normal validation images (label 0)
-        that the evaluation maps to calibrate thresholds without test labels; empty without a val split."""
+        that the evaluation maps to calibrate thresholds without test labels; empty without a val split, and
+        with ``data.evaluate_on=val`` (the validation images are then the ones scored, and a threshold
+        calibrated on them is not a label-free one: the calibrated thresholds are null with their reason)."""
+        if self.evaluate_on == "val":
+            return Subset(self.val_set, [])
         normal = np.flatnonzero(np.asarray(self.val_set.labels) == 0) if self.val_set is not None else []
         pick = self._sample(len(normal), self.eval_val_samples, 4) if len(normal) else []
         return Subset(self.val_set, [int(normal[i]) for i in pick])

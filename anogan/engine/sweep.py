@@ -47,6 +47,7 @@ STATUS_FILE = "job_status.json"
 SUMMARY_FILE = "summary.csv"
 FIGURES = ("auroc_heatmap.png", "auroc_vs_steps.png")
 FIRST_COLUMNS = ("job", "status", "error", "lam", "steps", "overrides")
+SAMPLE_QUALITY_FILE = "sample_quality.json"  # anogan.callbacks.SampleQuality, written after training
 METRIC_PREFIXES = ("auroc/", "auprc/", "f1_max/", "calibrated_sensitivity/", "calibrated_specificity/")
 PIXEL_METRICS = ("pixel_auroc", "pixel_auprc", "pixel_best_dice", "pixel_aupro")
 
@@ -95,7 +96,10 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 
 def job_row(job_dir: Path) -> dict[str, Any]:
     """One summary row: status (COMPLETED, FAILED, or RUNNING while no status file exists), error,
-    lam, steps, the job's overrides and every AUROC of its ``metrics.json``."""
+    lam, steps, the job's overrides, every AUROC of its ``metrics.json``, and what its
+    ``sample_quality.json`` says of G (``sample_nn_ratio``, ``sample_spread_ratio``; ``g_learned``: True when
+    the ratio is at most the run's warning ratio, False above it: an untrained G, whose mapping scores
+    cannot be trusted; empty where not measured)."""
     row: dict[str, Any] = {"job": job_dir.name}
     status = _read_json(job_dir / STATUS_FILE) or {"status": "RUNNING"}
     row["status"] = status["status"]
@@ -129,6 +133,10 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     for t, aurocs in sorted(metrics.get("recorded", {}).items(), key=lambda kv: int(kv[0])):
         for name, value in aurocs.items():
             row[f"auroc/{name}/step_{t}"] = value
+    quality = _read_json(job_dir / SAMPLE_QUALITY_FILE) or {}
+    if quality.get("ratio") is not None:
+        row["sample_nn_ratio"], row["sample_spread_ratio"] = quality["ratio"], quality.get("spread_ratio")
+        row["g_learned"] = quality["ratio"] <= quality.get("warn_ratio", float("inf"))
     return row
 
 
