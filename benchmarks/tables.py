@@ -510,6 +510,13 @@ def test_suite(r: Results) -> list[str]:
     return markdown(["command", "tests", "wall"], rows, 2)
 
 
+@table("performance_speed", "docs/performance.md", "performance_speed")
+def performance_speed(r: Results) -> list[str]:
+    rows = [[x["figure"], x["px32"], x["px64"], x["target"], x["command"], x["added_at"]]
+            for x in r.csv("performance_speed", "speed.csv")]
+    return markdown(["figure (batch 64)", "32x32", "64x64", "target", "command", "published at"], rows, None)
+
+
 @table("scans_speed", "docs/oct.md", "scans_speed")
 def scans_speed(r: Results) -> list[str]:
     load = r.run("scans_speed")["load"]
