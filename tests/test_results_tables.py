@@ -140,8 +140,9 @@ def test_the_caption_states_the_commit_and_names_only_the_transcribed_files_the_
     train = tables.render("oct_phantom_scan_decision_train", results)  # + train_metrics.csv, transcribed
     assert "commit 3638ce5, 2026-12-07" in scans and "Transcribed" not in scans
     assert "**Transcribed from the docs, raw output not kept:** train_metrics.csv." in train
-    bench = tables.render("fashion_mnist_benchmark", results)
-    assert "commit ae6fdab, 2026-12-01" in bench and "wall 35 min 26 s" in bench and "Transcribed" not in bench
+    bench, run = tables.render("fashion_mnist_benchmark", results), results.run("fashion_mnist_benchmark")
+    assert f"commit {run['commit'][:7]}, {run['date']}" in bench and f"wall {tables.duration(run['wall_s'])}" in bench
+    assert "Transcribed" not in bench
 
 
 def test_wall_times_read_as_the_docs_write_them():
