@@ -189,6 +189,31 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
         assert again[s]["auroc"] == pytest.approx(job[s]["auroc"], abs=1e-6), s
 
 
+@pytest.mark.slow
+def test_the_fanogan_release_preset_scores_in_one_pass_and_flags_its_g(tmp_path):
+    """``experiment=fashion_mnist_benchmark_fanogan`` (one job, tiny budget): the released family (ResNet G
+    and critic, WGAN-GP with 5 critic steps, the TF1 RMSProp encoder), no mapping (steps 0 from E(x)), the
+    one-pass and baseline scores on every test image, and the sample-quality figure its summary row reads."""
+    _idx_set(tmp_path / "idx")
+    out = tmp_path / "run"
+    run_script(["train.py", "experiment=fashion_mnist_benchmark_fanogan", "data.normal_classes=[3]", "seed=0",
+                "trainer.max_epochs=1", "encoder.max_epochs=1", "model.generator.width=4",
+                "model.discriminator.width=4", f"data.root={tmp_path / 'idx'}", "data.download=false",
+                "baselines.pca_components=5", "data.eval_val_samples=0", f"hydra.run.dir={out}"], cwd=ROOT)
+    cfg = OmegaConf.load(out / ".hydra" / "config.yaml")
+    assert cfg.model.critic_iterations == 5 and cfg.model.generator._target_.endswith("ResNetGenerator")
+    assert cfg.encoder.module.optimizer._target_.endswith("TF1RMSprop")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["n_normal"] + metrics["n_anomalous"] == 120
+    assert {"fanogan", "fanogan_latent", "feature_knn", "latent_knn10", "pixel_knn"} <= set(metrics["scores"])
+    from anogan.engine.sweep import job_row
+
+    (out / "job_status.json").write_text(json.dumps({"status": "COMPLETED"}))
+    row = job_row(out)
+    quality = json.loads((out / "sample_quality.json").read_text())
+    assert row["sample_nn_ratio"] == quality["ratio"] and row["g_learned"] == (quality["ratio"] <= 1.5)
+
+
 def printed_evaluate_commands(stdout: str) -> list[list[str]]:
     """The arguments after ``python evaluate.py`` of every "Evaluate again" command in ``stdout``
     (the closing lines of train.py / evaluate.py; continued lines end with a backslash)."""
