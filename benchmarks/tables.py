@@ -297,6 +297,16 @@ FASHION_COLUMNS = {"anomaly": "AnoGAN `anomaly`", "fanogan": "f-AnoGAN `fanogan`
                    "pixel_knn": "1-NN `pixel_knn`", "pixel_knn10": "10-NN `pixel_knn10`"}
 
 
+def class_index(normal_classes: str) -> int:
+    """The class of a one-class sweep's ``data.normal_classes`` value as summary.csv writes it, ``[3]`` -> 3."""
+    return int(normal_classes.strip("[]"))
+
+
+def class_label(normal_classes: str) -> str:
+    """``[3]`` -> ``3 Dress``: the class index and its Fashion-MNIST name."""
+    return f"{class_index(normal_classes)} {FASHION_MNIST[class_index(normal_classes)]}"
+
+
 def g_learned(jobs: list[dict], normal_classes: str | None = None) -> str:
     """What the sample-quality figure says of G over the completed ``jobs`` of a benchmark sweep (summary.csv
     rows; those of ``normal_classes`` only, when given): the range of ``sample_nn_ratio`` and how many
@@ -319,12 +329,12 @@ def benchmark_table(r: Results, name: str, columns: dict[str, str]) -> list[str]
     for row in r.csv(name, "benchmark.csv"):
         cells.setdefault(row["normal_classes"], {})[row["score"]] = row
     jobs = r.csv(name, "summary.csv")
-    classes = sorted((c for c in cells if c != "mean"), key=lambda c: int(c.strip("[]")))
+    classes = sorted((c for c in cells if c != "mean"), key=class_index)
     body = []
     for c in [*classes, "mean"]:
         means = [float(cells[c][s]["mean"]) for s in columns]
         text = [mean_std(cells[c][s]["mean"], cells[c][s]["std"]) for s in columns]
-        label = f"**mean ({len(classes)} classes)**" if c == "mean" else f"{c[1:-1]} {FASHION_MNIST[int(c[1:-1])]}"
+        label = f"**mean ({len(classes)} classes)**" if c == "mean" else class_label(c)
         body.append([label, *bold_best(text, means), g_learned(jobs, None if c == "mean" else c)])
     return markdown(["normal class", *columns.values(), "G's samples: ratio (G learned)"], body)
 
@@ -344,11 +354,10 @@ def fanogan_fashion_mnist_dev(r: Results) -> list[str]:
     body = []
     for n in settings:
         rows = sorted((j for j in jobs if int(j["model.critic_iterations"]) == n),
-                      key=lambda j: int(j["data.normal_classes"].strip("[]")))
+                      key=lambda j: class_index(j["data.normal_classes"]))
         for j in rows:
-            c = int(j["data.normal_classes"].strip("[]"))
-            body.append([f"{c} {FASHION_MNIST[c]}", str(n), f2(j["sample_nn_ratio"]) + ("" if j["g_learned"] == "True"
-                         else " (not learned)"), *(f3(j[f"auroc/{s}"]) for s in DEV_SCORES)])
+            ratio = f2(j["sample_nn_ratio"]) + ("" if j["g_learned"] == "True" else " (not learned)")
+            body.append([class_label(j["data.normal_classes"]), str(n), ratio, *(f3(j[f"auroc/{s}"]) for s in DEV_SCORES)])
         body.append([f"**mean ({len(rows)} classes)**", str(n),
                      f"{sum(j['g_learned'] == 'True' for j in rows)}/{len(rows)} learned",
                      *(f3(statistics.mean(float(j[f"auroc/{s}"]) for j in rows)) for s in DEV_SCORES)])
