@@ -357,7 +357,8 @@ def fanogan_fashion_mnist_dev(r: Results) -> list[str]:
                       key=lambda j: class_index(j["data.normal_classes"]))
         for j in rows:
             ratio = f2(j["sample_nn_ratio"]) + ("" if j["g_learned"] == "True" else " (not learned)")
-            body.append([class_label(j["data.normal_classes"]), str(n), ratio, *(f3(j[f"auroc/{s}"]) for s in DEV_SCORES)])
+            aurocs = [f3(j[f"auroc/{s}"]) for s in DEV_SCORES]
+            body.append([class_label(j["data.normal_classes"]), str(n), ratio, *aurocs])
         body.append([f"**mean ({len(rows)} classes)**", str(n),
                      f"{sum(j['g_learned'] == 'True' for j in rows)}/{len(rows)} learned",
                      *(f3(statistics.mean(float(j[f"auroc/{s}"]) for j in rows)) for s in DEV_SCORES)])
