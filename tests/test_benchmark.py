@@ -12,7 +12,7 @@ from conftest import ROOT, TINY, run_script
 from test_data import write_idx
 from test_sweep import _fake_job
 
-from anogan.models.baselines import FeatureKNN, LatentKNN, PixelBaselines, baseline_scorers, knn_distance
+from anogan.models.baselines import EncoderKNN, FeatureKNN, LatentKNN, PixelBaselines, baseline_scorers, knn_distance
 from anogan.nets import Discriminator, Encoder
 from anogan.engine.sweep import benchmark_rows, write_summary
 from anogan.errors import InputError
@@ -76,18 +76,20 @@ def test_feature_knn_uses_the_discriminator_features():
     torch.testing.assert_close(FeatureKNN(D, train)(test)["feature_knn"], want)
 
 
-def test_a_list_of_k_names_one_score_per_k_for_pixels_features_and_latents():
+def test_a_list_of_k_names_one_score_per_k_for_pixels_features_latents_and_encoder_features():
     g = torch.Generator().manual_seed(3)
     train, test = torch.rand(30, 1, 28, 28, generator=g) * 2 - 1, torch.rand(4, 1, 28, 28, generator=g) * 2 - 1
     D = Discriminator(image_size=28, channels=1, width=4).eval()
     E = Encoder(image_size=28, channels=1, z_dim=6, width=4).eval()
     with torch.no_grad():
         spaces = {"pixel_knn": (test.flatten(1), train.flatten(1)),
-                  "feature_knn": (D.features(test), D.features(train)), "latent_knn": (E(test), E(train))}
+                  "feature_knn": (D.features(test), D.features(train)), "latent_knn": (E(test), E(train)),
+                  "encoder_knn": (E.features(test), E.features(train))}
     got = {**PixelBaselines(train, 4, knn=[1, 5])(test), **FeatureKNN(D, train, [1, 5])(test),
-           **LatentKNN(E, train, [1, 5])(test)}
+           **LatentKNN(E, train, [1, 5])(test), **EncoderKNN(E, train, [1, 5])(test)}
     assert set(got) == {"pixel_pca", "pixel_knn", "pixel_knn5", "feature_knn", "feature_knn5",
-                        "latent_knn", "latent_knn5"}
+                        "latent_knn", "latent_knn5", "encoder_knn", "encoder_knn5"}
+    assert E.features(test).shape == (4, 4 * 2 * 7 * 7)  # E's last block (width 4 doubled, 7 x 7), not z (6)
     for name, (q, ref) in spaces.items():
         d = torch.cdist(q.double(), ref.double()).sort(1).values.float()
         torch.testing.assert_close(got[name], d[:, 0])
@@ -95,15 +97,17 @@ def test_a_list_of_k_names_one_score_per_k_for_pixels_features_and_latents():
     assert torch.all(LatentKNN(E, train)(train[:3])["latent_knn"] < 1e-4)  # its own latent (float rounding)
 
 
-def test_latent_knn_without_an_encoder_is_refused_before_mapping():
-    cfg = OmegaConf.create({"latent_knn": True, "knn": 1, "pca_components": 2})
+@pytest.mark.parametrize("key", ["latent_knn", "encoder_knn"])
+def test_knn_in_the_encoders_spaces_without_an_encoder_is_refused_before_mapping(key):
+    cfg = OmegaConf.create({key: True, "knn": 1, "pca_components": 2})
     data = type("DM", (), {"train_set": [{"image": torch.zeros(1, 28, 28)}] * 4})()
-    with pytest.raises(InputError, match="needs f-AnoGAN's encoder.*encoder=izif"):
+    with pytest.raises(InputError, match=f"baselines.{key}=true needs f-AnoGAN's encoder.*encoder=izif"):
         baseline_scorers(cfg, data, Discriminator(image_size=28, channels=1, width=4))
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["baselines=pixel", "baselines.latent_knn=true"], "needs f-AnoGAN's encoder E"),
+    (["baselines=pixel", "baselines.encoder_knn=true"], "baselines.encoder_knn=true needs f-AnoGAN's encoder E"),
     (["baselines=pixel", "baselines.knn=0"], r"baselines.knn=0 must be an integer .* >= 1"),
     (["baselines=pixel", "baselines.knn=2.5"], r"baselines.knn=2.5 must be an integer"),
     (["baselines=pixel", "baselines.knn='10'"], r"baselines.knn='10' must be an integer"),
@@ -165,7 +169,7 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
         table = {(r["normal_classes"], r["score"]): r for r in csv.DictReader(f)}
     scores = {s for _, s in table}
     assert {"anomaly", "fanogan", "pixel_pca", "pixel_knn", "pixel_knn10", "feature_knn", "latent_knn",
-            "latent_knn10"} <= scores
+            "latent_knn10", "encoder_knn", "encoder_knn10"} <= scores
     for s in scores:
         per_class = [float(table[(c, s)]["mean"]) for c in ("[0]", "[3]")]
         assert int(table[("mean", s)]["n"]) == 2
@@ -178,7 +182,8 @@ def test_benchmark_multirun_two_classes_two_seeds(tmp_path):
     # run as printed, evaluate.py reproduces every AUROC of the job, the mapping's and the baselines'
     printed = {a[0].split("=", 1)[1]: a for a in printed_evaluate_commands(proc.stdout)}
     again_cmd = printed[str(sweep / "1" / "checkpoints" / "last.ckpt")]
-    assert {"baselines=pixel", "baselines.latent_knn=true", "baselines.knn=[1,10]", "inversion.seed=1",
+    assert {"baselines=pixel", "baselines.latent_knn=true", "baselines.encoder_knn=true", "baselines.knn=[1,10]",
+            "inversion.seed=1",
             "inversion.reference=false"} <= set(again_cmd), again_cmd
     out = tmp_path / "again"
     run_script(["evaluate.py", *again_cmd, "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"], cwd=ROOT)
@@ -205,7 +210,8 @@ def test_the_fanogan_release_preset_scores_in_one_pass_and_flags_its_g(tmp_path)
     assert cfg.encoder.module.optimizer._target_.endswith("TF1RMSprop")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 0 and metrics["n_normal"] + metrics["n_anomalous"] == 120
-    assert {"fanogan", "fanogan_latent", "feature_knn", "latent_knn10", "pixel_knn"} <= set(metrics["scores"])
+    assert {"fanogan", "fanogan_latent", "feature_knn", "latent_knn10", "encoder_knn10",
+            "pixel_knn"} <= set(metrics["scores"])
     from anogan.engine.sweep import job_row
 
     (out / "job_status.json").write_text(json.dumps({"status": "COMPLETED"}))

@@ -12,6 +12,10 @@ reproduces them.
 - ``latent_knn`` (``latent_knn: true``, needs f-AnoGAN's encoder E): the same distance between E(x) and
   E of the training images, in G's latent space (our addition: f-AnoGAN scores ||x - G(E(x))||; this
   scores how far E(x) lies from where E puts the normal images. docs/benchmark.md: how it was chosen).
+- ``encoder_knn`` (``encoder_knn: true``, needs E): the same distance between E's features of x (the
+  flattened output of E's last block, before the head that maps it to z: ``E.features``) and those of the
+  training images (our addition; chosen on validation runs as the benchmark's GAN-based score,
+  ``encoder_knn10``: docs/benchmark.md).
 
 ``knn`` is one k or a list of them: every k gives each kNN score, named ``<score>`` for k = 1 and
 ``<score><k>`` otherwise (``knn: [1, 10]`` -> ``pixel_knn``, ``pixel_knn10``, ...).
@@ -149,10 +153,21 @@ def LatentKNN(encoder: nn.Module, train: torch.Tensor, knn: int | Sequence[int] 
     return KNNScores("latent_knn", train, knn, encoder)
 
 
+def EncoderKNN(encoder: nn.Module, train: torch.Tensor, knn: int | Sequence[int] = 1) -> KNNScores:
+    """``encoder_knn``: distance from E's features of x (``E.features``: the flattened output of the
+    encoder's last block, (B, F)) to the k-th nearest features of a training image, E = f-AnoGAN's encoder."""
+    return KNNScores("encoder_knn", train, knn, encoder, "features")
+
+
+#: the kNN scores in E's spaces: baselines key -> scorer (each needs f-AnoGAN's encoder)
+ENCODER_KNN = {"latent_knn": LatentKNN, "encoder_knn": EncoderKNN}
+
+
 def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Module | None = None) -> list[nn.Module]:
     """The scorers of ``cfg`` (the ``baselines`` config group: ``pca_components``, ``knn``,
-    ``feature_knn``, ``latent_knn``, ``max_train_images``), fitted on ``datamodule.train_set``; [] when
-    not configured. ``latent_knn`` needs f-AnoGAN's ``encoder`` (ValueError naming the fix without one)."""
+    ``feature_knn``, ``latent_knn``, ``encoder_knn``, ``max_train_images``), fitted on
+    ``datamodule.train_set``; [] when not configured. ``latent_knn`` and ``encoder_knn`` need f-AnoGAN's
+    ``encoder`` (InputError naming the fix without one)."""
     if not cfg:
         return []
     if getattr(datamodule, "train_set", None) is None:
@@ -163,8 +178,7 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
     scorers: list[nn.Module] = [PixelBaselines(train, int(cfg.pca_components), knn)]
     if cfg.get("feature_knn"):
         scorers.append(FeatureKNN(discriminator, train, knn))
-    if cfg.get("latent_knn"):
-        scorers.append(LatentKNN(encoder, train, knn))
+    scorers += [scorer(encoder, train, knn) for key, scorer in ENCODER_KNN.items() if cfg.get(key)]
     log.info("baselines fitted on %d training images: %s", len(train),
              ", ".join(getattr(s, "name", type(s).__name__) for s in scorers))
     return scorers
@@ -173,7 +187,8 @@ def baseline_scorers(cfg, datamodule, discriminator: nn.Module, encoder: nn.Modu
 def check_baselines(cfg, has_encoder: bool) -> list[int] | None:
     """Refuse a ``baselines`` config that cannot be scored, before any training (``train.py``) or
     mapping: keys given without the group (``+baselines.latent_knn=true`` alone), a ``knn`` that is no
-    positive integer or list of them, ``pca_components`` < 1, ``latent_knn`` without f-AnoGAN's encoder.
+    positive integer or list of them, ``pca_components`` < 1, ``latent_knn`` or ``encoder_knn`` without
+    f-AnoGAN's encoder.
     ValueError naming the key and a fix. Returns the k of ``knn`` as a list; None for no baselines."""
     if not cfg:
         return None
@@ -185,9 +200,10 @@ def check_baselines(cfg, has_encoder: bool) -> list[int] | None:
     if isinstance(pca, bool) or not isinstance(pca, int) or pca < 1:
         raise InputError(f"baselines.pca_components={pca!r} must be a positive integer, "
                          "e.g. baselines.pca_components=30")
-    if cfg.get("latent_knn") and not has_encoder:
-        raise InputError("baselines.latent_knn=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): train "
-                         "with encoder=izif (for a run without one, python train.py ckpt_path=auto "
-                         "hydra.run.dir=<its run dir> encoder=izif, with the run's data and model overrides, "
-                         "trains only E), or drop it with baselines.latent_knn=false")
+    for key in ENCODER_KNN:
+        if cfg.get(key) and not has_encoder:
+            raise InputError(f"baselines.{key}=true needs f-AnoGAN's encoder E (checkpoints/encoder.ckpt): train "
+                             "with encoder=izif (for a run without one, python train.py ckpt_path=auto "
+                             "hydra.run.dir=<its run dir> encoder=izif, with the run's data and model overrides, "
+                             f"trains only E), or drop it with baselines.{key}=false")
     return ks
