@@ -19,7 +19,7 @@ from anogan.runtime.checkpoints import read_checkpoint
 from anogan.nets.scores import SCORE_NAMES
 
 NAMES = (*SCORE_NAMES, "fanogan", "acae_residual", "acae_discrimination", "acae_anomaly", "feature_knn10",
-         "latent_knn10")
+         "latent_knn10", "encoder_knn10")
 
 
 def test_results_table_fits_80_columns_with_every_score_name_in_full():
