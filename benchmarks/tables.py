@@ -344,6 +344,16 @@ def fashion_mnist_benchmark(r: Results) -> list[str]:
     return benchmark_table(r, "fashion_mnist_benchmark", FASHION_COLUMNS)
 
 
+FANOGAN_COLUMNS = {"fanogan": "f-AnoGAN `fanogan`", "fanogan_latent": "`fanogan_latent`",
+                   "feature_knn": "`feature_knn` (critic)", "latent_knn10": "`latent_knn10`",
+                   "pixel_knn": "1-NN `pixel_knn`", "pixel_knn10": "10-NN `pixel_knn10`"}
+
+
+@table("fashion_mnist_benchmark_fanogan", "docs/benchmark.md", "fashion_mnist_benchmark_fanogan")
+def fashion_mnist_benchmark_fanogan(r: Results) -> list[str]:
+    return benchmark_table(r, "fashion_mnist_benchmark_fanogan", FANOGAN_COLUMNS)
+
+
 GAN_SCORE_COLUMNS = {"encoder_knn10": "**`encoder_knn10`**", "latent_knn10": "`latent_knn10`",
                      "pixel_knn": "1-NN `pixel_knn`", "pixel_knn10": "10-NN `pixel_knn10`"}
 GEOM = 0.935  # Golan & El-Yaniv 2018, Table 1: the aim of the recipe (docs/benchmark.md)
