@@ -12,10 +12,11 @@ encoder_s, evaluation_s, job_s; a stage whose file is missing is empty (and so a
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from anogan.runtime.io import write_csv_atomic
 
 STAGES = (("gan_s", "sample_quality.json"), ("encoder_s", "checkpoints/encoder.ckpt"),
           ("evaluation_s", "metrics.json"))
@@ -50,12 +51,7 @@ def main() -> None:
     if not jobs:
         raise SystemExit(f"{args.sweep}: no job directories (0/, 1/, ... with .hydra/): give a sweep directory")
     rows = [job_times(j) for j in jobs]
-    tmp = args.out.with_suffix(".partial")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(args.out)
+    write_csv_atomic(rows, args.out)
     print(f"wrote {args.out}: {len(rows)} jobs")
 
 

@@ -23,7 +23,6 @@ its validation split or has no encoder.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from anogan.models.baselines import knn_distance, training_images
 from anogan.models.encoder import load_encoder
 from anogan.models.inversion import load_gan
 from anogan.runtime.checkpoints import read_stage_checkpoint
+from anogan.runtime.io import write_csv_atomic
 
 KS = (1, 5, 10, 20)
 SPACES = ("pixel", "latent", "feature", "d_block0", "e_block")
@@ -109,13 +109,7 @@ def main() -> None:
         key, aurocs = job_candidates(job)
         rows += [{**key, "candidate": c, "auroc": round(a, 4)} for c, a in aurocs.items()]
         print(job, key, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".partial")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(args.out)
+    write_csv_atomic(rows, args.out)
     classes = sorted({r["class"] for r in rows})
     print("| candidate | " + " | ".join(classes) + " | mean |")
     for c in dict.fromkeys(r["candidate"] for r in rows):

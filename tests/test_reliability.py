@@ -427,3 +427,17 @@ def test_sigusr1_in_a_slurm_job_requeues_it_with_scontrol(tmp_path, monkeypatch,
             requeue_on_signal()
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_write_csv_atomic_writes_the_rows_whole_and_refuses_none(tmp_path):
+    import csv as _csv
+
+    from anogan.runtime.io import write_csv_atomic
+
+    out = write_csv_atomic([{"job": "0", "auroc": 0.9}, {"job": "1", "auroc": 0.8}], tmp_path / "sub" / "t.csv")
+    with open(out, newline="") as f:
+        assert list(_csv.DictReader(f)) == [{"job": "0", "auroc": "0.9"}, {"job": "1", "auroc": "0.8"}]
+    assert [p.name for p in out.parent.iterdir()] == ["t.csv"]  # no temporary file left
+    with pytest.raises(ValueError, match="no rows"):
+        write_csv_atomic([], tmp_path / "empty.csv")
+    assert not (tmp_path / "empty.csv").exists()

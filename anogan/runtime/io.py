@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Iterator
@@ -29,4 +30,16 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
     """Write JSON through a temporary file and a rename, so that a reader never sees half a file."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
+    return Path(path)
+
+
+def write_csv_atomic(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write ``rows`` (dicts with the keys of the first as the columns) as CSV with a header, through a
+    temporary file and a rename, so that a reader never sees half a file. ValueError for no rows."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     return Path(path)
